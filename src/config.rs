@@ -1,0 +1,414 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden by flags,
+//! checked once into [`Config`].
+//!
+//! Layers, lowest first:
+//! 1. built-in defaults (named constants below; ONAD's where they mirror ONAD);
+//! 2. the TOML file given by `--config` / `ONAD_CONFIG` (optional);
+//! 3. environment variables `ONAD__<SECTION>__<KEY>` (`ONAD__KAFKA__BOOTSTRAP=host:9092`,
+//!    `ONAD__MODEL_TYPE=knn`), keys lower-cased, `__` separating levels;
+//! 4. `--set section.key=value` flags (repeatable), and the dedicated flags of each command.
+//!
+//! Values from env and flags are parsed as TOML values (`10`, `0.5`, `true`, `[1, 2]`), falling
+//! back to a plain string. Unknown keys and impossible values are errors that name the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::detect::{Params, PipelineFactory, PipelineSpec, StepSpec, Thresholds};
+
+/// ONAD's `AnomalyDetectionConfig.memory_limit_mb` default.
+pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 1000;
+/// ONAD's `AnomalyDetectionConfig.checkpoint_interval` default (readings per partition).
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10_000;
+/// Seconds between time-based snapshots of a partition.
+pub const DEFAULT_CHECKPOINT_SECS: u64 = 30;
+/// Snapshots kept per partition (for `replay --state rewind` and corruption fallback).
+pub const DEFAULT_SNAPSHOT_HISTORY: usize = 4;
+/// Session timeout: librdkafka's default is 45 s, which makes a group join wait ~23 s on the
+/// development broker; 10 s keeps failover quick while tolerating GC-free pauses.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// Features a reading may carry (a reading with more goes to dead letters).
+pub const DEFAULT_MAX_FEATURES: usize = 1024;
+/// Longest sensor id accepted.
+pub const DEFAULT_MAX_SENSOR_ID_BYTES: usize = 256;
+/// Largest input record accepted, in bytes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+/// Environment variable prefix of config overrides.
+pub const ENV_PREFIX: &str = "ONAD__";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown or a value has the wrong type.
+    #[error("config: {0}")]
+    Parse(String),
+    /// A `--set` flag or env var that is not `key=value` or names a non-table path.
+    #[error("config override `{0}`: {1}")]
+    Override(String, String),
+    /// A value out of range.
+    #[error("config: invalid `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The model section does not describe a buildable pipeline.
+    #[error("config: {0}")]
+    Model(#[from] crate::detect::SpecError),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Detector name, as ONAD's `model_type`.
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Detector parameters, as ONAD's `model_params`.
+    #[serde(default)]
+    pub model_params: Params,
+    /// Transforms before the detector, as ONAD's `preprocessing_steps`.
+    #[serde(default)]
+    pub preprocessing_steps: Vec<StepSpec>,
+    /// Score bounds in [0, 1].
+    #[serde(default)]
+    pub thresholds: Thresholds,
+    /// ONAD's `memory_limit_mb`: budget for all pipelines of this worker.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// ONAD's `checkpoint_interval`: readings per partition between snapshots.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Learn each reading before scoring it (ONAD's snippet). Default: score, then learn.
+    #[serde(default)]
+    pub learn_first: bool,
+    /// Learn readings flagged as anomalies too.
+    #[serde(default = "yes")]
+    pub learn_anomalies: bool,
+    /// Base seed of every random choice.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Kafka connection and topics.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// State store.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Logs, metrics, health.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Input validation limits.
+    #[serde(default)]
+    pub validation: ValidationConfig,
+}
+
+fn default_model_type() -> String {
+    "zscore".into()
+}
+fn default_memory_limit_mb() -> u64 {
+    DEFAULT_MEMORY_LIMIT_MB
+}
+fn default_checkpoint_interval() -> u64 {
+    DEFAULT_CHECKPOINT_INTERVAL
+}
+fn default_seed() -> u64 {
+    42
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[kafka]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap: String,
+    /// Consumer group of the workers.
+    pub group_id: String,
+    /// Topic of `SensorReading`s (key = sensor id).
+    pub input_topic: String,
+    /// Topic of `ScoredReading`s.
+    pub scores_topic: String,
+    /// Topic of `AnomalyAlert`s.
+    pub alerts_topic: String,
+    /// Topic of `DeadLetter`s.
+    pub dead_letter_topic: String,
+    /// Compacted topic of state snapshots (handoff between replicas).
+    pub changelog_topic: String,
+    /// Consumer `session.timeout.ms`.
+    pub session_timeout_ms: u64,
+    /// Replication factor for topics the worker creates.
+    pub replication_factor: i32,
+    /// Partitions of the input topic when `topics create` makes it.
+    pub partitions: i32,
+    /// Extra librdkafka settings, passed through unchanged to consumer and producer
+    /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own.
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: "127.0.0.1:9092".into(),
+            group_id: "onad-stream".into(),
+            input_topic: "sensor-readings".into(),
+            scores_topic: "sensor-scores".into(),
+            alerts_topic: "sensor-alerts".into(),
+            dead_letter_topic: "sensor-dead-letters".into(),
+            changelog_topic: "onad-stream-changelog".into(),
+            session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
+            replication_factor: 1,
+            partitions: 4,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of this worker's RocksDB database.
+    pub path: PathBuf,
+    /// Seconds between time-based snapshots of a partition.
+    pub checkpoint_secs: u64,
+    /// Snapshots kept per partition.
+    pub snapshot_history: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { path: "./onad-state".into(), checkpoint_secs: DEFAULT_CHECKPOINT_SECS, snapshot_history: DEFAULT_SNAPSHOT_HISTORY }
+    }
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `RUST_LOG`-style filter.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Address of the Prometheus `/metrics` and `/health` endpoint; empty disables it.
+    pub metrics_addr: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_level: "info".into(), log_format: "text".into(), metrics_addr: String::new() }
+    }
+}
+
+/// `[validation]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Most features one reading may carry.
+    pub max_features: usize,
+    /// Longest sensor id, in bytes.
+    pub max_sensor_id_bytes: usize,
+    /// Largest input record, in bytes.
+    pub max_record_bytes: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            max_features: DEFAULT_MAX_FEATURES,
+            max_sensor_id_bytes: DEFAULT_MAX_SENSOR_ID_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The values as given (after layering).
+    pub raw: RawConfig,
+    /// The pipeline factory built from the model section.
+    pub pipeline: PipelineFactory,
+    /// `state.checkpoint_secs` as a duration.
+    pub checkpoint_every: Duration,
+}
+
+impl std::ops::Deref for Config {
+    type Target = RawConfig;
+    fn deref(&self) -> &RawConfig {
+        &self.raw
+    }
+}
+
+impl Config {
+    /// Layer defaults, `file`, the process environment and `overrides` (`key=value`), then check.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env, overrides)
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_from(file: Option<&Path>, env: &[(String, String)], overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                text.parse::<toml::Table>().map_err(|e| ConfigError::Parse(e.to_string()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+                let key = path.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut table, &key, value).map_err(|e| ConfigError::Override(name.clone(), e))?;
+            }
+        }
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone(), "expected key=value".into()))?;
+            set_path(&mut table, key.trim(), value.trim()).map_err(|e| ConfigError::Override(o.clone(), e))?;
+        }
+        let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        Self::check(raw)
+    }
+
+    /// Check a raw configuration.
+    pub fn check(raw: RawConfig) -> Result<Self, ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid { key: key.into(), reason: reason.into() };
+        if raw.checkpoint_interval == 0 {
+            return Err(invalid("checkpoint_interval", "must be at least 1"));
+        }
+        if raw.memory_limit_mb == 0 {
+            return Err(invalid("memory_limit_mb", "must be at least 1"));
+        }
+        let k = &raw.kafka;
+        for (key, v) in [
+            ("kafka.bootstrap", &k.bootstrap),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.scores_topic", &k.scores_topic),
+            ("kafka.alerts_topic", &k.alerts_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.changelog_topic", &k.changelog_topic),
+        ] {
+            if v.trim().is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        let outputs = [&k.scores_topic, &k.alerts_topic, &k.dead_letter_topic, &k.changelog_topic];
+        if outputs.contains(&&k.input_topic) {
+            return Err(invalid("kafka.input_topic", "must differ from every output topic"));
+        }
+        if k.session_timeout_ms < 1000 {
+            return Err(invalid("kafka.session_timeout_ms", "must be at least 1000"));
+        }
+        if k.partitions < 1 {
+            return Err(invalid("kafka.partitions", "must be at least 1"));
+        }
+        if k.replication_factor < 1 {
+            return Err(invalid("kafka.replication_factor", "must be at least 1"));
+        }
+        if raw.state.snapshot_history < 1 {
+            return Err(invalid("state.snapshot_history", "must be at least 1"));
+        }
+        if raw.state.checkpoint_secs < 1 {
+            return Err(invalid("state.checkpoint_secs", "must be at least 1"));
+        }
+        if !matches!(raw.telemetry.log_format.as_str(), "text" | "json") {
+            return Err(invalid("telemetry.log_format", "must be `text` or `json`"));
+        }
+        let v = &raw.validation;
+        if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
+            return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
+        }
+        let pipeline = PipelineSpec {
+            model_type: raw.model_type.clone(),
+            model_params: raw.model_params.clone(),
+            preprocessing_steps: raw.preprocessing_steps.clone(),
+            thresholds: raw.thresholds,
+            learn_first: raw.learn_first,
+            learn_anomalies: raw.learn_anomalies,
+            seed: raw.seed,
+        }
+        .check()?;
+        let checkpoint_every = Duration::from_secs(raw.state.checkpoint_secs);
+        Ok(Self { raw, pipeline, checkpoint_every })
+    }
+}
+
+/// Set `dotted.key` in `table` to `value` parsed as a TOML value (or a string).
+fn set_path(table: &mut toml::Table, dotted: &str, value: &str) -> Result<(), String> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = dotted.split('.').collect();
+    let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
+    let mut cur = table;
+    for part in parts {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    cur.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml_text: &str, env: &[(&str, &str)], sets: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load_from(Some(&path), &env, &sets)
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = Config::load_from(Some(Path::new("config/example.toml")), &[], &[]).unwrap();
+        assert_eq!(c.kafka.input_topic, "sensor-readings");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = load("[kafka]\nbootstrapp = \"x\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("bootstrapp"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let c = load("[kafka]\ngroup_id = \"file\"\n", &[("ONAD__KAFKA__GROUP_ID", "env")], &[]).unwrap();
+        assert_eq!(c.kafka.group_id, "env");
+        let c = load("[kafka]\ngroup_id = \"file\"\n", &[("ONAD__KAFKA__GROUP_ID", "env")], &["kafka.group_id=flag"]).unwrap();
+        assert_eq!(c.kafka.group_id, "flag");
+        let c = load("", &[("ONAD__CHECKPOINT_INTERVAL", "7")], &[]).unwrap();
+        assert_eq!(c.checkpoint_interval, 7);
+    }
+
+    #[test]
+    fn impossible_values_name_the_key() {
+        let err = load("[thresholds]\nhigh = 1.5\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("high"), "{err}");
+        let err = load("checkpoint_interval = 0\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("checkpoint_interval"), "{err}");
+        let err = load("model_type = \"nope\"\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = load("[model_params]\nwarm_upp = 3\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("warm_upp"), "{err}");
+    }
+}

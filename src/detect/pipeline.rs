@@ -1,0 +1,317 @@
+//! A per-sensor pipeline: transforms, then a detector, then calibration and thresholds.
+//!
+//! Mirrors ONAD's `scaler | model` composition and its `AnomalyDetectionService` thresholding,
+//! made exact: score-then-learn by default (an anomaly must not mask itself), `learn_first`
+//! reproduces ONAD's snippet, `learn_anomalies = false` keeps anomalies out of the model.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::params::{Params, SpecError};
+use super::zscore::{ZScore, ZScoreParams};
+use super::Detector;
+
+/// Severity band of a calibrated score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Severity {
+    /// Up to `medium`.
+    Low,
+    /// Above `medium`, up to `high`.
+    Medium,
+    /// Above `high`, up to `critical`.
+    High,
+    /// Above `critical`.
+    Critical,
+}
+
+/// Score bounds, compared against the calibrated score in [0, 1] (strictly greater, as ONAD).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// A reading is an anomaly when its score is above this (ONAD's default 0.7).
+    pub anomaly: f64,
+    /// Medium severity above this (ONAD's default 0.7).
+    pub medium: f64,
+    /// High severity above this (ONAD's default 0.8).
+    pub high: f64,
+    /// Critical severity above this (ONAD's default 0.9).
+    pub critical: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { anomaly: 0.7, medium: 0.7, high: 0.8, critical: 0.9 }
+    }
+}
+
+impl Thresholds {
+    /// Check that every bound is in [0, 1] and that medium <= high <= critical.
+    pub fn check(&self) -> Result<(), SpecError> {
+        let bad = |key: &str, reason: String| SpecError::InvalidParam {
+            model: "thresholds".into(),
+            key: key.into(),
+            reason,
+        };
+        for (key, v) in [("anomaly", self.anomaly), ("medium", self.medium), ("high", self.high), ("critical", self.critical)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(key, format!("{v} is outside [0, 1]")));
+            }
+        }
+        if self.medium > self.high {
+            return Err(bad("medium", format!("{} is above high ({})", self.medium, self.high)));
+        }
+        if self.high > self.critical {
+            return Err(bad("high", format!("{} is above critical ({})", self.high, self.critical)));
+        }
+        Ok(())
+    }
+
+    /// The severity band of `score`.
+    pub fn severity(&self, score: f64) -> Severity {
+        if score > self.critical {
+            Severity::Critical
+        } else if score > self.high {
+            Severity::High
+        } else if score > self.medium {
+            Severity::Medium
+        } else {
+            Severity::Low
+        }
+    }
+}
+
+/// One preprocessing step from config: `{ type = "scaler", params = { ... } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    /// Step name (`scaler`, `minmax`, `pca`, ...).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Step parameters.
+    #[serde(default)]
+    pub params: Params,
+}
+
+/// The unchecked description of a pipeline, as config gives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    /// Detector name (`zscore`, `isolation_forest`, `knn`, `adaptive_svm`, ...).
+    pub model_type: String,
+    /// Detector parameters.
+    pub model_params: Params,
+    /// Transforms applied in order before the detector.
+    pub preprocessing_steps: Vec<StepSpec>,
+    /// Score bounds.
+    pub thresholds: Thresholds,
+    /// Learn before scoring (ONAD's snippet) instead of score-then-learn.
+    pub learn_first: bool,
+    /// Whether readings flagged as anomalies are learned.
+    pub learn_anomalies: bool,
+    /// Base seed; each key's pipeline derives its own seed from it and the key.
+    pub seed: u64,
+}
+
+/// Detector state, one variant per model (an enum, not a trait object, so that it is plain
+/// serializable data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AnyDetector {
+    ZScore(ZScore),
+}
+
+/// Checked detector parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum DetectorParams {
+    ZScore(ZScoreParams),
+}
+
+/// A checked [`PipelineSpec`]: builds pipelines without re-validating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineFactory {
+    /// Checked detector parameters.
+    detector: DetectorParams,
+    /// Score bounds.
+    thresholds: Thresholds,
+    /// See [`PipelineSpec::learn_first`].
+    learn_first: bool,
+    /// See [`PipelineSpec::learn_anomalies`].
+    learn_anomalies: bool,
+    /// Base seed.
+    seed: u64,
+}
+
+/// Model names accepted as `model_type`.
+pub const MODEL_TYPES: &[&str] = &["zscore"];
+
+impl PipelineSpec {
+    /// Validate everything once.
+    pub fn check(&self) -> Result<PipelineFactory, SpecError> {
+        self.thresholds.check()?;
+        let detector = match self.model_type.as_str() {
+            "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
+            other => {
+                return Err(SpecError::UnknownName {
+                    what: "model_type",
+                    name: other.to_string(),
+                    known: MODEL_TYPES.join(", "),
+                })
+            }
+        };
+        if let Some(step) = self.preprocessing_steps.first() {
+            return Err(SpecError::UnknownName { what: "preprocessing step", name: step.kind.clone(), known: String::new() });
+        }
+        Ok(PipelineFactory {
+            detector,
+            thresholds: self.thresholds,
+            learn_first: self.learn_first,
+            learn_anomalies: self.learn_anomalies,
+            seed: self.seed,
+        })
+    }
+}
+
+impl PipelineFactory {
+    /// A fresh pipeline over `dim` features for the sensor `key`. The key's seed is derived
+    /// from the base seed and the key, so the same key gets the same model on every replica.
+    pub fn build(&self, dim: usize, key: &str) -> Pipeline {
+        let _seed = self.seed ^ fnv1a(key.as_bytes());
+        let detector = match &self.detector {
+            DetectorParams::ZScore(p) => AnyDetector::ZScore(ZScore::new(p.clone(), dim)),
+        };
+        Pipeline {
+            detector,
+            calibrator: Calibrator::new(DEFAULT_CALIBRATION_WINDOW),
+            thresholds: self.thresholds,
+            learn_first: self.learn_first,
+            learn_anomalies: self.learn_anomalies,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Name of the configured detector.
+    pub fn detector_name(&self) -> &'static str {
+        match self.detector {
+            DetectorParams::ZScore(_) => "zscore",
+        }
+    }
+}
+
+/// 64-bit FNV-1a: a stable hash (unlike std's, which may change between releases).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The outcome of scoring one point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// Calibrated score in [0, 1].
+    pub score: f64,
+    /// The detector's native score.
+    pub raw_score: f64,
+    /// `score > thresholds.anomaly`.
+    pub is_anomaly: bool,
+    /// Severity band of `score`.
+    pub severity: Severity,
+    /// (feature index, weight) of the features that contributed most, largest first.
+    pub top_features: Vec<(usize, f64)>,
+}
+
+/// Raw scores remembered by the calibrator; also the smallest tail probability it can tell.
+pub const DEFAULT_CALIBRATION_WINDOW: usize = 2000;
+/// Raw scores to see before the calibrator gives anything but 0.
+const CALIBRATION_WARM_UP: usize = 100;
+
+/// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
+///
+/// p = (1 + #{window scores >= raw}) / (1 + n) is the empirical tail probability; the score is
+/// min(1, -log10(p) / 3), so 0.7 means p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001,
+/// whatever the detector's scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibrator {
+    /// Window capacity.
+    window: usize,
+    /// Raw scores in arrival order (for forgetting the oldest).
+    fifo: VecDeque<f64>,
+    /// The same scores, sorted (for tail counts by binary search).
+    sorted: Vec<f64>,
+}
+
+impl Calibrator {
+    /// A calibrator over the last `window` raw scores.
+    pub fn new(window: usize) -> Self {
+        Self { window, fifo: VecDeque::with_capacity(window), sorted: Vec::with_capacity(window) }
+    }
+
+    /// The calibrated score of `raw` against the window (not updating it).
+    pub fn score(&self, raw: f64) -> f64 {
+        let n = self.sorted.len();
+        if n < CALIBRATION_WARM_UP {
+            return 0.0;
+        }
+        let below = self.sorted.partition_point(|v| *v < raw);
+        let p = (1 + n - below) as f64 / (1 + n) as f64;
+        (-p.log10() / 3.0).clamp(0.0, 1.0)
+    }
+
+    /// Add `raw` to the window, forgetting the oldest when full.
+    pub fn learn(&mut self, raw: f64) {
+        if self.fifo.len() == self.window {
+            if let Some(old) = self.fifo.pop_front() {
+                let i = self.sorted.partition_point(|v| *v < old);
+                self.sorted.remove(i);
+            }
+        }
+        self.fifo.push_back(raw);
+        let i = self.sorted.partition_point(|v| *v < raw);
+        self.sorted.insert(i, raw);
+    }
+}
+
+/// One sensor's model: detector + calibrator + thresholds. Plain data, serializable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    /// The detector.
+    detector: AnyDetector,
+    /// Raw-score calibration to [0, 1].
+    calibrator: Calibrator,
+    /// Score bounds.
+    thresholds: Thresholds,
+    /// See [`PipelineSpec::learn_first`].
+    learn_first: bool,
+    /// See [`PipelineSpec::learn_anomalies`].
+    learn_anomalies: bool,
+    /// Reused buffer for per-feature contributions (not state; kept to avoid allocation).
+    #[serde(skip)]
+    scratch: Vec<f64>,
+}
+
+impl Pipeline {
+    fn detector(&mut self) -> &mut dyn Detector {
+        match &mut self.detector {
+            AnyDetector::ZScore(d) => d,
+        }
+    }
+
+    /// Score `x` and learn it, in the configured order.
+    pub fn process(&mut self, x: &[f64]) -> Scored {
+        if self.learn_first {
+            self.detector().learn_one(x);
+        }
+        let raw = self.detector().score_one(x);
+        let score = self.calibrator.score(raw);
+        self.calibrator.learn(raw);
+        let is_anomaly = score > self.thresholds.anomaly;
+        if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
+            self.detector().learn_one(x);
+        }
+        let mut top_features = Vec::new();
+        if is_anomaly {
+            let AnyDetector::ZScore(z) = &self.detector;
+            z.feature_z(x, &mut self.scratch);
+            top_features.extend(self.scratch.iter().copied().enumerate());
+            top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
+            top_features.truncate(3);
+        }
+        Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features }
+    }
+}

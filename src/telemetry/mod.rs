@@ -1,0 +1,13 @@
+//! Logs, metrics and health. Log events and metric names are declared here, in one place.
+
+use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::config::TelemetryConfig;
+
+/// Install the global tracing subscriber (text or JSON to stderr). `RUST_LOG`, when set, wins
+/// over `telemetry.log_level`. Safe to call more than once (later calls are no-ops).
+pub fn init(config: &TelemetryConfig) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
