@@ -8,8 +8,10 @@
 //! (detectors) and `transform_one` (transforms) read it. Points are dense `&[f64]` in the
 //! feature order a pipeline fixed on its first reading.
 
+pub mod metrics;
 pub mod params;
 pub mod pipeline;
+pub mod synthetic;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
