@@ -275,7 +275,6 @@ impl OnlineIsolationForest {
             tree.count += 1;
             if tree.nodes.is_empty() {
                 tree.plant(x, p.branching_factor);
-                cache.leaves[t] = Some((0, 0));
             } else {
                 cache.walk.push((t as u32, 0));
             }
@@ -291,6 +290,7 @@ impl OnlineIsolationForest {
                 let node = &mut tree.nodes[idx as usize];
                 node.count += 1;
                 if node.first_child == LEAF {
+                    tree.expand_box(idx, x);
                     cache.leaves[t as usize] = Some((idx, depth));
                 } else {
                     let node = *node;
@@ -303,7 +303,7 @@ impl OnlineIsolationForest {
         }
         for (t, tree) in self.trees.iter_mut().enumerate() {
             if let Some((idx, depth)) = cache.leaves[t] {
-                if tree.learn_at_leaf(idx, depth, x, p, &cache.tables, &mut self.rng, &mut cache.scratch) {
+                if tree.maybe_split(idx, depth, dim, p, &cache.tables, &mut self.rng, &mut cache.scratch) {
                     cache.leaves[t] = None;
                 }
             }

@@ -106,11 +106,11 @@ impl Tree {
     pub(super) fn child(&self, idx: u32, node: &Node, x: &[f64], branching: usize) -> u32 {
         let v = x[node.feature as usize];
         let first = node.first_child;
-        if v < node.split {
-            return first;
-        }
-        if branching == 2 {
-            return first + 1;
+        // Branch-free for binary trees: the comparison is a coin flip the predictor cannot
+        // learn, and a mispredict costs more than the whole step.
+        let right = !(v < node.split);
+        if branching == 2 || !right {
+            return first + right as u32;
         }
         let k = branching - 2;
         let more = &self.more_splits[idx as usize * k..(idx as usize + 1) * k];
@@ -137,27 +137,38 @@ impl Tree {
         self.more_splits.resize(branching - 2, 0.0);
     }
 
-    /// After `x` reached leaf `idx` (its count already incremented): grow the leaf's box and
-    /// split the leaf if it is due. Returns whether the tree changed shape.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn learn_at_leaf(
-        &mut self,
-        idx: u32,
-        depth: u32,
-        x: &[f64],
-        p: &IsolationForestParams,
-        tables: &Tables,
-        rng: &mut Pcg64Mcg,
-        scratch: &mut Scratch,
-    ) -> bool {
+    /// Grow the box of leaf `idx` to hold `x`.
+    #[inline]
+    pub(super) fn expand_box(&mut self, idx: u32, x: &[f64]) {
         let dim = x.len();
         let i = idx as usize;
         let b = &mut self.boxes[i * 2 * dim..(i + 1) * 2 * dim];
         let (lo, hi) = b.split_at_mut(dim);
         for ((l, h), v) in lo.iter_mut().zip(hi.iter_mut()).zip(x) {
-            *l = l.min(*v);
-            *h = h.max(*v);
+            if *v < *l {
+                *l = *v;
+            }
+            if *v > *h {
+                *h = *v;
+            }
         }
+    }
+
+    /// After `x` reached leaf `idx` (count incremented, box grown): split the leaf if it is
+    /// due. Returns whether the tree changed shape.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(super) fn maybe_split(
+        &mut self,
+        idx: u32,
+        depth: u32,
+        dim: usize,
+        p: &IsolationForestParams,
+        tables: &Tables,
+        rng: &mut Pcg64Mcg,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let i = idx as usize;
         // ONAD's order: the count test, then the depth limit of the tree's current count
         // (which includes the point just learned).
         let count = self.nodes[i].count as i64;
@@ -211,6 +222,7 @@ impl Tree {
 
     /// Replace leaf `idx` by a subtree built over `count` points drawn uniformly from its box.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn split_leaf(
         &mut self,
         idx: usize,
