@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::forest::{IsolationForestParams, OnlineIsolationForest};
 use super::params::{Params, SpecError};
 use super::zscore::{ZScore, ZScoreParams};
 use super::Detector;
@@ -117,12 +118,14 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum AnyDetector {
     ZScore(ZScore),
+    IsolationForest(OnlineIsolationForest),
 }
 
 /// Checked detector parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum DetectorParams {
     ZScore(ZScoreParams),
+    IsolationForest(IsolationForestParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -141,7 +144,7 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore"];
+pub const MODEL_TYPES: &[&str] = &["zscore", "isolation_forest"];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -149,6 +152,7 @@ impl PipelineSpec {
         self.thresholds.check()?;
         let detector = match self.model_type.as_str() {
             "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
+            "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -174,9 +178,10 @@ impl PipelineFactory {
     /// A fresh pipeline over `dim` features for the sensor `key`. The key's seed is derived
     /// from the base seed and the key, so the same key gets the same model on every replica.
     pub fn build(&self, dim: usize, key: &str) -> Pipeline {
-        let _seed = self.seed ^ fnv1a(key.as_bytes());
+        let seed = self.seed ^ fnv1a(key.as_bytes());
         let detector = match &self.detector {
             DetectorParams::ZScore(p) => AnyDetector::ZScore(ZScore::new(p.clone(), dim)),
+            DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
         };
         Pipeline {
             detector,
@@ -192,6 +197,7 @@ impl PipelineFactory {
     pub fn detector_name(&self) -> &'static str {
         match self.detector {
             DetectorParams::ZScore(_) => "zscore",
+            DetectorParams::IsolationForest(_) => "isolation_forest",
         }
     }
 }
@@ -289,24 +295,32 @@ impl Pipeline {
     fn detector(&mut self) -> &mut dyn Detector {
         match &mut self.detector {
             AnyDetector::ZScore(d) => d,
+            AnyDetector::IsolationForest(d) => d,
         }
+    }
+
+    /// Whether the detector's raw score is already a calibrated score in [0, 1] (it then
+    /// bypasses the calibrator: score = raw).
+    fn bounded(&self) -> bool {
+        matches!(self.detector, AnyDetector::IsolationForest(_))
     }
 
     /// Score `x` and learn it, in the configured order.
     pub fn process(&mut self, x: &[f64]) -> Scored {
-        if self.learn_first {
-            self.detector().learn_one(x);
-        }
-        let raw = self.detector().score_one(x);
-        let score = self.calibrator.score(raw);
-        self.calibrator.learn(raw);
+        let raw = if self.learn_first { self.detector().learn_score_one(x) } else { self.detector().score_one(x) };
+        let score = if self.bounded() {
+            raw.clamp(0.0, 1.0)
+        } else {
+            let score = self.calibrator.score(raw);
+            self.calibrator.learn(raw);
+            score
+        };
         let is_anomaly = score > self.thresholds.anomaly;
         if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
             self.detector().learn_one(x);
         }
         let mut top_features = Vec::new();
-        if is_anomaly {
-            let AnyDetector::ZScore(z) = &self.detector;
+        if let (true, AnyDetector::ZScore(z)) = (is_anomaly, &self.detector) {
             z.feature_z(x, &mut self.scratch);
             top_features.extend(self.scratch.iter().copied().enumerate());
             top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
