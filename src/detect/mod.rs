@@ -9,6 +9,7 @@
 //! feature order a pipeline fixed on its first reading.
 
 pub mod forest;
+pub mod hst;
 pub mod metrics;
 pub mod params;
 pub mod pipeline;

@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::forest::{IsolationForestParams, OnlineIsolationForest};
+use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
 use super::params::{Params, SpecError};
 use super::zscore::{ZScore, ZScoreParams};
 use super::Detector;
@@ -119,6 +120,7 @@ pub struct PipelineSpec {
 enum AnyDetector {
     ZScore(ZScore),
     IsolationForest(OnlineIsolationForest),
+    HalfSpaceTrees(HalfSpaceTrees),
 }
 
 /// Checked detector parameters.
@@ -126,6 +128,7 @@ enum AnyDetector {
 enum DetectorParams {
     ZScore(ZScoreParams),
     IsolationForest(IsolationForestParams),
+    HalfSpaceTrees(HalfSpaceTreesParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -144,7 +147,7 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore", "isolation_forest"];
+pub const MODEL_TYPES: &[&str] = &["zscore", "isolation_forest", "half_space_trees"];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -153,6 +156,7 @@ impl PipelineSpec {
         let detector = match self.model_type.as_str() {
             "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
             "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
+            "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -182,6 +186,7 @@ impl PipelineFactory {
         let detector = match &self.detector {
             DetectorParams::ZScore(p) => AnyDetector::ZScore(ZScore::new(p.clone(), dim)),
             DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
+            DetectorParams::HalfSpaceTrees(p) => AnyDetector::HalfSpaceTrees(HalfSpaceTrees::new(p.clone(), dim, seed)),
         };
         Pipeline {
             detector,
@@ -198,6 +203,7 @@ impl PipelineFactory {
         match self.detector {
             DetectorParams::ZScore(_) => "zscore",
             DetectorParams::IsolationForest(_) => "isolation_forest",
+            DetectorParams::HalfSpaceTrees(_) => "half_space_trees",
         }
     }
 }
@@ -296,6 +302,7 @@ impl Pipeline {
         match &mut self.detector {
             AnyDetector::ZScore(d) => d,
             AnyDetector::IsolationForest(d) => d,
+            AnyDetector::HalfSpaceTrees(d) => d,
         }
     }
 
