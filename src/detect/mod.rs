@@ -13,6 +13,7 @@ pub mod hst;
 pub mod metrics;
 pub mod params;
 pub mod pipeline;
+pub mod rshash;
 pub mod synthetic;
 pub mod zscore;
 
@@ -41,3 +42,6 @@ pub trait Detector {
         self.score_one(x)
     }
 }
+
+#[cfg(test)]
+mod models_tests;

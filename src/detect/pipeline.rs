@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::forest::{IsolationForestParams, OnlineIsolationForest};
 use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
 use super::params::{Params, SpecError};
+use super::rshash::{RsHash, RsHashParams};
 use super::zscore::{ZScore, ZScoreParams};
 use super::Detector;
 
@@ -121,6 +122,7 @@ enum AnyDetector {
     ZScore(ZScore),
     IsolationForest(OnlineIsolationForest),
     HalfSpaceTrees(HalfSpaceTrees),
+    RsHash(RsHash),
 }
 
 /// Checked detector parameters.
@@ -129,6 +131,7 @@ enum DetectorParams {
     ZScore(ZScoreParams),
     IsolationForest(IsolationForestParams),
     HalfSpaceTrees(HalfSpaceTreesParams),
+    RsHash(RsHashParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -147,7 +150,7 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore", "isolation_forest", "half_space_trees"];
+pub const MODEL_TYPES: &[&str] = &["zscore", "isolation_forest", "half_space_trees", "rshash"];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -157,6 +160,7 @@ impl PipelineSpec {
             "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
             "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
             "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
+            "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -187,6 +191,7 @@ impl PipelineFactory {
             DetectorParams::ZScore(p) => AnyDetector::ZScore(ZScore::new(p.clone(), dim)),
             DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
             DetectorParams::HalfSpaceTrees(p) => AnyDetector::HalfSpaceTrees(HalfSpaceTrees::new(p.clone(), dim, seed)),
+            DetectorParams::RsHash(p) => AnyDetector::RsHash(RsHash::new(p.clone(), dim, seed)),
         };
         Pipeline {
             detector,
@@ -204,6 +209,7 @@ impl PipelineFactory {
             DetectorParams::ZScore(_) => "zscore",
             DetectorParams::IsolationForest(_) => "isolation_forest",
             DetectorParams::HalfSpaceTrees(_) => "half_space_trees",
+            DetectorParams::RsHash(_) => "rshash",
         }
     }
 }
@@ -303,25 +309,21 @@ impl Pipeline {
             AnyDetector::ZScore(d) => d,
             AnyDetector::IsolationForest(d) => d,
             AnyDetector::HalfSpaceTrees(d) => d,
+            AnyDetector::RsHash(d) => d,
         }
     }
 
-    /// Whether the detector's raw score is already a calibrated score in [0, 1] (it then
-    /// bypasses the calibrator: score = raw).
-    fn bounded(&self) -> bool {
-        matches!(self.detector, AnyDetector::IsolationForest(_))
-    }
-
     /// Score `x` and learn it, in the configured order.
+    ///
+    /// Every detector goes through the calibrator, including the ones whose native score is
+    /// in [0, 1]: the Online Isolation Forest's score compresses into a narrow band (on 10
+    /// Gaussian features typical points score ~0.26 and +6 sigma outliers ~0.49), and
+    /// Half-Space Trees put typical points near 0.99, so neither means the same as a
+    /// threshold of 0.7 on a calibrated score.
     pub fn process(&mut self, x: &[f64]) -> Scored {
         let raw = if self.learn_first { self.detector().learn_score_one(x) } else { self.detector().score_one(x) };
-        let score = if self.bounded() {
-            raw.clamp(0.0, 1.0)
-        } else {
-            let score = self.calibrator.score(raw);
-            self.calibrator.learn(raw);
-            score
-        };
+        let score = self.calibrator.score(raw);
+        self.calibrator.learn(raw);
         let is_anomaly = score > self.thresholds.anomaly;
         if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
             self.detector().learn_one(x);
