@@ -40,7 +40,9 @@ fn every_model_snapshot_restores_to_bit_identical_scores() {
 
 #[test]
 fn every_model_flags_the_shifted_outliers_and_scores_in_range() {
-    let s = generate(&StreamSpec { len: 6_000, ..StreamSpec::benchmark(StreamKind::ShiftAll, 3) });
+    // 0.3% outliers: the calibrated 0.7 is a tail probability of ~0.8%, so at 1% contamination
+    // an outlier behind many earlier ones in the calibration window would not pass it.
+    let s = generate(&StreamSpec { len: 8_000, outlier_rate: 0.003, ..StreamSpec::benchmark(StreamKind::ShiftAll, 3) });
     for model in D1_MODELS {
         let mut p = spec(model, false).check().unwrap().build(10, "k");
         let mut flagged_outliers = 0;
@@ -55,10 +57,8 @@ fn every_model_flags_the_shifted_outliers_and_scores_in_range() {
             }
         }
         let outliers = s.labels[2_048..].iter().filter(|l| **l).count();
-        // The calibrator's 0.7 means a tail probability below ~0.8%, close to this stream's 1%
-        // contamination, so outliers tied with many earlier ones can fall just short.
-        assert!(flagged_outliers * 10 >= outliers * 7, "{model}: {flagged_outliers} of {outliers} outliers flagged");
-        assert!(flagged_normals * 100 <= 3_952, "{model}: {flagged_normals} normal points flagged");
+        assert!(flagged_outliers * 10 >= outliers * 8, "{model}: {flagged_outliers} of {outliers} outliers flagged");
+        assert!(flagged_normals * 100 <= 5_952, "{model}: {flagged_normals} normal points flagged");
     }
 }
 

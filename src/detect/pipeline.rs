@@ -241,9 +241,11 @@ const CALIBRATION_WARM_UP: usize = 100;
 
 /// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
 ///
-/// p = (1 + #{window scores >= raw}) / (1 + n) is the empirical tail probability; the score is
-/// min(1, -log10(p) / 3), so 0.7 means p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001,
-/// whatever the detector's scale.
+/// p = (1 + #{window scores > raw} + #{window scores == raw} / 2) / (1 + n) is the empirical
+/// tail probability (the mid-p value: ties count half, so a detector that gives every clear
+/// outlier the same saturated raw score, as RS-Hash's 0 for never-seen cells, is not penalised
+/// for each earlier outlier it tied with); the score is min(1, -log10(p) / 3), so 0.7 means
+/// p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001, whatever the detector's scale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibrator {
     /// Window capacity.
@@ -267,7 +269,8 @@ impl Calibrator {
             return 0.0;
         }
         let below = self.sorted.partition_point(|v| *v < raw);
-        let p = (1 + n - below) as f64 / (1 + n) as f64;
+        let not_above = self.sorted.partition_point(|v| *v <= raw);
+        let p = (1.0 + (n - not_above) as f64 + 0.5 * (not_above - below) as f64) / (1 + n) as f64;
         (-p.log10() / 3.0).clamp(0.0, 1.0)
     }
 

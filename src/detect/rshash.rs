@@ -11,9 +11,11 @@
 //! `floor((x_norm + shift) / f)` over its subspace; each of `num_hash_fns` count-min tables
 //! keeps a decayed count per hashed cell, halved every 1/decay points.
 //!
-//! Raw score: `-mean over components of ln(1 + min over tables of the decayed cell count)`
-//! at the time of scoring. Range (-inf, 0]; larger (closer to 0) is more anomalous: a point in
-//! cells that recent points rarely visited. 0 during the warm-up. Unbounded, so the pipeline
+//! Raw score: `exp(-mean over components of ln(1 + min over tables of the decayed cell
+//! count))`, the geometric mean over components of `1 / (1 + count)` at the time of scoring
+//! (a monotone transform of the paper's `-mean log` score, so rankings are the same). Range
+//! [0, 1]; 1 = every cell empty (never or long ago visited), larger is more anomalous; 0 during
+//! the warm-up (no evidence, not maximal surprise). Not a probability, so the pipeline
 //! calibrates it.
 //!
 //! Feature ranges: `feature_mins` / `feature_maxes` set the range of every feature (use a
@@ -305,7 +307,7 @@ impl Detector for RsHash {
             }
             total += min.ln_1p();
         }
-        -total / self.components.len() as f64
+        (-total / self.components.len() as f64).exp()
     }
 }
 
@@ -332,7 +334,7 @@ mod tests {
         d.learn_one(&[0.5, 0.5]);
         // Just learned: the count is 1 after one step of age (2^-0.5).
         let s1 = d.score_one(&[0.5, 0.5]);
-        assert!((s1 + (2f64.powf(-0.5)).ln_1p()).abs() < 1e-6, "{s1}");
+        assert!((s1 - 1.0 / (1.0 + 2f64.powf(-0.5))).abs() < 1e-6, "{s1}");
         d.learn_one(&[0.9, 0.1]);
         d.learn_one(&[0.1, 0.9]);
         let s3 = d.score_one(&[0.5, 0.5]);
@@ -346,7 +348,8 @@ mod tests {
             assert_eq!(d.score_one(&[i as f64, 0.0]), 0.0);
             d.learn_one(&[i as f64, 0.0]);
         }
-        assert!(d.score_one(&[3.0, 0.0]) < 0.0);
+        let s = d.score_one(&[3.0, 0.0]);
+        assert!(s > 0.0 && s < 1.0, "{s}");
     }
 
     #[test]
