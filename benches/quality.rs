@@ -8,7 +8,9 @@
 //! OnlineIForest (the fastest Rust peer) runs on the same streams for comparison.
 //! Points/s is the whole pipeline (transforms, detector, calibrator), one core.
 //!
-//! Run: `cargo bench --bench quality` (env `QUALITY_POINTS` overrides the stream length).
+//! Run: `cargo bench --bench quality` (env `QUALITY_POINTS` overrides the stream length;
+//! `QUALITY_DUMP_DIR=dir` also writes each stream as `dir/<stream>.csv`, features then label,
+//! for `benches/onad_oifor.py`, which runs ONAD 0.3.0's forest on the same streams).
 
 use std::time::Instant;
 
@@ -92,6 +94,19 @@ fn main() {
     let len = std::env::var("QUALITY_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let streams: Vec<LabelledStream> =
         StreamKind::ALL.iter().map(|kind| generate(&StreamSpec { len, ..StreamSpec::benchmark(*kind, SEED) })).collect();
+    if let Ok(dir) = std::env::var("QUALITY_DUMP_DIR") {
+        for (kind, stream) in StreamKind::ALL.iter().zip(&streams) {
+            let mut csv = String::new();
+            for (x, label) in stream.points.iter().zip(&stream.labels) {
+                let row: Vec<String> = x.iter().map(|v| format!("{v:?}")).collect();
+                csv.push_str(&format!("{},{}\n", row.join(","), *label as u8));
+            }
+            let path = std::path::Path::new(&dir).join(format!("{}.csv", kind.name()));
+            if let Err(e) = std::fs::write(&path, csv) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
     let mut rows = Vec::new();
     for model in MODEL_TYPES {
         match run_model(model, &streams) {
