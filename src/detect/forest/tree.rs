@@ -57,7 +57,9 @@ pub(super) struct Tables {
 impl Tables {
     /// The tables of `p`.
     pub(super) fn new(p: &IsolationForestParams) -> Self {
-        let path_length = (0..p.window_size + 2).map(|n| p.path_length(n as f64)).collect();
+        // Leaf counts stay near the window size; larger windows fall back to the formula.
+        let len = (p.window_size + 2).min(1 << 16);
+        let path_length = (0..len).map(|n| p.path_length(n as f64)).collect();
         let split_min_count = (0..64u32)
             .map(|k| {
                 let limit = |n: i64| (k as f64) < p.path_length(n as f64);
