@@ -8,8 +8,14 @@
 //! (detectors) and `transform_one` (transforms) read it. Points are dense `&[f64]` in the
 //! feature order a pipeline fixed on its first reading.
 
+pub mod knn;
+pub mod mahalanobis;
 pub mod params;
 pub mod pipeline;
+pub mod svm;
+#[cfg(test)]
+mod testutil;
+pub mod transform;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
