@@ -6,9 +6,10 @@
 //! holds fewer than `warm_up` points. Range: [0, inf).
 //!
 //! ONAD rebuilds a faiss `IndexFlatL2` from the whole window on every point and computes in
-//! float32. Here the window is one flat `Vec<f64>` used as a ring buffer (a learned point
-//! overwrites the oldest one in place: O(d), no rebuild) and the search is an exact scan in
-//! float64 with a k-slot insertion list, so scores equal ONAD's up to its float32 rounding.
+//! float32. Here the window is one flat feature-major `Vec<f64>` used as a ring buffer (a
+//! learned point overwrites the oldest one in place: O(d), no rebuild) and the search is an
+//! exact scan in float64 (column by column, so it vectorises across points) with a k-slot
+//! insertion list, so scores equal ONAD's up to its float32 rounding.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,13 +61,19 @@ pub struct Knn {
     params: KnnParams,
     /// Features per point.
     dim: usize,
-    /// The window, row-major `len × dim`, a ring buffer once full.
-    data: Vec<f64>,
+    /// The window, feature-major: feature j of slot p is `cols[j * stride + p]`. Scoring then
+    /// streams each feature's column contiguously, which vectorises across points.
+    cols: Vec<f64>,
+    /// Slots reserved per feature column (grows by doubling up to `window_size`).
+    stride: usize,
     /// Points in the window.
     len: usize,
     /// Slot the next learned point overwrites once the window is full (the oldest point).
     next: usize,
-    /// The k smallest distances of the current query, ascending (scratch, not state).
+    /// Scratch: squared distance of the query to each slot (not state).
+    #[serde(skip)]
+    dist: Vec<f64>,
+    /// Scratch: the k smallest distances of the current query, ascending (not state).
     #[serde(skip)]
     best: Vec<f64>,
 }
@@ -74,58 +81,77 @@ pub struct Knn {
 impl Knn {
     /// A detector over `dim` features.
     pub fn new(params: KnnParams, dim: usize) -> Self {
-        Self { params, dim, data: Vec::new(), len: 0, next: 0, best: Vec::new() }
+        Self { params, dim, cols: Vec::new(), stride: 0, len: 0, next: 0, dist: Vec::new(), best: Vec::new() }
     }
-}
 
-/// Squared Euclidean distance with four independent accumulators, so the loop vectorises.
-#[inline]
-fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, ra) = (a.chunks_exact(4), a.chunks_exact(4).remainder());
-    let rb = b.chunks_exact(4).remainder();
-    for (x, y) in ca.zip(b.chunks_exact(4)) {
-        for i in 0..4 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
+    /// Re-lay the columns with room for `stride` slots each.
+    fn grow(&mut self, stride: usize) {
+        let mut cols = vec![0.0; stride * self.dim];
+        for j in 0..self.dim {
+            let old = &self.cols[j * self.stride..j * self.stride + self.len];
+            cols[j * stride..j * stride + self.len].copy_from_slice(old);
         }
+        self.cols = cols;
+        self.stride = stride;
     }
-    let mut tail = 0.0;
-    for (x, y) in ra.iter().zip(rb) {
-        let d = x - y;
-        tail += d * d;
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 impl Detector for Knn {
     fn learn_one(&mut self, x: &[f64]) {
-        let d = self.dim;
-        if x.len() != d {
+        if x.len() != self.dim {
             // The pipeline fixes the width; a mismatch is a caller bug, ignored, not a panic.
             return;
         }
-        if self.len < self.params.window_size {
-            self.data.extend_from_slice(x);
+        let slot = if self.len < self.params.window_size {
+            if self.len == self.stride {
+                self.grow((self.stride * 2).max(16).min(self.params.window_size));
+            }
             self.len += 1;
-        } else if let Some(slot) = self.data.get_mut(self.next * d..(self.next + 1) * d) {
-            slot.copy_from_slice(x);
-            self.next = (self.next + 1) % self.params.window_size;
+            self.len - 1
+        } else {
+            let s = self.next;
+            self.next = (s + 1) % self.params.window_size;
+            s
+        };
+        for (j, v) in x.iter().enumerate() {
+            self.cols[j * self.stride + slot] = *v;
         }
     }
 
     fn score_one(&mut self, x: &[f64]) -> f64 {
         let k = self.params.k;
-        if self.len < self.params.warm_up || self.len < k || x.len() != self.dim {
+        let n = self.len;
+        if n < self.params.warm_up || n < k || x.len() != self.dim || self.dim == 0 {
             return 0.0;
         }
+        // Squared distances to every slot, one feature column at a time.
+        self.dist.clear();
+        self.dist.extend(self.cols[..n].iter().map(|c| (c - x[0]) * (c - x[0])));
+        // Three columns per pass (summed in feature order, as a plain loop would) so the
+        // distance buffer is read and written a third as often.
+        let col = |j: usize| &self.cols[j * self.stride..j * self.stride + n];
+        let mut j = 1;
+        while j + 3 <= self.dim {
+            let (c0, c1, c2) = (col(j), col(j + 1), col(j + 2));
+            let (x0, x1, x2) = (x[j], x[j + 1], x[j + 2]);
+            for (((d, a0), a1), a2) in self.dist.iter_mut().zip(c0).zip(c1).zip(c2) {
+                let (t0, t1, t2) = (a0 - x0, a1 - x1, a2 - x2);
+                *d = *d + t0 * t0 + t1 * t1 + t2 * t2;
+            }
+            j += 3;
+        }
+        for (jj, xj) in x.iter().enumerate().skip(j) {
+            for (d, c) in self.dist.iter_mut().zip(col(jj)) {
+                let t = c - xj;
+                *d += t * t;
+            }
+        }
+        // The k smallest, by insertion into an ascending list.
         self.best.clear();
         self.best.resize(k, f64::INFINITY);
         let mut worst = f64::INFINITY;
-        for p in self.data.chunks_exact(self.dim) {
-            let dist = sq_dist(x, p);
+        for &dist in &self.dist {
             if dist < worst {
-                // Insert into the ascending list, dropping the current k-th.
                 let mut i = k - 1;
                 while i > 0 && self.best[i - 1] > dist {
                     self.best[i] = self.best[i - 1];
