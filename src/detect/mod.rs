@@ -16,6 +16,7 @@ pub mod svm;
 #[cfg(test)]
 mod testutil;
 pub mod transform;
+pub mod univariate;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};

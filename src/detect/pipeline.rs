@@ -13,6 +13,7 @@ use super::mahalanobis::{Mahalanobis, MahalanobisParams};
 use super::params::{Params, SpecError};
 use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
 use super::transform::{AnyTransform, TransformParams};
+use super::univariate::{MovingKind, MovingStat, MovingStatParams};
 use super::zscore::{ZScore, ZScoreParams};
 use super::{Detector, Transformer};
 
@@ -124,6 +125,7 @@ enum AnyDetector {
     Knn(Knn),
     AdaptiveSvm(AdaptiveSvm),
     Mahalanobis(Mahalanobis),
+    Moving(MovingStat),
 }
 
 /// Checked detector parameters.
@@ -133,6 +135,7 @@ enum DetectorParams {
     Knn(KnnParams),
     AdaptiveSvm(AdaptiveSvmParams),
     Mahalanobis(MahalanobisParams),
+    Moving(MovingStatParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -153,7 +156,7 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore", "knn", "adaptive_svm", "mahalanobis"];
+pub const MODEL_TYPES: &[&str] = &["zscore", "knn", "adaptive_svm", "mahalanobis", "moving_average", "moving_variance", "moving_median"];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -164,6 +167,9 @@ impl PipelineSpec {
             "knn" => DetectorParams::Knn(KnnParams::check(&self.model_params)?),
             "adaptive_svm" => DetectorParams::AdaptiveSvm(AdaptiveSvmParams::check(&self.model_params)?),
             "mahalanobis" => DetectorParams::Mahalanobis(MahalanobisParams::check(&self.model_params)?),
+            "moving_average" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Average, &self.model_params)?),
+            "moving_variance" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Variance, &self.model_params)?),
+            "moving_median" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Median, &self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -211,6 +217,7 @@ impl PipelineFactory {
             DetectorParams::Knn(p) => AnyDetector::Knn(Knn::new(p.clone(), dim)),
             DetectorParams::AdaptiveSvm(p) => AnyDetector::AdaptiveSvm(AdaptiveSvm::new(p.clone(), dim, seed)),
             DetectorParams::Mahalanobis(p) => AnyDetector::Mahalanobis(Mahalanobis::new(p.clone(), dim)),
+            DetectorParams::Moving(p) => AnyDetector::Moving(MovingStat::new(p.clone(), dim)),
         };
         let bufs = vec![Vec::new(); steps.len()];
         Pipeline {
@@ -243,11 +250,12 @@ impl PipelineFactory {
 
     /// Name of the configured detector.
     pub fn detector_name(&self) -> &'static str {
-        match self.detector {
+        match &self.detector {
             DetectorParams::ZScore(_) => "zscore",
             DetectorParams::Knn(_) => "knn",
             DetectorParams::AdaptiveSvm(_) => "adaptive_svm",
             DetectorParams::Mahalanobis(_) => "mahalanobis",
+            DetectorParams::Moving(p) => p.kind.name(),
         }
     }
 }
@@ -353,6 +361,7 @@ impl Pipeline {
             AnyDetector::Knn(d) => d,
             AnyDetector::AdaptiveSvm(d) => d,
             AnyDetector::Mahalanobis(d) => d,
+            AnyDetector::Moving(d) => d,
         }
     }
 
