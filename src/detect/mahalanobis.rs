@@ -88,10 +88,10 @@ impl Mahalanobis {
         for (m, dv) in self.mean.iter_mut().zip(&self.diff) {
             *m += dv / n_after;
         }
-        for i in 0..d {
-            let after_i = x[i] - self.mean[i];
-            for j in 0..d {
-                self.comoment[i * d + j] += self.diff[j] * after_i;
+        for (i, (xi, mi)) in x.iter().zip(&self.mean).enumerate() {
+            let after_i = xi - mi;
+            for (c, dj) in self.comoment[i * d..(i + 1) * d].iter_mut().zip(&self.diff) {
+                *c += dj * after_i;
             }
         }
     }
@@ -103,10 +103,10 @@ impl Mahalanobis {
         for (m, dv) in self.mean.iter_mut().zip(&self.diff) {
             *m -= dv / n_after;
         }
-        for i in 0..d {
-            let after_i = y[i] - self.mean[i];
-            for j in 0..d {
-                self.comoment[i * d + j] -= self.diff[j] * after_i;
+        for (i, (yi, mi)) in y.iter().zip(&self.mean).enumerate() {
+            let after_i = yi - mi;
+            for (c, dj) in self.comoment[i * d..(i + 1) * d].iter_mut().zip(&self.diff) {
+                *c -= dj * after_i;
             }
         }
     }
@@ -123,8 +123,8 @@ impl Mahalanobis {
         for row in self.data.chunks_exact(d) {
             for i in 0..d {
                 let a = row[i] - self.mean[i];
-                for j in 0..d {
-                    self.comoment[i * d + j] += a * (row[j] - self.mean[j]);
+                for (c, (rj, mj)) in self.comoment[i * d..(i + 1) * d].iter_mut().zip(row.iter().zip(&self.mean)) {
+                    *c += a * (rj - mj);
                 }
             }
         }
@@ -145,7 +145,7 @@ impl Mahalanobis {
             for k in 0..j {
                 s -= self.chol[j * d + k] * self.chol[j * d + k];
             }
-            if !(s > 0.0) || !s.is_finite() {
+            if s.is_nan() || s <= 0.0 || !s.is_finite() {
                 return false;
             }
             let l = s.sqrt();

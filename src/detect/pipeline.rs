@@ -119,6 +119,9 @@ pub struct PipelineSpec {
 
 /// Detector state, one variant per model (an enum, not a trait object, so that it is plain
 /// serializable data).
+// Variants differ in size (the SVM carries its RNG and buffers inline); one pipeline per key
+// holds one of them, so boxing would only add an indirection on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum AnyDetector {
     ZScore(ZScore),
@@ -419,22 +422,20 @@ impl Pipeline {
             self.learn(x);
         }
         let mut top_features = Vec::new();
-        if is_anomaly && self.steps.iter().all(AnyTransform::keeps_features) {
-            if matches!(self.detector, AnyDetector::ZScore(_)) {
-                // Explain in the detector's own (scaled) coordinates, same features as `x`.
-                let xt = if self.steps.is_empty() {
-                    x.to_vec()
-                } else {
-                    self.transform(x, false);
-                    self.bufs[self.steps.len() - 1].clone()
-                };
-                if let AnyDetector::ZScore(z) = &self.detector {
-                    z.feature_z(&xt, &mut self.scratch);
-                }
-                top_features.extend(self.scratch.iter().copied().enumerate());
-                top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
-                top_features.truncate(3);
+        if is_anomaly && self.steps.iter().all(AnyTransform::keeps_features) && matches!(self.detector, AnyDetector::ZScore(_)) {
+            // Explain in the detector's own (scaled) coordinates, same features as `x`.
+            let xt = if self.steps.is_empty() {
+                x.to_vec()
+            } else {
+                self.transform(x, false);
+                self.bufs[self.steps.len() - 1].clone()
+            };
+            if let AnyDetector::ZScore(z) = &self.detector {
+                z.feature_z(&xt, &mut self.scratch);
             }
+            top_features.extend(self.scratch.iter().copied().enumerate());
+            top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
+            top_features.truncate(3);
         }
         Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features }
     }
