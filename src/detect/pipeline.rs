@@ -8,9 +8,12 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::forest::{IsolationForestParams, OnlineIsolationForest};
+use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
 use super::knn::{Knn, KnnParams};
 use super::mahalanobis::{Mahalanobis, MahalanobisParams};
 use super::params::{Params, SpecError};
+use super::rshash::{RsHash, RsHashParams};
 use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
 use super::transform::{AnyTransform, TransformParams};
 use super::univariate::{MovingKind, MovingStat, MovingStatParams};
@@ -129,6 +132,9 @@ enum AnyDetector {
     AdaptiveSvm(AdaptiveSvm),
     Mahalanobis(Mahalanobis),
     Moving(MovingStat),
+    IsolationForest(OnlineIsolationForest),
+    HalfSpaceTrees(HalfSpaceTrees),
+    RsHash(RsHash),
 }
 
 /// Checked detector parameters.
@@ -139,6 +145,9 @@ enum DetectorParams {
     AdaptiveSvm(AdaptiveSvmParams),
     Mahalanobis(MahalanobisParams),
     Moving(MovingStatParams),
+    IsolationForest(IsolationForestParams),
+    HalfSpaceTrees(HalfSpaceTreesParams),
+    RsHash(RsHashParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -159,7 +168,18 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore", "knn", "adaptive_svm", "mahalanobis", "moving_average", "moving_variance", "moving_median"];
+pub const MODEL_TYPES: &[&str] = &[
+    "zscore",
+    "isolation_forest",
+    "half_space_trees",
+    "rshash",
+    "knn",
+    "adaptive_svm",
+    "mahalanobis",
+    "moving_average",
+    "moving_variance",
+    "moving_median",
+];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -173,6 +193,9 @@ impl PipelineSpec {
             "moving_average" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Average, &self.model_params)?),
             "moving_variance" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Variance, &self.model_params)?),
             "moving_median" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Median, &self.model_params)?),
+            "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
+            "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
+            "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -221,6 +244,9 @@ impl PipelineFactory {
             DetectorParams::AdaptiveSvm(p) => AnyDetector::AdaptiveSvm(AdaptiveSvm::new(p.clone(), dim, seed)),
             DetectorParams::Mahalanobis(p) => AnyDetector::Mahalanobis(Mahalanobis::new(p.clone(), dim)),
             DetectorParams::Moving(p) => AnyDetector::Moving(MovingStat::new(p.clone(), dim)),
+            DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
+            DetectorParams::HalfSpaceTrees(p) => AnyDetector::HalfSpaceTrees(HalfSpaceTrees::new(p.clone(), dim, seed)),
+            DetectorParams::RsHash(p) => AnyDetector::RsHash(RsHash::new(p.clone(), dim, seed)),
         };
         let bufs = vec![Vec::new(); steps.len()];
         Pipeline {
@@ -259,6 +285,9 @@ impl PipelineFactory {
             DetectorParams::AdaptiveSvm(_) => "adaptive_svm",
             DetectorParams::Mahalanobis(_) => "mahalanobis",
             DetectorParams::Moving(p) => p.kind.name(),
+            DetectorParams::IsolationForest(_) => "isolation_forest",
+            DetectorParams::HalfSpaceTrees(_) => "half_space_trees",
+            DetectorParams::RsHash(_) => "rshash",
         }
     }
 }
@@ -290,9 +319,11 @@ const CALIBRATION_WARM_UP: usize = 100;
 
 /// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
 ///
-/// p = (1 + #{window scores >= raw}) / (1 + n) is the empirical tail probability; the score is
-/// min(1, -log10(p) / 3), so 0.7 means p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001,
-/// whatever the detector's scale.
+/// p = (1 + #{window scores > raw} + #{window scores == raw} / 2) / (1 + n) is the empirical
+/// tail probability (the mid-p value: ties count half, so a detector that gives every clear
+/// outlier the same saturated raw score, as RS-Hash's 0 for never-seen cells, is not penalised
+/// for each earlier outlier it tied with); the score is min(1, -log10(p) / 3), so 0.7 means
+/// p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001, whatever the detector's scale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibrator {
     /// Window capacity.
@@ -316,7 +347,8 @@ impl Calibrator {
             return 0.0;
         }
         let below = self.sorted.partition_point(|v| *v < raw);
-        let p = (1 + n - below) as f64 / (1 + n) as f64;
+        let not_above = self.sorted.partition_point(|v| *v <= raw);
+        let p = (1.0 + (n - not_above) as f64 + 0.5 * (not_above - below) as f64) / (1 + n) as f64;
         (-p.log10() / 3.0).clamp(0.0, 1.0)
     }
 
@@ -365,6 +397,9 @@ impl Pipeline {
             AnyDetector::AdaptiveSvm(d) => d,
             AnyDetector::Mahalanobis(d) => d,
             AnyDetector::Moving(d) => d,
+            AnyDetector::IsolationForest(d) => d,
+            AnyDetector::HalfSpaceTrees(d) => d,
+            AnyDetector::RsHash(d) => d,
         }
     }
 
@@ -397,6 +432,19 @@ impl Pipeline {
         std::mem::swap(&mut out, &mut self.bufs[self.steps.len() - 1]);
     }
 
+    /// Learn `x` through the steps and the detector, then score the learned transform of `x`
+    /// (ONAD's learn-then-score order; the detector may fuse the two).
+    fn learn_score(&mut self, x: &[f64]) -> f64 {
+        if self.steps.is_empty() {
+            return self.detector().learn_score_one(x);
+        }
+        self.transform(x, true);
+        let out = std::mem::take(&mut self.bufs[self.steps.len() - 1]);
+        let raw = self.detector().learn_score_one(&out);
+        self.bufs[self.steps.len() - 1] = out;
+        raw
+    }
+
     /// The detector's raw score of `x` (transformed, not learned).
     fn raw_score(&mut self, x: &[f64]) -> f64 {
         if self.steps.is_empty() {
@@ -410,11 +458,14 @@ impl Pipeline {
     }
 
     /// Score `x` and learn it, in the configured order.
+    ///
+    /// Every detector goes through the calibrator, including the ones whose native score is
+    /// in [0, 1]: the Online Isolation Forest's score compresses into a narrow band (on 10
+    /// Gaussian features typical points score ~0.26 and +6 sigma outliers ~0.49), and
+    /// Half-Space Trees put typical points near 0.99, so neither means the same as a
+    /// threshold of 0.7 on a calibrated score.
     pub fn process(&mut self, x: &[f64]) -> Scored {
-        if self.learn_first {
-            self.learn(x);
-        }
-        let raw = self.raw_score(x);
+        let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
         let score = self.calibrator.score(raw);
         self.calibrator.learn(raw);
         let is_anomaly = score > self.thresholds.anomaly;
