@@ -35,6 +35,7 @@ Cases (ONAD's API as its docs and the AnomalyDetectionService snippet use it):
 import argparse
 import json
 import math
+import struct
 import sys
 import time
 import types
@@ -155,6 +156,13 @@ def checksum(rows):
         for v in row:
             s += v
     return s
+
+
+def add_checksum_bits(fixture):
+    """The checksum's IEEE bits as an integer: JSON float parsers need not round-trip the last
+    bit (serde_json's default parser does not), integers are exact."""
+    for case in fixture["cases"].values():
+        case["checksum_bits"] = struct.unpack("<Q", struct.pack("<d", case["checksum"]))[0]
 
 
 def as_dicts(rows):
@@ -294,6 +302,7 @@ def main():
             fdesc = dict(desc, n=m)
             auc_case(f"auc_forest_{tag}", OnlineIsolationForest, rows[:m], labels[:m], fdesc)
 
+    add_checksum_bits(fixture)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")

@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::ConfigArgs;
+use crate::detect::metrics::{pr_auc, roc_auc};
 use crate::detect::{Pipeline, PipelineFactory, Severity};
 
 /// Arguments of `onad-stream score`.
@@ -167,20 +168,22 @@ impl<'a> Run<'a> {
         let eval = &self.labelled[eval_after.min(self.labelled.len())..];
         let labels: Vec<bool> = eval.iter().map(|e| e.2).collect();
         let positives = labels.iter().filter(|l| **l).count();
-        if positives == 0 || positives == labels.len() {
-            writeln!(err, "AUC: undefined ({positives} anomalies among {} evaluated rows)", labels.len())?;
-            return Ok(());
-        }
         let score: Vec<f64> = eval.iter().map(|e| e.0).collect();
         let raw: Vec<f64> = eval.iter().map(|e| e.1).collect();
+        let (Some(roc_s), Some(pr_s), Some(roc_r), Some(pr_r)) =
+            (roc_auc(&score, &labels), pr_auc(&score, &labels), roc_auc(&raw, &labels), pr_auc(&raw, &labels))
+        else {
+            writeln!(err, "AUC: undefined ({positives} anomalies among {} evaluated rows)", labels.len())?;
+            return Ok(());
+        };
         writeln!(
             err,
             "evaluated rows: {} (after {eval_after})  anomalies: {positives}\nROC-AUC: {:.4}  PR-AUC: {:.4}  (score)\nROC-AUC: {:.4}  PR-AUC: {:.4}  (raw_score)",
             labels.len(),
-            roc_auc(&score, &labels),
-            pr_auc(&score, &labels),
-            roc_auc(&raw, &labels),
-            pr_auc(&raw, &labels),
+            roc_s,
+            pr_s,
+            roc_r,
+            pr_r,
         )?;
         Ok(())
     }
@@ -193,49 +196,6 @@ fn severity_name(s: Severity) -> &'static str {
         Severity::High => "high",
         Severity::Critical => "critical",
     }
-}
-
-/// ROC-AUC: the probability that a random anomaly outscores a random normal row (ties count
-/// half), from average ranks.
-pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let avg = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += avg * order[i..=j].iter().filter(|k| labels[**k]).count() as f64;
-        i = j + 1;
-    }
-    let pos = labels.iter().filter(|l| **l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
-}
-
-/// PR-AUC as average precision: the mean, over anomalies, of the precision at the threshold
-/// that first includes them (tied scores enter together).
-pub fn pr_auc(scores: &[f64], labels: &[bool]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let pos = labels.iter().filter(|l| **l).count() as f64;
-    let (mut tp, mut seen, mut ap) = (0.0, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let new_tp = order[i..=j].iter().filter(|k| labels[**k]).count() as f64;
-        seen += (j - i + 1) as f64;
-        tp += new_tp;
-        ap += new_tp * tp / seen;
-        i = j + 1;
-    }
-    ap / pos
 }
 
 /// Parse a label value.
@@ -398,14 +358,5 @@ mod tests {
     fn csv_split_handles_quotes() {
         assert_eq!(split_csv(r#"a, "b,c" ,"d""e""#).unwrap(), vec!["a", "b,c", "d\"e"]);
         assert!(split_csv(r#"a,"b"#).is_err());
-    }
-
-    #[test]
-    fn auc_metrics_on_a_known_ranking() {
-        let s = [0.1, 0.4, 0.35, 0.8];
-        let l = [false, false, true, true];
-        assert!((roc_auc(&s, &l) - 0.75).abs() < 1e-12);
-        // ranking: 0.8 (+), 0.4 (-), 0.35 (+), 0.1 (-): AP = (1/1 + 2/3) / 2
-        assert!((pr_auc(&s, &l) - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
     }
 }
