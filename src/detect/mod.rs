@@ -10,11 +10,18 @@
 
 pub mod forest;
 pub mod hst;
+pub mod knn;
+pub mod mahalanobis;
 pub mod metrics;
 pub mod params;
 pub mod pipeline;
 pub mod rshash;
+pub mod svm;
 pub mod synthetic;
+#[cfg(test)]
+mod testutil;
+pub mod transform;
+pub mod univariate;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
