@@ -75,6 +75,8 @@ pub struct WorkerStats {
     pub acknowledged: AtomicU64,
     /// Rebalance callbacks served (assign and revoke each count).
     pub rebalances: AtomicU64,
+    /// Input partitions this worker owns now (the only counter that goes down).
+    pub partitions: AtomicU64,
 }
 
 /// What a run did.

@@ -105,6 +105,7 @@ impl WorkerContext {
                 Ok(thread) => {
                     tracing::info!(topic, partition, "partition assigned");
                     running.insert(partition, Running { stop, thread });
+                    self.shared.stats.partitions.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.shared.fail(WorkerError::Thread(e.to_string()));
@@ -130,6 +131,7 @@ impl WorkerContext {
             r.stop.store(true, Ordering::Release);
         }
         let n = taken.len();
+        self.shared.stats.partitions.fetch_sub(n as u64, Ordering::Relaxed);
         for (partition, r) in taken {
             match r.thread.join() {
                 Ok(exit) => {

@@ -271,3 +271,77 @@ pub fn by_source(outs: &[Out]) -> BTreeMap<(i32, i64), usize> {
     }
     m
 }
+
+/// A worker running as a child process (`onad-stream run`), logging to a temp file.
+pub struct ChildWorker {
+    /// The process.
+    child: std::process::Child,
+    /// Its stderr.
+    log: tempfile::NamedTempFile,
+    /// Its config file (kept until the worker ends).
+    _config: tempfile::NamedTempFile,
+}
+
+impl ChildWorker {
+    /// Start `onad-stream run` on the topics and group named after `name`, with `toml` as its
+    /// config file (the topic overrides win over it).
+    pub fn start(name: &str, partitions: i32, toml: &str) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("temp log file");
+        let config = tempfile::NamedTempFile::new().expect("temp config file");
+        std::fs::write(config.path(), toml).expect("write config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
+        cmd.arg("run").arg("--config").arg(config.path());
+        for o in overrides(name, partitions) {
+            cmd.arg("--set").arg(o);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().expect("reopen log"))
+            .spawn()
+            .expect("start onad-stream run");
+        Self { child, log, _config: config }
+    }
+
+    /// The worker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "worker log lacks {needle:?} after {limit:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(ok.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for worker") {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "worker did not exit within {limit:?} of SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: a crash, no drain, no commit.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
