@@ -55,6 +55,9 @@ pub enum WorkerError {
         /// What went wrong.
         reason: String,
     },
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] crate::partition::StateFailure),
     /// A worker thread could not be started or panicked.
     #[error("worker thread: {0}")]
     Thread(String),
@@ -75,6 +78,8 @@ pub struct WorkerStats {
     pub acknowledged: AtomicU64,
     /// Rebalance callbacks served (assign and revoke each count).
     pub rebalances: AtomicU64,
+    /// Records re-applied to restored state without outputs (answered before a crash).
+    pub replayed: AtomicU64,
     /// Input partitions this worker owns now (the only counter that goes down).
     pub partitions: AtomicU64,
 }

@@ -127,3 +127,48 @@ async fn bad_records_go_to_dead_letters_with_reasons_and_the_worker_keeps_going(
     let summary = worker.stop().await;
     assert_eq!((summary.scored, summary.dead_letters), (10, 6));
 }
+
+/// A state store that restores nothing but says where to start and what not to re-emit.
+struct ResumeAt {
+    start_at: i64,
+    emit_from: i64,
+    last_seen: std::sync::Mutex<Option<i64>>,
+}
+
+impl onad_stream::partition::StateHooks for ResumeAt {
+    fn on_assign(&self, _: &str, _: i32, _: Option<onad_stream::partition::Models>, _: Option<i64>) -> onad_stream::partition::Resume {
+        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from) }
+    }
+    fn after_batch(&self, _: &str, _: i32, m: &onad_stream::partition::Models, _: Option<i64>) -> Result<(), onad_stream::partition::StateFailure> {
+        *self.last_seen.lock().unwrap() = m.last_offset;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_hooks_choose_the_start_offset_and_suppress_replayed_outputs() {
+    let name = unique("resume");
+    let config = config(&name, 1, &[]);
+    create_topics(&config).await;
+    let records = (0..20).map(|i| In { key: Some(b"s1".to_vec()), value: reading("s1", i, &[("t", 1.0)]), partition: 0 }).collect();
+    let positions = produce(&config, records).await;
+    assert_eq!(positions.first(), Some(&(0, 0)), "fresh topic starts at offset 0");
+    let hooks = std::sync::Arc::new(ResumeAt { start_at: 5, emit_from: 12, last_seen: Default::default() });
+    let worker = onad_stream::Worker::new(config.clone()).with_state(hooks.clone());
+    let stats = worker.stats();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let mut scores = Collector::new(&config.kafka.scores_topic, 1);
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "scores from offset 12 on", |s| s.len() >= 8);
+        scores.read_for(Duration::from_secs(1));
+    });
+    let offsets: Vec<i64> = scores.seen.iter().filter_map(|o| o.source_offset).collect();
+    assert_eq!(offsets, (12..20).collect::<Vec<_>>(), "only offsets at or after emit_from are answered");
+    assert_eq!(*hooks.last_seen.lock().unwrap(), Some(19), "after_batch sees the state through the last record");
+    let _ = tx.send(());
+    let summary = handle.await.expect("worker task").expect("worker run");
+    assert_eq!((summary.consumed, stats.replayed.load(std::sync::atomic::Ordering::Relaxed)), (15, 7), "read from start_at; 5..12 replayed silently");
+}

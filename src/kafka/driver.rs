@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::offsets;
 use super::producer::OutputProducer;
@@ -28,6 +29,8 @@ use crate::worker::{WorkerError, WorkerStats};
 /// The worker's consumer type.
 pub type Consumer = BaseConsumer<WorkerContext>;
 
+/// How long the assign callback waits for the group's committed offsets.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the driver waits on the main queue before checking for shutdown.
 const DRIVER_POLL: Duration = Duration::from_millis(100);
 
@@ -86,24 +89,42 @@ impl WorkerContext {
         Self { consumer: OnceLock::new(), shared, running: Mutex::new(BTreeMap::new()), parked: Mutex::new(BTreeMap::new()) }
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else { return };
+    /// Start a thread for each newly assigned partition, before librdkafka fetches it.
+    /// May set a partition's start offset in `tpl` (when the state store asks to).
+    fn assign(&self, consumer: &Consumer, tpl: &mut TopicPartitionList) {
+        let Some(me) = self.consumer.get().and_then(Weak::upgrade) else { return };
+        let topic = self.shared.topic.clone();
         let Ok(mut running) = self.running.lock() else { return };
-        for el in tpl.elements() {
-            let (topic, partition) = (el.topic(), el.partition());
-            if topic != &*self.shared.topic || running.contains_key(&partition) {
-                continue;
+        let new: Vec<i32> =
+            tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
+        let committed = committed_offsets(consumer, &topic, &new);
+        for partition in new {
+            let committed = committed.get(&partition).copied().flatten();
+            // Models kept from an earlier ownership continue only if the group resumes exactly
+            // after the last record they learned; otherwise another member has moved on.
+            let parked = self
+                .parked
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&partition))
+                .filter(|m| m.last_offset.map(|l| l + 1) == committed);
+            let resume = self.shared.hooks.on_assign(&topic, partition, parked, committed);
+            if let Some(start) = resume.start_at {
+                if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(start)) {
+                    self.shared.fail(WorkerError::Kafka(e));
+                    return;
+                }
             }
-            let Some(queue) = consumer.split_partition_queue(topic, partition) else {
+            let Some(queue) = me.split_partition_queue(&topic, partition) else {
                 self.shared.fail(WorkerError::SplitQueue { topic: topic.to_string(), partition });
                 return;
             };
-            let parked = self.parked.lock().ok().and_then(|mut p| p.remove(&partition));
             let stop = Arc::new(AtomicBool::new(false));
-            let task = PartitionTask::new(queue, consumer.clone(), self.shared.clone(), partition, parked, stop.clone());
+            let start_at = resume.start_at;
+            let task = PartitionTask::new(queue, me.clone(), self.shared.clone(), partition, resume, committed, stop.clone());
             match std::thread::Builder::new().name(format!("onad-p{partition}")).spawn(move || task.run()) {
                 Ok(thread) => {
-                    tracing::info!(topic, partition, "partition assigned");
+                    tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");
                     running.insert(partition, Running { stop, thread });
                     self.shared.stats.partitions.fetch_add(1, Ordering::Relaxed);
                 }
@@ -161,20 +182,62 @@ impl WorkerContext {
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, consumer: &Consumer, rebalance: &Rebalance<'_>) {
+    // Replaces rdkafka's default so that the assignment list can carry start offsets; the
+    // assign/unassign calls are the ones the default makes.
+    fn rebalance(&self, consumer: &Consumer, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        match rebalance {
-            Rebalance::Assign(tpl) => self.assign(tpl),
-            Rebalance::Revoke(tpl) => {
-                let ps: Vec<i32> = tpl.elements().iter().filter(|e| e.topic() == &*self.shared.topic).map(|e| e.partition()).collect();
-                tracing::info!(partitions = ?ps, lost = consumer.assignment_lost(), "partitions revoked");
-                if self.stop_partitions(Some(&ps)) > 0 && !consumer.assignment_lost() {
-                    offsets::commit_stored(consumer);
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    self.shared.fail(WorkerError::Kafka(e));
                 }
             }
-            Rebalance::Error(e) => tracing::warn!(cause = %e, "rebalance error"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let ps: Vec<i32> = tpl.elements_for_topic(&self.shared.topic).iter().map(|e| e.partition()).collect();
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?ps, lost, "partitions revoked");
+                if self.stop_partitions(Some(&ps)) > 0 && !lost {
+                    offsets::commit_stored(consumer);
+                }
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::warn!(cause = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::warn!(code = ?other, "rebalance error; dropping the assignment");
+                self.stop_partitions(None);
+                let _ = consumer.unassign();
+            }
         }
     }
+}
+
+/// The group's committed offset (next record to read) of each of `partitions`; `None` where
+/// the group has none or the broker did not answer.
+fn committed_offsets(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let mut out: BTreeMap<i32, Option<i64>> = partitions.iter().map(|p| (*p, None)).collect();
+    if partitions.is_empty() {
+        return out;
+    }
+    match consumer.committed_offsets(tpl, COMMITTED_TIMEOUT) {
+        Ok(got) => {
+            for e in got.elements_for_topic(topic) {
+                if let Offset::Offset(o) = e.offset() {
+                    out.insert(e.partition(), Some(o));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "cannot read committed offsets"),
+    }
+    out
 }
 
 /// Create the consumer, subscribe, and run the driver loop on the calling thread until

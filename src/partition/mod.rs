@@ -177,21 +177,44 @@ impl Processor {
     }
 }
 
+/// Where a partition starts after assignment: decided by [`StateHooks::on_assign`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The state to start from.
+    pub models: Models,
+    /// First offset to read (e.g. snapshot offset + 1). `None`: the group's committed
+    /// offset (or the earliest, for a new group).
+    pub start_at: Option<i64>,
+    /// Records below this offset are learned but produce no outputs (they were delivered
+    /// before a crash). Their offsets are stored only from the group's committed offset on,
+    /// so the commit never moves back. `None`: emit everything.
+    pub emit_from: Option<i64>,
+}
+
+/// A state store failure that stops the worker (offsets stop advancing with it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StateFailure(pub String);
+
 /// Where a partition's state comes from and goes to (implemented by the state store, issue 4).
-/// Every method has a do-nothing default, which is the behaviour without a state store.
+/// Every method has a default, which is the behaviour without a state store: models live in
+/// memory and are kept across a revoke/assign of the same partition when still contiguous.
 pub trait StateHooks: Send + Sync {
-    /// Called on the partition's thread when it is assigned, before its first record.
-    /// `parked` is the state this worker held when it last owned the partition (if it did),
-    /// already checked to be contiguous with the group's position. Return the state to start
-    /// from.
-    fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>) -> Models {
-        parked.unwrap_or_default()
+    /// Called in the assign callback, before the partition is fetched. `parked` is the
+    /// state this worker held when it last owned the partition, already checked to end right
+    /// before `committed` (the group's committed offset: the next record to read), so it
+    /// continues exactly. Runs on the consumer's driver thread: keep it to a local read.
+    fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>, _committed: Option<i64>) -> Resume {
+        Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None }
     }
-    /// Called after each processed batch, with the state and the highest input offset whose
-    /// outputs are all delivered (and stored for commit), if any.
-    fn after_batch(&self, _topic: &str, _partition: i32, _models: &Models, _delivered: Option<i64>) {}
-    /// Called when the partition is revoked or the worker stops, after every output is
-    /// delivered and before the offsets are committed.
+    /// Called on the partition's thread after each batch, with the state and the highest
+    /// input offset whose outputs are all delivered and stored for commit (if any). An error
+    /// stops the worker: offsets do not advance past state that cannot be saved.
+    fn after_batch(&self, _topic: &str, _partition: i32, _models: &Models, _delivered: Option<i64>) -> Result<(), StateFailure> {
+        Ok(())
+    }
+    /// Called on the partition's thread when it is revoked or the worker stops, after every
+    /// output is delivered and its offset stored, before the offsets are committed.
     fn on_revoke(&self, _topic: &str, _partition: i32, _models: &Models) {}
 }
 

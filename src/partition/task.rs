@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::message::{BorrowedMessage, Message as _};
 
-use super::{now_ms, InputRecord, Models, Outcome, Processor, Source};
+use super::{now_ms, InputRecord, Models, Outcome, Processor, Resume, Source};
 use crate::kafka::driver::{Consumer, Shared, WorkerContext};
 use crate::kafka::offsets::{Acks, Wait};
 use crate::worker::WorkerError;
@@ -45,24 +45,37 @@ pub struct PartitionTask {
     acks: Acks,
     /// Set by the coordinator on revoke.
     stop: Arc<AtomicBool>,
+    /// Where outputs resume and which offsets may be stored.
+    replay: Replay,
+}
+
+/// Output suppression while replaying records already answered before a crash.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// Records below this offset produce no outputs.
+    emit_from: Option<i64>,
+    /// The group's committed offset at assignment: offsets below it are never stored again.
+    committed: Option<i64>,
     /// Whether a record has been seen since assignment (for the continuity check).
     started: bool,
 }
 
 impl PartitionTask {
-    /// A task for `partition`; `parked` is the models this worker held when it last owned it.
+    /// A task for `partition`, starting as `resume` says; `committed` is the group's
+    /// committed offset at assignment.
     pub fn new(
         queue: PartitionQueue<WorkerContext>,
         consumer: Arc<Consumer>,
         shared: Arc<Shared>,
         partition: i32,
-        parked: Option<Models>,
+        resume: Resume,
+        committed: Option<i64>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let topic = shared.topic.clone();
-        let models = shared.hooks.on_assign(&topic, partition, parked);
-        let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), models);
-        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, started: false }
+        let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
+        let replay = Replay { emit_from: resume.emit_from, committed, started: false };
+        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay }
     }
 
     /// Run until told to stop (or a fatal error); then drain.
@@ -92,7 +105,7 @@ impl PartitionTask {
                 match self.queue.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
-                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.started, &mut out)?;
+                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out)?;
                         taken += 1;
                         wait = Duration::ZERO;
                     }
@@ -106,7 +119,7 @@ impl PartitionTask {
             let retired = self.acks.advance(&self.consumer, wait)?;
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
             if taken > 0 {
-                self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored());
+                self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored())?;
             }
         }
         Ok(())
@@ -119,18 +132,17 @@ fn handle(
     processor: &mut Processor,
     shared: &Shared,
     acks: &mut Acks,
-    started: &mut bool,
+    replay: &mut Replay,
     out: &mut Vec<super::OutRecord>,
 ) -> Result<(), WorkerError> {
     let offset = m.offset();
-    if !*started {
-        *started = true;
-        // Models kept from an earlier ownership are only valid if the group resumes exactly
-        // after the last record they learned; otherwise another member has moved on.
+    if !replay.started {
+        replay.started = true;
         if let Some(last) = processor.models().last_offset {
             if offset != last + 1 {
-                tracing::info!(partition = processor.partition(), last, offset, "kept models are not contiguous; starting fresh");
-                *processor = Processor::new(shared.topic.clone(), processor.partition(), shared.processor.clone(), Models::default());
+                // Records were skipped (retention, or an offset reset): the models have not
+                // seen them. Logged, not fatal: the models are still the best available.
+                tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
             }
         }
     }
@@ -138,6 +150,14 @@ fn handle(
     let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now_ms(), out);
     let stats = &shared.stats;
     stats.consumed.fetch_add(1, Ordering::Relaxed);
+    if replay.emit_from.is_some_and(|e| offset < e) {
+        // Answered before a crash: the models learn it again, its outputs are not repeated.
+        stats.replayed.fetch_add(1, Ordering::Relaxed);
+        if replay.committed.is_none_or(|c| offset >= c) {
+            acks.push(offset, Vec::new());
+        }
+        return Ok(());
+    }
     match outcome {
         Outcome::Scored { anomaly } => {
             stats.scored.fetch_add(1, Ordering::Relaxed);
