@@ -3,7 +3,9 @@
 //! The model is a FIFO window of the last `window_size` learned points. Raw score =
 //! (x − μ)ᵀ Σ⁻¹ (x − μ), the *squared* Mahalanobis distance (as ONAD returns it), with μ and
 //! Σ the window's mean and sample covariance (ddof = 1, as `np.cov`); 0 while the window holds
-//! fewer than 3 points. Range: [0, inf).
+//! fewer than max(3, d + 1) points. Range: [0, inf). (ONAD scores from 3 points on; with fewer
+//! than d + 1 points the covariance is singular and its `np.linalg.inv` returns rounding noise
+//! of order 1e16, so those scores carry no information.)
 //!
 //! ONAD rebuilds and inverts the covariance on every score (O(w·d² + d³)). Here the mean and
 //! the co-moment matrix are updated as points enter and leave the window (O(d²) per point,
@@ -188,7 +190,7 @@ impl Detector for Mahalanobis {
 
     fn score_one(&mut self, x: &[f64]) -> f64 {
         let d = self.dim;
-        if self.len < 3 || x.len() != d {
+        if self.len < 3 || self.len <= d || x.len() != d {
             return 0.0;
         }
         if !self.factor(0.0) {
