@@ -108,8 +108,8 @@ impl RsHashParams {
         if sampling_points < 2 {
             return Err(r.error("sampling_points", format!("{sampling_points} must be at least 2")));
         }
-        if !(decay > 0.0 && decay <= 1.0) {
-            return Err(r.error("decay", format!("{decay} is not in (0, 1]")));
+        if !(1e-6..=1.0).contains(&decay) {
+            return Err(r.error("decay", format!("{decay} is not in [1e-6, 1]")));
         }
         if warm_up == 0 && limits.is_none() {
             return Err(r.error("warm_up", "must be at least 1 when no feature_mins / feature_maxes are given"));
@@ -161,7 +161,28 @@ pub struct RsHash {
     warm_up: Vec<f64>,
     /// Source of every random choice.
     rng: Pcg64Mcg,
+    /// Tables and buffers, not state.
+    #[serde(skip)]
+    cache: Cache,
 }
+
+/// Derived values and buffers: not state, rebuilt on demand after a restore.
+#[derive(Debug, Clone, Default)]
+struct Cache {
+    /// `2^(-decay * age)` for small ages.
+    decay: Vec<f64>,
+    /// Cell indices of the point being learned and scored.
+    cells: Vec<u32>,
+}
+
+impl PartialEq for Cache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Ages whose decay factor is tabled.
+const DECAY_TABLE: usize = 4096;
 
 impl RsHash {
     /// A detector over `dim` features, seeded.
@@ -175,6 +196,7 @@ impl RsHash {
             index: 0,
             warm_up: Vec::new(),
             rng: Pcg64Mcg::seed_from_u64(seed),
+            cache: Cache::default(),
         };
         if let Some((lo, hi)) = d.params.limits {
             d.init(&vec![(lo, hi); dim]);
@@ -219,7 +241,7 @@ impl RsHash {
         let mut h = mix((c as u64) << 8 | w as u64);
         for (f, shift) in comp.features.iter().zip(&comp.shifts) {
             let (lo, inv) = self.scale[*f as usize];
-            let y = (((x[*f as usize] - lo) * inv + shift) / comp.width).floor() as i64;
+            let y = floor_i64(((x[*f as usize] - lo) * inv + shift) / comp.width);
             h = mix(h ^ y as u64);
         }
         (h as usize) & (self.params.table_size - 1)
@@ -229,17 +251,36 @@ impl RsHash {
     #[inline]
     fn weight(&self, cell: Cell) -> f64 {
         let age = (self.index as u32).wrapping_sub(cell.stamp);
-        cell.weight as f64 * (-self.params.decay * age as f64).exp2()
+        let factor = match self.cache.decay.get(age as usize) {
+            Some(f) => *f,
+            None => (-self.params.decay * age as f64).exp2(),
+        };
+        cell.weight as f64 * factor
     }
 
-    fn learn_point(&mut self, x: &[f64]) {
+    /// Fill `cache.cells` with the cell of `x` in every (component, table), table-major
+    /// within each component.
+    fn locate(&mut self, x: &[f64]) {
+        if self.cache.decay.is_empty() {
+            self.cache.decay = (0..DECAY_TABLE).map(|age| (-self.params.decay * age as f64).exp2()).collect();
+        }
         let table = self.params.table_size;
+        let mut cells = std::mem::take(&mut self.cache.cells);
+        cells.clear();
         for c in 0..self.components.len() {
             for w in 0..self.params.num_hash_fns {
-                let i = w * table + self.cell_of(c, w, x);
-                let weight = self.weight(self.cells[i]) + 1.0;
-                self.cells[i] = Cell { weight: weight as f32, stamp: self.index as u32 };
+                cells.push((w * table + self.cell_of(c, w, x)) as u32);
             }
+        }
+        self.cache.cells = cells;
+    }
+
+    /// Add `x` to the cells located by [`Self::locate`].
+    fn learn_located(&mut self) {
+        for k in 0..self.cache.cells.len() {
+            let i = self.cache.cells[k] as usize;
+            let weight = self.weight(self.cells[i]) + 1.0;
+            self.cells[i] = Cell { weight: weight as f32, stamp: self.index as u32 };
         }
         self.index += 1;
         if self.index % STALE_AGE == 0 {
@@ -250,6 +291,29 @@ impl RsHash {
                 }
             }
         }
+    }
+
+    fn learn_point(&mut self, x: &[f64]) {
+        self.locate(x);
+        self.learn_located();
+    }
+
+    /// The score of the point whose cells [`Self::locate`] found.
+    fn score_located(&self) -> f64 {
+        let w = self.params.num_hash_fns;
+        // Sum of ln(1 + count) as the ln of products of 16 factors: one logarithm per 16
+        // components. Counts are below 1 / (1 - 2^-decay) < 1.5e6 (decay >= 1e-6), so a product
+        // of 16 factors stays far below f64's range.
+        let mut total = 0.0;
+        for group in self.cache.cells.chunks(16 * w) {
+            let mut product = 1.0;
+            for cells in group.chunks_exact(w) {
+                let min = cells.iter().map(|i| self.weight(self.cells[*i as usize])).fold(f64::INFINITY, f64::min);
+                product *= 1.0 + min;
+            }
+            total += product.ln();
+        }
+        (-total / self.components.len() as f64).exp()
     }
 
     fn finish_warm_up(&mut self) {
@@ -266,6 +330,18 @@ impl RsHash {
         for row in rows.chunks_exact(dim) {
             self.learn_point(row);
         }
+    }
+}
+
+/// `floor(v)` as an integer, saturating (NaN gives 0). Baseline x86-64 has no rounding
+/// instruction, and `f64::floor` is then a libm call that dominated the profile.
+#[inline]
+fn floor_i64(v: f64) -> i64 {
+    let t = v as i64;
+    if (t as f64) > v {
+        t - 1
+    } else {
+        t
     }
 }
 
@@ -297,17 +373,21 @@ impl Detector for RsHash {
         if self.components.is_empty() || x.len() != self.dim {
             return 0.0;
         }
-        let table = self.params.table_size;
-        let mut total = 0.0;
-        for c in 0..self.components.len() {
-            let mut min = f64::INFINITY;
-            for w in 0..self.params.num_hash_fns {
-                let i = w * table + self.cell_of(c, w, x);
-                min = min.min(self.weight(self.cells[i]));
-            }
-            total += min.ln_1p();
+        self.locate(x);
+        self.score_located()
+    }
+
+    fn learn_score_one(&mut self, x: &[f64]) -> f64 {
+        if self.components.is_empty() {
+            self.learn_one(x);
+            return self.score_one(x);
         }
-        (-total / self.components.len() as f64).exp()
+        if x.len() != self.dim {
+            return 0.0;
+        }
+        self.locate(x);
+        self.learn_located();
+        self.score_located()
     }
 }
 
@@ -339,6 +419,28 @@ mod tests {
         d.learn_one(&[0.1, 0.9]);
         let s3 = d.score_one(&[0.5, 0.5]);
         assert!(s3 > s1, "older counts weigh less: {s3} vs {s1}");
+    }
+
+    #[test]
+    fn fused_learn_score_equals_learn_then_score() {
+        let s = generate(&StreamSpec { len: 1_000, ..StreamSpec::benchmark(StreamKind::ShiftOne, 6) });
+        let mut a = RsHash::new(RsHashParams { num_hash_fns: 3, table_size: 256, ..Default::default() }, 10, 2);
+        let mut b = a.clone();
+        for x in &s.points {
+            let fused = a.learn_score_one(x);
+            b.learn_one(x);
+            assert_eq!(fused.to_bits(), b.score_one(x).to_bits());
+        }
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn floor_matches_f64_floor() {
+        for v in [-2.5, -2.0, -0.5, -0.0, 0.0, 0.3, 1.0, 7.999, 1e12 + 0.5, -1e12 - 0.5] {
+            assert_eq!(floor_i64(v), v.floor() as i64, "{v}");
+        }
+        assert_eq!(floor_i64(f64::NAN), 0);
+        assert_eq!(floor_i64(1e300), i64::MAX);
     }
 
     #[test]
