@@ -180,8 +180,8 @@ impl Mahalanobis {
         let mut z = self.diff.clone();
         for i in (0..d).rev() {
             let mut t = z[i];
-            for k in i + 1..d {
-                t -= self.chol[k * d + i] * z[k];
+            for (k, zk) in z.iter().enumerate().skip(i + 1) {
+                t -= self.chol[k * d + i] * zk;
             }
             z[i] = t / self.chol[i * d + i];
         }
