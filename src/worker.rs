@@ -127,12 +127,23 @@ pub struct Worker {
     stats: Arc<WorkerStats>,
     /// State store seam.
     hooks: Arc<dyn StateHooks>,
+    /// Run the pipelines (see [`Worker::without_scoring`]).
+    scoring: bool,
 }
 
 impl Worker {
     /// A worker with in-memory state only.
     pub fn new(config: Config) -> Self {
-        Self { config, stats: Arc::default(), hooks: Arc::new(NoState) }
+        Self { config, stats: Arc::default(), hooks: Arc::new(NoState), scoring: true }
+    }
+
+    /// Bypass the detectors: every valid reading is still decoded, validated, routed to its
+    /// sensor's pipeline slot and answered with a `ScoredReading`, but with score 0 and
+    /// detector "none". For measuring the worker's own cost (benches/worker_throughput.rs);
+    /// deliberately not a config key.
+    pub fn without_scoring(mut self) -> Self {
+        self.scoring = false;
+        self
     }
 
     /// Use `hooks` to restore and snapshot partition state.
@@ -155,7 +166,11 @@ impl Worker {
         tracing::info!(topic = %k.input_topic, partitions, group = %k.group_id, detector = self.config.pipeline.detector_name(), "worker starting");
         let shared = Arc::new(Shared {
             topic: k.input_topic.as_str().into(),
-            processor: Arc::new(ProcessorConfig { factory: self.config.pipeline.clone(), limits: self.config.validation.clone() }),
+            processor: Arc::new(ProcessorConfig {
+                factory: self.config.pipeline.clone(),
+                limits: self.config.validation.clone(),
+                scoring: self.scoring,
+            }),
             producer: OutputProducer::new(k)?,
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),

@@ -17,7 +17,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ValidationConfig;
-use crate::detect::{Pipeline, PipelineFactory};
+use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
 
@@ -76,6 +76,10 @@ pub struct ProcessorConfig {
     pub factory: PipelineFactory,
     /// Validation limits.
     pub limits: ValidationConfig,
+    /// Run the pipelines. `false` (only through [`crate::Worker::without_scoring`]) emits every
+    /// valid reading with score 0 and detector "none": it measures the worker without the
+    /// detector's cost and is never a production setting.
+    pub scoring: bool,
 }
 
 /// The synchronous per-partition core.
@@ -162,11 +166,15 @@ impl Processor {
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
         self.x.clear();
         self.x.extend(reading.values.values().copied());
-        let s = kp.pipeline.process(&self.x);
+        let s = if self.config.scoring {
+            kp.pipeline.process(&self.x)
+        } else {
+            Scored { score: 0.0, raw_score: 0.0, is_anomaly: false, severity: Severity::Low, top_features: Vec::new() }
+        };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
         let cx = output::ScoreContext {
-            detector: self.config.factory.detector_name(),
+            detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },
             features: &kp.features,
             processed: kp.processed,
             anomalies: kp.anomalies,
@@ -240,7 +248,7 @@ mod tests {
 
     fn processor() -> Processor {
         let c = Config::load_from(None, &[], &[]).unwrap();
-        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone() };
+        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true };
         Processor::new("in".into(), 3, Arc::new(pc), Models::default())
     }
 

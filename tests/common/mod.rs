@@ -56,7 +56,12 @@ pub fn config(name: &str, partitions: i32, extra: &[&str]) -> Config {
 
 /// Create the input and output topics of `config`.
 pub async fn create_topics(config: &Config) {
-    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create test topics");
+    try_create_topics(config).await.expect("create test topics");
+}
+
+/// As [`create_topics`], returning the error.
+pub async fn try_create_topics(config: &Config) -> Result<usize, onad_stream::kafka::AdminError> {
+    onad_stream::kafka::admin::create_all(&config.kafka).await
 }
 
 /// An encoded reading.
