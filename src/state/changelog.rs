@@ -276,7 +276,8 @@ impl Changelog {
         let err = |e: KafkaError| StateError::Changelog { topic: topic.into(), partition: -1, reason: e.to_string() };
         let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("linger.ms", "5").create().map_err(err)?;
         let mut consumer_config = base.clone();
-        consumer_config.set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+        // librdkafka wants a group id even for `assign`; the reader never joins or commits.
+        consumer_config.set("group.id", "onad-stream-changelog-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
         Ok(Self { producer, consumer_config, topic: topic.into(), max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES })
     }
 
