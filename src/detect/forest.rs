@@ -172,7 +172,18 @@ struct Cache {
     /// Per tree: the leaf the last learned (or scored) point reached and its depth; after
     /// learning, `None` when the tree did not learn it or changed shape since.
     leaves: Vec<Option<(u32, u32)>>,
+    /// Per tree, the nodes the last scored point visited, [`MAX_PATH`] slots per tree.
+    paths: Vec<u32>,
+    /// Per tree, how many of its `paths` slots are used.
+    path_len: Vec<u8>,
+    /// The last scored point while `paths` describe it in the current trees (cleared by any
+    /// learning): learning that same point next (score-then-learn, the pipeline's default)
+    /// then updates the recorded nodes instead of descending again.
+    scored: Vec<f64>,
 }
+
+/// Longest path recorded for reuse (deeper trees just descend again).
+const MAX_PATH: usize = 32;
 
 impl PartialEq for Cache {
     fn eq(&self, _: &Self) -> bool {
@@ -241,6 +252,8 @@ impl OnlineIsolationForest {
             self.cache.tables = Tables::new(&self.params);
         }
         self.cache.leaves.resize(self.params.num_trees, None);
+        self.cache.paths.resize(self.params.num_trees * MAX_PATH, 0);
+        self.cache.path_len.resize(self.params.num_trees, 0);
     }
 
     /// Learn `x`, then forget the oldest point if the window overflows. Leaves
@@ -280,6 +293,24 @@ impl OnlineIsolationForest {
                 cache.walk.push((t as u32, 0));
             }
         }
+        if !cache.scored.is_empty() && cache.scored.as_slice() == x {
+            // Score-then-learn of the same point: the trees have not changed since the score
+            // descent, so the recorded paths are the ones this descent would take.
+            for &(t, _) in &cache.walk {
+                let t = t as usize;
+                let path = &cache.paths[t * MAX_PATH..t * MAX_PATH + cache.path_len[t] as usize];
+                let tree = &mut self.trees[t];
+                for idx in path {
+                    tree.nodes[*idx as usize].count += 1;
+                }
+                if let Some(leaf) = path.last() {
+                    tree.expand_box(*leaf, x);
+                    cache.leaves[t] = Some((*leaf, path.len() as u32 - 1));
+                }
+            }
+            cache.walk.clear();
+        }
+        cache.scored.clear();
         // Interleaved descent: one level of every tree per pass, so the trees' independent
         // memory loads overlap instead of waiting on each other.
         let mut depth = 0;
@@ -385,19 +416,28 @@ impl OnlineIsolationForest {
         let b = self.params.branching_factor;
         let cache = &mut self.cache;
         cache.walk.clear();
+        cache.scored.clear();
         for (t, tree) in self.trees.iter().enumerate() {
             cache.leaves[t] = None;
+            cache.path_len[t] = 0;
             if !tree.nodes.is_empty() {
                 cache.walk.push((t as u32, 0));
             }
         }
         let mut depth = 0;
+        let mut recorded = true;
         while !cache.walk.is_empty() {
             let mut kept = 0;
             for j in 0..cache.walk.len() {
                 let (t, idx) = cache.walk[j];
                 let tree = &self.trees[t as usize];
                 let node = &tree.nodes[idx as usize];
+                if (depth as usize) < MAX_PATH {
+                    cache.paths[t as usize * MAX_PATH + depth as usize] = idx;
+                    cache.path_len[t as usize] = depth as u8 + 1;
+                } else {
+                    recorded = false;
+                }
                 if node.first_child == LEAF {
                     cache.leaves[t as usize] = Some((idx, depth));
                 } else {
@@ -407,6 +447,9 @@ impl OnlineIsolationForest {
             }
             cache.walk.truncate(kept);
             depth += 1;
+        }
+        if recorded {
+            cache.scored.extend_from_slice(x);
         }
         // Summed in tree order, so that every path to a score adds the same floats in the same
         // order (bit-identical results).

@@ -179,7 +179,9 @@ impl HalfSpaceTrees {
         work[feature] = (a, b);
     }
 
-    /// Count `x` in the current window of every tree.
+    /// Count `x` in the current window of every tree (a NaN goes right, like `x < split`
+    /// being false).
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must go right: `!(v < s)`, not `v >= s`
     fn count(&mut self, x: &[f64]) {
         let per_tree = self.nodes_per_tree();
         let height = self.params.height;
@@ -247,6 +249,7 @@ impl Detector for HalfSpaceTrees {
         }
     }
 
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `count`
     fn score_one(&mut self, x: &[f64]) -> f64 {
         if !self.has_reference || x.len() != self.dim {
             return 0.0;

@@ -238,3 +238,24 @@ fn fused_learn_score_equals_learn_then_score() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn learning_a_just_scored_point_reuses_its_paths_exactly() {
+    // A scores each point before learning it (the recorded paths are reused), B only learns;
+    // now and then A scores another point in between, which must disable the reuse.
+    for subsample in [1.0, 0.5] {
+        let s = generate(&StreamSpec { len: 3_000, ..StreamSpec::benchmark(StreamKind::ConstantThenVarying, 8) });
+        let mut a = forest(20, 256, subsample, 4, 10);
+        let mut b = a.clone();
+        for (i, x) in s.points.iter().enumerate() {
+            a.score_one(x);
+            if i % 7 == 0 {
+                a.score_one(&s.points[(i * 31) % s.points.len()]);
+            }
+            a.learn_one(x);
+            b.learn_one(x);
+        }
+        assert_eq!(a, b);
+        assert_counts_consistent(&a);
+    }
+}

@@ -103,8 +103,10 @@ pub(super) struct Scratch {
 }
 
 impl Tree {
-    /// The child of internal node `idx` that `x` falls into.
+    /// The child of internal node `idx` that `x` falls into (a NaN goes right, past every
+    /// split, as in `x < split` being false).
     #[inline]
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must go right: `!(v < s)`, not `v >= s`
     pub(super) fn child(&self, idx: u32, node: &Node, x: &[f64], branching: usize) -> u32 {
         let v = x[node.feature as usize];
         let first = node.first_child;
@@ -239,7 +241,7 @@ impl Tree {
         let b = &self.boxes[idx * 2 * dim..(idx + 1) * 2 * dim];
         // A box that is empty or infinite cannot be sampled; the leaf stays (it cannot happen
         // with finite inputs, since the leaf learned the points that reached its count).
-        if (0..dim).any(|f| !(b[f] <= b[dim + f]) || !(b[dim + f] - b[f]).is_finite()) {
+        if (0..dim).any(|f| b[f] > b[dim + f] || !(b[dim + f] - b[f]).is_finite()) {
             return false;
         }
         let mut samples = std::mem::take(&mut scratch.samples);
@@ -275,9 +277,9 @@ impl Tree {
         scratch.hi.clear();
         scratch.hi.resize(dim, f64::NEG_INFINITY);
         for row in rows.chunks_exact(dim) {
-            for f in 0..dim {
-                scratch.lo[f] = scratch.lo[f].min(row[f]);
-                scratch.hi[f] = scratch.hi[f].max(row[f]);
+            for ((lo, hi), v) in scratch.lo.iter_mut().zip(scratch.hi.iter_mut()).zip(row) {
+                *lo = lo.min(*v);
+                *hi = hi.max(*v);
             }
         }
         self.nodes[idx].count = n as i32;
