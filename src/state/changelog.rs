@@ -316,6 +316,14 @@ impl Changelog {
         Ok(Published { records: count, bytes })
     }
 
+    /// As [`Changelog::publish`], with models already in their envelopes.
+    pub async fn publish_encoded(&self, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<Published, StateError> {
+        let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
+        let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
+        self.send_all(partition, &records).await?;
+        Ok(Published { records: count, bytes })
+    }
+
     /// Make the changelog of `partition` say exactly `models` at `offset` (`replay`: state
     /// rewound, relabelled or reset): publish them, then delete (tombstone) every other key
     /// the changelog holds for the partition.
