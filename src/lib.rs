@@ -13,6 +13,7 @@
 //! - [`state`]: RocksDB snapshots, the snapshot codec, the changelog.
 //! - [`ops`]: validation, circuit breaker and fallback, rate limiting, memory budget.
 //! - [`telemetry`]: logs, metrics, health.
+//! - [`worker`]: [`run`]: the worker as a library call (start, run until shutdown, drain).
 //! - [`cli`]: the subcommands of the `onad-stream` binary.
 
 pub mod cli;
@@ -23,6 +24,9 @@ pub mod ops;
 pub mod partition;
 pub mod state;
 pub mod telemetry;
+pub mod worker;
+
+pub use worker::{run, RunSummary, Worker, WorkerError, WorkerStats};
 
 /// Generated wire types (`proto/onad/v1/readings.proto`).
 pub mod proto {

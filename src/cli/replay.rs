@@ -1,8 +1,51 @@
-//! `onad-stream replay`.
+//! `onad-stream replay`: move a consumer group back (or forward) on the input topic and say
+//! what happens to the models.
+//!
+//! Like `kafka-consumer-groups --reset-offsets`, the group's workers must be stopped (the
+//! command refuses while the group has members). Then, per target partition (next offset O):
+//! - `--state keep`: the newest snapshot is relabelled as having applied O - 1, so the models
+//!   carry on from where they were and learn the replayed readings again.
+//! - `--state rewind`: snapshots after O - 1 are deleted; the worker restores the nearest one
+//!   at or before O - 1 and replays the gap with outputs suppressed, so the models are the
+//!   ones the original run had at O and the replay reproduces its scores. With no such
+//!   snapshot the worker rebuilds from the start of the retained input.
+//! - `--state reset`: an empty snapshot at O - 1: fresh models from O.
+//!
+//! The local store is `state.path` (run once per replica's store) and the changelog topic
+//! is rewritten to match, so a replica without local state gets the same models.
+//!
+//! Backfill without disturbing the live group: replay a *new* group into separate output
+//! topics and a separate store, then run a worker with those settings, e.g.
+//! `replay --group backfill --to-timestamp T --state reset --set state.path=./backfill-state`
+//! then `run --set kafka.group_id=backfill --set kafka.scores_topic=scores-backfill ...`.
 
-use clap::Args;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::ConfigArgs;
+use crate::config::Config;
+use crate::state::changelog::Changelog;
+use crate::state::StateStore;
+
+/// Broker round trips (metadata, group list, offsets for times, commit).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What happens to the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StateMode {
+    /// Keep the current models; they learn the replayed readings again.
+    Keep,
+    /// The models as they were at the target (nearest snapshot, then replay of the gap).
+    Rewind,
+    /// Fresh models from the target.
+    Reset,
+}
 
 /// Arguments of `onad-stream replay`.
 #[derive(Debug, Args)]
@@ -10,10 +53,194 @@ pub struct ReplayArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// Consumer group to move (default: `kafka.group_id`).
+    #[arg(long, env = "ONAD_REPLAY_GROUP")]
+    pub group: Option<String>,
+    /// Target as PARTITION:OFFSET, the next offset to read (repeatable; other partitions
+    /// are left alone).
+    #[arg(long = "to-offset", value_name = "P:O", env = "ONAD_REPLAY_TO_OFFSET", value_delimiter = ',', conflicts_with = "to_timestamp", required_unless_present = "to_timestamp")]
+    pub to_offset: Vec<String>,
+    /// Target as a time (ms since the epoch), for every partition: the first record at or
+    /// after it. On Tansu this is the broker's append time, not the record's CreateTime.
+    #[arg(long = "to-timestamp", value_name = "MS", env = "ONAD_REPLAY_TO_TIMESTAMP")]
+    pub to_timestamp: Option<i64>,
+    /// What happens to the models.
+    #[arg(long, value_enum, env = "ONAD_REPLAY_STATE")]
+    pub state: StateMode,
+    /// Do not touch the changelog topic (e.g. it is not used).
+    #[arg(long, env = "ONAD_REPLAY_NO_CHANGELOG")]
+    pub no_changelog: bool,
 }
 
 /// Run the subcommand.
 pub fn main(args: ReplayArgs) -> anyhow::Result<()> {
-    let _config = args.config.load()?;
-    anyhow::bail!("`onad-stream replay` is not built yet")
+    let config = args.config.load()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(replay(&config, &args))
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.bootstrap);
+    for (k, v) in &config.kafka.settings {
+        c.set(k, v);
+    }
+    c
+}
+
+fn parse_targets(specs: &[String]) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut out = BTreeMap::new();
+    for s in specs {
+        let (p, o) = s.split_once(':').with_context(|| format!("--to-offset {s:?}: expected PARTITION:OFFSET"))?;
+        let p: i32 = p.trim().parse().with_context(|| format!("--to-offset {s:?}: bad partition"))?;
+        let o: i64 = o.trim().parse().with_context(|| format!("--to-offset {s:?}: bad offset"))?;
+        if p < 0 || o < 0 {
+            bail!("--to-offset {s:?}: partition and offset must be >= 0");
+        }
+        out.insert(p, o);
+    }
+    Ok(out)
+}
+
+async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
+    let topic = config.kafka.input_topic.clone();
+    let group = args.group.clone().unwrap_or_else(|| config.kafka.group_id.clone());
+    let base = client_config(config);
+    let mut cc = base.clone();
+    cc.set("group.id", &group).set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cc.create().context("creating the consumer")?;
+
+    // The group must be empty: a live member would overwrite the reset with its own commits.
+    match consumer.fetch_group_list(Some(&group), BROKER_TIMEOUT) {
+        Ok(list) => {
+            if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
+                if !g.members().is_empty() {
+                    bail!("group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)", g.members().len());
+                }
+            }
+        }
+        Err(e) => eprintln!("warning: cannot list group {group:?} ({e}); make sure its workers are stopped"),
+    }
+
+    let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT).context("fetching topic metadata")?;
+    let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    if partitions.is_empty() {
+        bail!("input topic {topic:?} not found");
+    }
+    let targets = match args.to_timestamp {
+        Some(ts) => {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&topic, *p, Offset::Offset(ts))?;
+            }
+            let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
+            let mut out = BTreeMap::new();
+            for e in found.elements() {
+                match e.offset() {
+                    Offset::Offset(o) => {
+                        out.insert(e.partition(), o);
+                    }
+                    other => eprintln!("partition {}: no record at or after {ts} ({other:?}); left alone", e.partition()),
+                }
+            }
+            out
+        }
+        None => parse_targets(&args.to_offset)?,
+    };
+    for p in targets.keys() {
+        if !partitions.contains(p) {
+            bail!("partition {p} is not a partition of {topic:?} (it has {})", partitions.len());
+        }
+    }
+
+    // State first: if it fails, the offsets are untouched and the command can be rerun.
+    let store = StateStore::open(&config.state.path, config.state.snapshot_history).with_context(|| format!("opening state.path {} (is a worker still running on it?)", config.state.path.display()))?;
+    let changelog = if args.no_changelog { None } else { Some(Changelog::new(&base, &config.kafka.changelog_topic)?) };
+    for (&p, &o) in &targets {
+        let report = apply_state(&store, &topic, p, o, args.state)?;
+        let published = match (&changelog, &report.models) {
+            (Some(cl), Some(models)) => {
+                let r = cl.replace(p, report.offset, models.clone(), BROKER_TIMEOUT).await;
+                match r {
+                    Ok(pub_) => format!("changelog rewritten ({} records)", pub_.records),
+                    Err(e) => bail!("partition {p}: local state updated but the changelog was not: {e}; rerun the command"),
+                }
+            }
+            (Some(_), None) => "changelog untouched".to_string(),
+            (None, _) => "changelog skipped".to_string(),
+        };
+        println!("{topic}[{p}] -> next offset {o}: {} ({published})", report.summary);
+    }
+
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in &targets {
+        tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync).with_context(|| format!("committing the new offsets of group {group:?}"))?;
+    let committed = consumer.committed_offsets(tpl.clone(), BROKER_TIMEOUT).context("reading the offsets back")?;
+    for e in committed.elements() {
+        let want = targets.get(&e.partition()).copied();
+        if e.offset() != Offset::Offset(want.unwrap_or(-1)) {
+            bail!("partition {}: committed offset reads back as {:?}, not {want:?}", e.partition(), e.offset());
+        }
+    }
+    println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+/// What `apply_state` did to one partition.
+struct StateReport {
+    /// Human summary.
+    summary: String,
+    /// The snapshot offset the changelog must now say.
+    offset: i64,
+    /// The models the changelog must now hold (`None`: leave it).
+    models: Option<Vec<(String, Vec<u8>)>>,
+}
+
+/// Make the local store of partition `p` match `mode` for a restart at next offset `o`.
+fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode) -> anyhow::Result<StateReport> {
+    let target = o - 1;
+    // The newest readable snapshot satisfying `fits`, with its models' envelopes.
+    let newest = |fits: &dyn Fn(i64) -> bool| -> anyhow::Result<Option<(i64, Vec<(String, Vec<u8>)>)>> {
+        for s in store.snapshots(topic, p)? {
+            let Ok(info) = s else { continue };
+            if !fits(info.offset) {
+                continue;
+            }
+            match store.encoded_models(&info) {
+                Ok(m) => return Ok(Some((info.offset, m))),
+                Err(e) => eprintln!("skipping unreadable snapshot: {e}"),
+            }
+        }
+        Ok(None)
+    };
+    Ok(match mode {
+        StateMode::Reset => {
+            store.delete_after(topic, p, None)?;
+            store.write_encoded(topic, p, target, std::iter::empty())?;
+            StateReport { summary: "state reset (empty snapshot)".into(), offset: target, models: Some(Vec::new()) }
+        }
+        StateMode::Keep => match newest(&|_| true)? {
+            Some((from, models)) => {
+                store.write_encoded(topic, p, target, models.iter().cloned().map(Ok))?;
+                store.delete_after(topic, p, Some(target))?;
+                StateReport { summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()), offset: target, models: Some(models) }
+            }
+            None => StateReport { summary: "no snapshot to keep: the worker starts fresh".into(), offset: target, models: None },
+        },
+        StateMode::Rewind => match newest(&|off| off <= target)? {
+            Some((at, models)) => {
+                store.delete_after(topic, p, Some(at))?;
+                StateReport { summary: format!("rewound to snapshot {at} ({} keys); the worker replays {}..{target} silently", models.len(), at + 1), offset: at, models: Some(models) }
+            }
+            None => {
+                // An empty state at -1 = "nothing applied": the worker replays the input from
+                // its start (silently up to the target), which is the rewound state.
+                store.delete_after(topic, p, None)?;
+                store.write_encoded(topic, p, -1, std::iter::empty())?;
+                StateReport { summary: format!("no snapshot at or before {target}: the worker rebuilds from the start of the input"), offset: -1, models: Some(Vec::new()) }
+            }
+        },
+    })
 }

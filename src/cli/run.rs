@@ -1,4 +1,4 @@
-//! `onad-stream run`.
+//! `onad-stream run`: the worker until SIGTERM/SIGINT, then drain, commit and exit 0.
 
 use clap::Args;
 
@@ -14,6 +14,41 @@ pub struct RunArgs {
 
 /// Run the subcommand.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
-    let _config = args.config.load()?;
-    anyhow::bail!("`onad-stream run` is not built yet")
+    let config = args.config.load()?;
+    crate::telemetry::init(&config.telemetry);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let summary = runtime.block_on(crate::worker::run(config, shutdown_signal()))?;
+    eprintln!(
+        "onad-stream run: {} readings in {:.1} s: {} scored, {} alerts, {} dead letters",
+        summary.consumed,
+        summary.elapsed.as_secs_f64(),
+        summary.scored,
+        summary.alerts,
+        summary.dead_letters
+    );
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "cannot watch SIGTERM; only Ctrl-C stops the worker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -8,8 +8,20 @@
 //! (detectors) and `transform_one` (transforms) read it. Points are dense `&[f64]` in the
 //! feature order a pipeline fixed on its first reading.
 
+pub mod forest;
+pub mod hst;
+pub mod knn;
+pub mod mahalanobis;
+pub mod metrics;
 pub mod params;
 pub mod pipeline;
+pub mod rshash;
+pub mod svm;
+pub mod synthetic;
+#[cfg(test)]
+mod testutil;
+pub mod transform;
+pub mod univariate;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
@@ -30,4 +42,13 @@ pub trait Detector {
     /// The detector's native anomaly score of `x` (larger = more anomalous). Range is
     /// detector-specific and documented on each implementation.
     fn score_one(&mut self, x: &[f64]) -> f64;
+    /// Learn `x`, then score it (ONAD's learn-then-score order). Detectors may override this
+    /// to share work between the two; the result must equal `learn_one` then `score_one`.
+    fn learn_score_one(&mut self, x: &[f64]) -> f64 {
+        self.learn_one(x);
+        self.score_one(x)
+    }
 }
+
+#[cfg(test)]
+mod models_tests;

@@ -8,9 +8,17 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::forest::{IsolationForestParams, OnlineIsolationForest};
+use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
+use super::knn::{Knn, KnnParams};
+use super::mahalanobis::{Mahalanobis, MahalanobisParams};
 use super::params::{Params, SpecError};
+use super::rshash::{RsHash, RsHashParams};
+use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
+use super::transform::{AnyTransform, TransformParams};
+use super::univariate::{MovingKind, MovingStat, MovingStatParams};
 use super::zscore::{ZScore, ZScoreParams};
-use super::Detector;
+use super::{Detector, Transformer};
 
 /// Severity band of a calibrated score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -114,15 +122,32 @@ pub struct PipelineSpec {
 
 /// Detector state, one variant per model (an enum, not a trait object, so that it is plain
 /// serializable data).
+// Variants differ in size (the SVM carries its RNG and buffers inline); one pipeline per key
+// holds one of them, so boxing would only add an indirection on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum AnyDetector {
     ZScore(ZScore),
+    Knn(Knn),
+    AdaptiveSvm(AdaptiveSvm),
+    Mahalanobis(Mahalanobis),
+    Moving(MovingStat),
+    IsolationForest(OnlineIsolationForest),
+    HalfSpaceTrees(HalfSpaceTrees),
+    RsHash(RsHash),
 }
 
 /// Checked detector parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum DetectorParams {
     ZScore(ZScoreParams),
+    Knn(KnnParams),
+    AdaptiveSvm(AdaptiveSvmParams),
+    Mahalanobis(MahalanobisParams),
+    Moving(MovingStatParams),
+    IsolationForest(IsolationForestParams),
+    HalfSpaceTrees(HalfSpaceTreesParams),
+    RsHash(RsHashParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -130,6 +155,8 @@ enum DetectorParams {
 pub struct PipelineFactory {
     /// Checked detector parameters.
     detector: DetectorParams,
+    /// Checked preprocessing steps, in order.
+    steps: Vec<TransformParams>,
     /// Score bounds.
     thresholds: Thresholds,
     /// See [`PipelineSpec::learn_first`].
@@ -141,7 +168,18 @@ pub struct PipelineFactory {
 }
 
 /// Model names accepted as `model_type`.
-pub const MODEL_TYPES: &[&str] = &["zscore"];
+pub const MODEL_TYPES: &[&str] = &[
+    "zscore",
+    "isolation_forest",
+    "half_space_trees",
+    "rshash",
+    "knn",
+    "adaptive_svm",
+    "mahalanobis",
+    "moving_average",
+    "moving_variance",
+    "moving_median",
+];
 
 impl PipelineSpec {
     /// Validate everything once.
@@ -149,6 +187,15 @@ impl PipelineSpec {
         self.thresholds.check()?;
         let detector = match self.model_type.as_str() {
             "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
+            "knn" => DetectorParams::Knn(KnnParams::check(&self.model_params)?),
+            "adaptive_svm" => DetectorParams::AdaptiveSvm(AdaptiveSvmParams::check(&self.model_params)?),
+            "mahalanobis" => DetectorParams::Mahalanobis(MahalanobisParams::check(&self.model_params)?),
+            "moving_average" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Average, &self.model_params)?),
+            "moving_variance" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Variance, &self.model_params)?),
+            "moving_median" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Median, &self.model_params)?),
+            "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
+            "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
+            "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
             other => {
                 return Err(SpecError::UnknownName {
                     what: "model_type",
@@ -157,11 +204,14 @@ impl PipelineSpec {
                 })
             }
         };
-        if let Some(step) = self.preprocessing_steps.first() {
-            return Err(SpecError::UnknownName { what: "preprocessing step", name: step.kind.clone(), known: String::new() });
-        }
+        let steps = self
+            .preprocessing_steps
+            .iter()
+            .map(|step| TransformParams::check(&step.kind, &step.params))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PipelineFactory {
             detector,
+            steps,
             thresholds: self.thresholds,
             learn_first: self.learn_first,
             learn_anomalies: self.learn_anomalies,
@@ -173,12 +223,35 @@ impl PipelineSpec {
 impl PipelineFactory {
     /// A fresh pipeline over `dim` features for the sensor `key`. The key's seed is derived
     /// from the base seed and the key, so the same key gets the same model on every replica.
+    ///
+    /// A step that needs more input features than it gets (`pca` / `random_projection` with
+    /// `n_components` above the width) is clamped to the width; call [`Self::try_build`] or
+    /// [`Self::check_dim`] to have that reported as an error instead.
     pub fn build(&self, dim: usize, key: &str) -> Pipeline {
-        let _seed = self.seed ^ fnv1a(key.as_bytes());
+        let seed = self.seed ^ fnv1a(key.as_bytes());
+        let mut width = dim;
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            // Each step gets its own stream of randomness, derived from the key's seed.
+            let t = step.build(width, seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+            width = t.out_dim(width);
+            steps.push(t);
+        }
+        let dim = width;
         let detector = match &self.detector {
             DetectorParams::ZScore(p) => AnyDetector::ZScore(ZScore::new(p.clone(), dim)),
+            DetectorParams::Knn(p) => AnyDetector::Knn(Knn::new(p.clone(), dim)),
+            DetectorParams::AdaptiveSvm(p) => AnyDetector::AdaptiveSvm(AdaptiveSvm::new(p.clone(), dim, seed)),
+            DetectorParams::Mahalanobis(p) => AnyDetector::Mahalanobis(Mahalanobis::new(p.clone(), dim)),
+            DetectorParams::Moving(p) => AnyDetector::Moving(MovingStat::new(p.clone(), dim)),
+            DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
+            DetectorParams::HalfSpaceTrees(p) => AnyDetector::HalfSpaceTrees(HalfSpaceTrees::new(p.clone(), dim, seed)),
+            DetectorParams::RsHash(p) => AnyDetector::RsHash(RsHash::new(p.clone(), dim, seed)),
         };
+        let bufs = vec![Vec::new(); steps.len()];
         Pipeline {
+            steps,
+            bufs,
             detector,
             calibrator: Calibrator::new(DEFAULT_CALIBRATION_WINDOW),
             thresholds: self.thresholds,
@@ -188,10 +261,33 @@ impl PipelineFactory {
         }
     }
 
+    /// Check that the steps accept `dim` input features (e.g. `pca`'s `n_components` is not
+    /// above the width it receives).
+    pub fn check_dim(&self, dim: usize) -> Result<(), SpecError> {
+        let mut width = dim;
+        for step in &self.steps {
+            width = step.check_dim(width)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::build`], with the steps' width requirements checked first.
+    pub fn try_build(&self, dim: usize, key: &str) -> Result<Pipeline, SpecError> {
+        self.check_dim(dim)?;
+        Ok(self.build(dim, key))
+    }
+
     /// Name of the configured detector.
     pub fn detector_name(&self) -> &'static str {
-        match self.detector {
+        match &self.detector {
             DetectorParams::ZScore(_) => "zscore",
+            DetectorParams::Knn(_) => "knn",
+            DetectorParams::AdaptiveSvm(_) => "adaptive_svm",
+            DetectorParams::Mahalanobis(_) => "mahalanobis",
+            DetectorParams::Moving(p) => p.kind.name(),
+            DetectorParams::IsolationForest(_) => "isolation_forest",
+            DetectorParams::HalfSpaceTrees(_) => "half_space_trees",
+            DetectorParams::RsHash(_) => "rshash",
         }
     }
 }
@@ -223,9 +319,11 @@ const CALIBRATION_WARM_UP: usize = 100;
 
 /// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
 ///
-/// p = (1 + #{window scores >= raw}) / (1 + n) is the empirical tail probability; the score is
-/// min(1, -log10(p) / 3), so 0.7 means p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001,
-/// whatever the detector's scale.
+/// p = (1 + #{window scores > raw} + #{window scores == raw} / 2) / (1 + n) is the empirical
+/// tail probability (the mid-p value: ties count half, so a detector that gives every clear
+/// outlier the same saturated raw score, as RS-Hash's 0 for never-seen cells, is not penalised
+/// for each earlier outlier it tied with); the score is min(1, -log10(p) / 3), so 0.7 means
+/// p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001, whatever the detector's scale.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Calibrator {
     /// Window capacity.
@@ -249,7 +347,8 @@ impl Calibrator {
             return 0.0;
         }
         let below = self.sorted.partition_point(|v| *v < raw);
-        let p = (1 + n - below) as f64 / (1 + n) as f64;
+        let not_above = self.sorted.partition_point(|v| *v <= raw);
+        let p = (1.0 + (n - not_above) as f64 + 0.5 * (not_above - below) as f64) / (1 + n) as f64;
         (-p.log10() / 3.0).clamp(0.0, 1.0)
     }
 
@@ -270,6 +369,11 @@ impl Calibrator {
 /// One sensor's model: detector + calibrator + thresholds. Plain data, serializable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
+    /// Preprocessing steps, applied in order.
+    steps: Vec<AnyTransform>,
+    /// Output buffer of each step (not state; kept to avoid allocation per point).
+    #[serde(skip)]
+    bufs: Vec<Vec<f64>>,
     /// The detector.
     detector: AnyDetector,
     /// Raw-score calibration to [0, 1].
@@ -289,29 +393,107 @@ impl Pipeline {
     fn detector(&mut self) -> &mut dyn Detector {
         match &mut self.detector {
             AnyDetector::ZScore(d) => d,
+            AnyDetector::Knn(d) => d,
+            AnyDetector::AdaptiveSvm(d) => d,
+            AnyDetector::Mahalanobis(d) => d,
+            AnyDetector::Moving(d) => d,
+            AnyDetector::IsolationForest(d) => d,
+            AnyDetector::HalfSpaceTrees(d) => d,
+            AnyDetector::RsHash(d) => d,
         }
     }
 
-    /// Score `x` and learn it, in the configured order.
-    pub fn process(&mut self, x: &[f64]) -> Scored {
-        if self.learn_first {
-            self.detector().learn_one(x);
+    /// Run `x` through the steps; with `learn`, each step learns the point before
+    /// transforming it (ONAD's `scaler | model`). The result is in the last buffer (or `x`).
+    fn transform(&mut self, x: &[f64], learn: bool) {
+        if self.bufs.len() != self.steps.len() {
+            // Restored from a snapshot: the buffers are not state.
+            self.bufs = vec![Vec::new(); self.steps.len()];
         }
-        let raw = self.detector().score_one(x);
+        for i in 0..self.steps.len() {
+            let (done, rest) = self.bufs.split_at_mut(i);
+            let input: &[f64] = if i == 0 { x } else { &done[i - 1] };
+            if learn {
+                self.steps[i].learn_one(input);
+            }
+            self.steps[i].transform_one(input, &mut rest[0]);
+        }
+    }
+
+    /// Learn `x` through the steps and the detector.
+    fn learn(&mut self, x: &[f64]) {
+        if self.steps.is_empty() {
+            self.detector().learn_one(x);
+            return;
+        }
+        self.transform(x, true);
+        let mut out = std::mem::take(&mut self.bufs[self.steps.len() - 1]);
+        self.detector().learn_one(&out);
+        std::mem::swap(&mut out, &mut self.bufs[self.steps.len() - 1]);
+    }
+
+    /// Learn `x` through the steps and the detector, then score the learned transform of `x`
+    /// (ONAD's learn-then-score order; the detector may fuse the two).
+    fn learn_score(&mut self, x: &[f64]) -> f64 {
+        if self.steps.is_empty() {
+            return self.detector().learn_score_one(x);
+        }
+        self.transform(x, true);
+        let out = std::mem::take(&mut self.bufs[self.steps.len() - 1]);
+        let raw = self.detector().learn_score_one(&out);
+        self.bufs[self.steps.len() - 1] = out;
+        raw
+    }
+
+    /// The detector's raw score of `x` (transformed, not learned).
+    fn raw_score(&mut self, x: &[f64]) -> f64 {
+        if self.steps.is_empty() {
+            return self.detector().score_one(x);
+        }
+        self.transform(x, false);
+        let out = std::mem::take(&mut self.bufs[self.steps.len() - 1]);
+        let raw = self.detector().score_one(&out);
+        self.bufs[self.steps.len() - 1] = out;
+        raw
+    }
+
+    /// Score `x` and learn it, in the configured order.
+    ///
+    /// Every detector goes through the calibrator, including the ones whose native score is
+    /// in [0, 1]: the Online Isolation Forest's score compresses into a narrow band (on 10
+    /// Gaussian features typical points score ~0.26 and +6 sigma outliers ~0.49), and
+    /// Half-Space Trees put typical points near 0.99, so neither means the same as a
+    /// threshold of 0.7 on a calibrated score.
+    pub fn process(&mut self, x: &[f64]) -> Scored {
+        let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
         let score = self.calibrator.score(raw);
         self.calibrator.learn(raw);
         let is_anomaly = score > self.thresholds.anomaly;
         if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
-            self.detector().learn_one(x);
+            self.learn(x);
         }
         let mut top_features = Vec::new();
-        if is_anomaly {
-            let AnyDetector::ZScore(z) = &self.detector;
-            z.feature_z(x, &mut self.scratch);
+        if is_anomaly && self.steps.iter().all(AnyTransform::keeps_features) && matches!(self.detector, AnyDetector::ZScore(_)) {
+            // Explain in the detector's own (scaled) coordinates, same features as `x`.
+            let xt = if self.steps.is_empty() {
+                x.to_vec()
+            } else {
+                self.transform(x, false);
+                self.bufs[self.steps.len() - 1].clone()
+            };
+            if let AnyDetector::ZScore(z) = &self.detector {
+                z.feature_z(&xt, &mut self.scratch);
+            }
             top_features.extend(self.scratch.iter().copied().enumerate());
             top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
             top_features.truncate(3);
         }
         Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features }
+    }
+
+    /// The raw score `x` would get now, without learning it or touching the calibrator
+    /// (for parity tests and offline inspection).
+    pub fn peek_raw_score(&mut self, x: &[f64]) -> f64 {
+        self.raw_score(x)
     }
 }

@@ -1,1 +1,4 @@
-//! See the crate docs' Layout section.
+//! Operational safeguards around the detection core: input validation now; circuit breaker and
+//! fallback, rate limiting and the memory budget later.
+
+pub mod validate;

@@ -1,1 +1,325 @@
-//! See the crate docs' Layout section.
+//! One input partition's work: decode -> validate -> route by key -> score -> build outputs.
+//!
+//! [`Processor`] is the synchronous, Kafka-free core (unit-testable); [`task`] runs it on its
+//! own thread per assigned partition, produces its outputs and acknowledges offsets.
+//!
+//! State seam (issue 4): all of a partition's learned state is [`Models`], plain serde data
+//! with the last input offset applied to it. [`StateHooks`] is called on assignment (restore),
+//! after each batch (snapshot when due) and on revocation (final snapshot).
+
+pub mod output;
+pub mod task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ValidationConfig;
+use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
+use crate::ops::validate::{self, Rejection};
+use crate::proto::{ErrorKind, SensorReading};
+
+pub use output::{Dest, OutRecord, Source};
+
+/// One sensor's pipeline and what it was fixed with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyPipeline {
+    /// Feature names, sorted, fixed by the sensor's first reading: the order of the dense
+    /// vector the pipeline sees.
+    pub features: Vec<String>,
+    /// The sensor's model.
+    pub pipeline: Pipeline,
+    /// Readings scored so far.
+    pub processed: u64,
+    /// Readings flagged as anomalies so far.
+    pub anomalies: u64,
+}
+
+/// Everything a partition has learned: the unit of a snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Models {
+    /// Sensor id -> its pipeline. A BTreeMap so that serialized bytes are deterministic.
+    pub keys: BTreeMap<String, KeyPipeline>,
+    /// The last input offset applied (scored or dead-lettered); `None` before the first.
+    pub last_offset: Option<i64>,
+}
+
+/// What happened to one input record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Scored; `anomaly` says whether an alert was emitted too.
+    Scored {
+        /// An alert was emitted.
+        anomaly: bool,
+    },
+    /// Sent to dead letters.
+    DeadLetter(ErrorKind),
+}
+
+/// One input record, borrowed from the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct InputRecord<'a> {
+    /// Record key.
+    pub key: Option<&'a [u8]>,
+    /// Record value.
+    pub value: Option<&'a [u8]>,
+    /// Record offset.
+    pub offset: i64,
+}
+
+/// Settings a processor needs, shared by every partition of a worker.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// Builds a pipeline for a new sensor.
+    pub factory: PipelineFactory,
+    /// Validation limits.
+    pub limits: ValidationConfig,
+    /// Run the pipelines. `false` (only through [`crate::Worker::without_scoring`]) emits every
+    /// valid reading with score 0 and detector "none": it measures the worker without the
+    /// detector's cost and is never a production setting.
+    pub scoring: bool,
+}
+
+/// The synchronous per-partition core.
+pub struct Processor {
+    /// Input topic (for source positions and alert ids).
+    topic: Arc<str>,
+    /// Input partition.
+    partition: i32,
+    /// Shared settings.
+    config: Arc<ProcessorConfig>,
+    /// Learned state.
+    models: Models,
+    /// Reused dense feature vector.
+    x: Vec<f64>,
+}
+
+impl Processor {
+    /// A processor for `topic`/`partition` starting from `models`.
+    pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
+        Self { topic, partition, config, models, x: Vec::new() }
+    }
+
+    /// The learned state.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// Give up the learned state.
+    pub fn into_models(self) -> Models {
+        self.models
+    }
+
+    /// Input partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Process one record, appending its outputs to `out`. Every record yields either one
+    /// `ScoredReading` (plus an `AnomalyAlert` when anomalous) or one `DeadLetter`.
+    pub fn process(&mut self, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Outcome {
+        let topic = self.topic.clone();
+        let src = Source { topic: &topic, partition: self.partition, offset: rec.offset };
+        self.models.last_offset = Some(rec.offset);
+        match self.score(src, rec, now_ms, out) {
+            Ok(anomaly) => Outcome::Scored { anomaly },
+            Err(why) => {
+                output::dead_letter(src, rec.key, rec.value, &why, now_ms, out);
+                Outcome::DeadLetter(why.kind)
+            }
+        }
+    }
+
+    fn score(&mut self, src: Source<'_>, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Result<bool, Rejection> {
+        let bytes = rec.value.ok_or_else(|| Rejection::new(ErrorKind::Decode, "record has no value"))?;
+        validate::check_record_size(bytes.len(), &self.config.limits)?;
+        let reading = SensorReading::decode(bytes)
+            .map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
+        validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        let kp = match self.models.keys.get_mut(&reading.sensor_id) {
+            Some(kp) => {
+                let same = kp.features.len() == reading.values.len()
+                    && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);
+                if !same {
+                    return Err(Rejection::new(
+                        ErrorKind::SchemaMismatch,
+                        format!(
+                            "features {:?} differ from {:?}, fixed by this sensor's first reading",
+                            reading.values.keys().collect::<Vec<_>>(),
+                            kp.features
+                        ),
+                    ));
+                }
+                kp
+            }
+            None => {
+                let features: Vec<String> = reading.values.keys().cloned().collect();
+                let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
+                self.models
+                    .keys
+                    .entry(reading.sensor_id.clone())
+                    .or_insert(KeyPipeline { features, pipeline, processed: 0, anomalies: 0 })
+            }
+        };
+        // `values` is a BTreeMap: its iteration order is the sorted feature order.
+        self.x.clear();
+        self.x.extend(reading.values.values().copied());
+        let s = if self.config.scoring {
+            kp.pipeline.process(&self.x)
+        } else {
+            Scored { score: 0.0, raw_score: 0.0, is_anomaly: false, severity: Severity::Low, top_features: Vec::new() }
+        };
+        kp.processed += 1;
+        kp.anomalies += u64::from(s.is_anomaly);
+        let cx = output::ScoreContext {
+            detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },
+            features: &kp.features,
+            processed: kp.processed,
+            anomalies: kp.anomalies,
+            now_ms,
+        };
+        output::scored(src, &reading, &s, &cx, out);
+        Ok(s.is_anomaly)
+    }
+}
+
+/// Where a partition starts after assignment: decided by [`StateHooks::on_assign`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resume {
+    /// The state to start from.
+    pub models: Models,
+    /// First offset to read (e.g. snapshot offset + 1). `None`: the group's committed
+    /// offset (or the earliest, for a new group).
+    pub start_at: Option<i64>,
+    /// Records below this offset are learned but produce no outputs (they were delivered
+    /// before a crash). Their offsets are stored only from the group's committed offset on,
+    /// so the commit never moves back. `None`: emit everything.
+    pub emit_from: Option<i64>,
+}
+
+/// A state store failure that stops the worker (offsets stop advancing with it).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StateFailure(pub String);
+
+/// Where a partition's state comes from and goes to (implemented by the state store, issue 4).
+/// Every method has a default, which is the behaviour without a state store: models live in
+/// memory and are kept across a revoke/assign of the same partition when still contiguous.
+pub trait StateHooks: Send + Sync {
+    /// Called in the assign callback, before the partition is fetched. `parked` is the
+    /// state this worker held when it last owned the partition, already checked to end right
+    /// before `committed` (the group's committed offset: the next record to read), so it
+    /// continues exactly. Runs on the consumer's driver thread: keep it to a local read.
+    fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>, _committed: Option<i64>) -> Resume {
+        Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None }
+    }
+    /// Called on the partition's thread after each batch, with the state and the highest
+    /// input offset whose outputs are all delivered and stored for commit (if any). An error
+    /// stops the worker: offsets do not advance past state that cannot be saved.
+    fn after_batch(&self, _topic: &str, _partition: i32, _models: &Models, _delivered: Option<i64>) -> Result<(), StateFailure> {
+        Ok(())
+    }
+    /// Called on the partition's thread when it is revoked or the worker stops, after every
+    /// output is delivered and its offset stored, before the offsets are committed.
+    fn on_revoke(&self, _topic: &str, _partition: i32, _models: &Models) {}
+}
+
+/// The default: state lives in memory only.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoState;
+
+impl StateHooks for NoState {}
+
+/// Wall clock in ms since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading};
+
+    fn processor() -> Processor {
+        let c = Config::load_from(None, &[], &[]).unwrap();
+        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true };
+        Processor::new("in".into(), 3, Arc::new(pc), Models::default())
+    }
+
+    fn reading(id: &str, values: &[(&str, f64)]) -> Vec<u8> {
+        SensorReading {
+            sensor_id: id.into(),
+            timestamp_ms: 1,
+            values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn run(p: &mut Processor, key: &[u8], value: &[u8], offset: i64) -> (Outcome, Vec<OutRecord>) {
+        let mut out = Vec::new();
+        let o = p.process(InputRecord { key: Some(key), value: Some(value), offset }, 0, &mut out);
+        (o, out)
+    }
+
+    #[test]
+    fn valid_reading_yields_one_scored_reading_with_source() {
+        let mut p = processor();
+        let (o, out) = run(&mut p, b"s1", &reading("s1", &[("b", 2.0), ("a", 1.0)]), 17);
+        assert_eq!(o, Outcome::Scored { anomaly: false });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].dest, Dest::Scores);
+        assert_eq!(out[0].key, b"s1");
+        let s = ScoredReading::decode(&out[0].payload[..]).unwrap();
+        let src = s.source.unwrap();
+        assert_eq!((src.topic.as_str(), src.partition, src.offset), ("in", 3, 17));
+        assert_eq!(s.counters.unwrap().processed, 1);
+        assert_eq!(p.models().keys["s1"].features, vec!["a", "b"]);
+        assert_eq!(p.models().last_offset, Some(17));
+    }
+
+    #[test]
+    fn garbage_goes_to_dead_letters_with_original_bytes() {
+        let mut p = processor();
+        let (o, out) = run(&mut p, b"k", b"\xff\xff\xff", 5);
+        assert_eq!(o, Outcome::DeadLetter(ErrorKind::Decode));
+        let d = DeadLetter::decode(&out[0].payload[..]).unwrap();
+        assert_eq!(d.original_value, b"\xff\xff\xff");
+        assert_eq!(d.original_key, b"k");
+        assert_eq!(d.source.unwrap().offset, 5);
+        assert_eq!(p.models().last_offset, Some(5));
+    }
+
+    #[test]
+    fn a_changed_feature_set_is_a_schema_mismatch() {
+        let mut p = processor();
+        run(&mut p, b"s1", &reading("s1", &[("a", 1.0)]), 0);
+        let (o, out) = run(&mut p, b"s1", &reading("s1", &[("a", 1.0), ("b", 1.0)]), 1);
+        assert_eq!(o, Outcome::DeadLetter(ErrorKind::SchemaMismatch));
+        assert!(DeadLetter::decode(&out[0].payload[..]).unwrap().error_message.contains("first reading"));
+        assert_eq!(p.models().keys["s1"].processed, 1);
+    }
+
+    #[test]
+    fn a_spike_after_a_steady_stream_is_an_alert_with_named_features() {
+        let mut p = processor();
+        let mut alert = None;
+        for i in 0..400 {
+            let wobble = (i % 7) as f64 * 0.01;
+            let v = if i == 399 { 50.0 } else { 1.0 + wobble };
+            let (_, out) = run(&mut p, b"s1", &reading("s1", &[("temp", v), ("rpm", 3.0 + wobble)]), i);
+            if i == 399 {
+                alert = out.into_iter().find(|r| r.dest == Dest::Alerts);
+            }
+        }
+        let a = AnomalyAlert::decode(&alert.expect("the spike raised no alert").payload[..]).unwrap();
+        assert_eq!(a.alert_id, "in/3/399");
+        assert_eq!(a.top_features[0].feature, "temp");
+    }
+}

@@ -1,1 +1,117 @@
-//! See the crate docs' Layout section.
+//! Durable state: the RocksDB snapshot store, the snapshot codec and the changelog.
+//!
+//! This is the only module that touches RocksDB. A *snapshot* of an input partition is every
+//! key's model plus the last input offset applied to them, written in one atomic WriteBatch
+//! ([`store::StateStore::write_snapshot`]); a bounded history of them per partition serves
+//! `replay --state rewind` and the fallback past a corrupt snapshot. Every stored value is a
+//! checked envelope ([`codec`]); the [`changelog`] carries the same bytes to a compacted
+//! topic so that another replica can take a partition over with its model.
+
+pub mod changelog;
+pub mod codec;
+pub mod store;
+
+pub use codec::{CodecError, Kind};
+pub use store::{Restored, Snapshot, SnapshotInfo, StateStore};
+
+/// What can go wrong with durable state. Every variant names the partition (and the key
+/// where there is one), so a report says exactly what was lost or skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened (missing permissions, a read-only or full disk, or
+    /// another worker holding the directory's lock).
+    #[error("cannot open state store at {path}: {source}")]
+    Open {
+        /// `state.path`.
+        path: std::path::PathBuf,
+        /// RocksDB's reason.
+        source: rocksdb::Error,
+    },
+    /// `state.path` could not be created.
+    #[error("cannot create state directory {path}: {source}")]
+    CreateDir {
+        /// `state.path`.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A snapshot could not be written. The caller must stop committing offsets past the
+    /// last snapshot that did succeed and report unhealthy: nothing is lost, the input is
+    /// replayed from there.
+    #[error("failed to write snapshot of {topic}[{partition}] at offset {offset}: {source}")]
+    Write {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// Offset the snapshot would have recorded.
+        offset: i64,
+        /// RocksDB's reason.
+        source: rocksdb::Error,
+    },
+    /// Reading the store failed (I/O error, or RocksDB's own block checksum caught damage).
+    #[error("failed to read state of {topic}[{partition}]: {source}")]
+    Read {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// RocksDB's reason.
+        source: rocksdb::Error,
+    },
+    /// A stored value failed its envelope check or did not decode.
+    #[error("corrupt snapshot of {topic}[{partition}] at offset {offset}, {}: {source}", key.as_deref().map_or("snapshot metadata".to_string(), |k| format!("key {k:?}")))]
+    Corrupt {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// Offset of the snapshot.
+        offset: i64,
+        /// The key whose value is bad; `None` for the snapshot's metadata.
+        key: Option<String>,
+        /// What is wrong with the bytes.
+        source: CodecError,
+    },
+    /// A snapshot holds fewer or more keys than its metadata recorded.
+    #[error("incomplete snapshot of {topic}[{partition}] at offset {offset}: metadata says {expected} keys, found {found}")]
+    Incomplete {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// Offset of the snapshot.
+        offset: i64,
+        /// Keys recorded in the metadata.
+        expected: u64,
+        /// Keys present.
+        found: u64,
+    },
+    /// A model could not be encoded (a bug: models are plain data).
+    #[error("cannot encode the model of key {key:?} of partition {partition}: {source}")]
+    Encode {
+        /// Input partition.
+        partition: i32,
+        /// Sensor key.
+        key: String,
+        /// Why.
+        source: CodecError,
+    },
+    /// An offset that cannot be a snapshot's (below -1).
+    #[error("invalid snapshot offset {0}: must be >= -1 (the last input offset applied)")]
+    InvalidOffset(i64),
+    /// The changelog topic could not be written or read.
+    #[error("changelog {topic}[{partition}]: {reason}")]
+    Changelog {
+        /// Changelog topic.
+        topic: String,
+        /// Partition (= input partition).
+        partition: i32,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// The per-key model the worker stores (one seam: the worker's own per-key type goes here
+/// if it wraps the pipeline with more state).
+pub type KeyModel = crate::detect::Pipeline;

@@ -1,0 +1,224 @@
+//! Speed benchmark: learn + score of one point, d = 10, one core, at steady state.
+//!
+//! - `pipeline/<model>`: `Pipeline::process` of every registered detector at its defaults
+//!   (score, calibrate, learn: what the worker pays per reading).
+//! - `oifor/<setting>`: our Online Isolation Forest against the `rcf3` crate's OnlineIForest with
+//!   the same parameters (trees, window 2048, max_leaf_samples 32): ours in ONAD's
+//!   learn-then-score order (fused) and in score-then-learn order, rcf3's `update_and_score`.
+//!
+//! Every model first learns 20,000 points of stream (a), so windows are full, then the
+//! benchmark cycles through 4,096 further points. Before the benchmarks the state size of each
+//! model (postcard bytes, what a snapshot stores) is printed.
+//!
+//! Time is the CPU time of the benchmark thread (`CLOCK_THREAD_CPUTIME_ID`), not wall time:
+//! the development machine's 2 cores are shared with other jobs, and time the thread spends
+//! descheduled says nothing about the code. (Cache contention from other jobs still shows.)
+//!
+//! Run: `cargo bench --bench detectors -- --warm-up-time 1 --measurement-time 3`.
+
+use std::hint::black_box;
+
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use onad_stream::detect::forest::{IsolationForestParams, OnlineIsolationForest};
+use onad_stream::detect::pipeline::MODEL_TYPES;
+use onad_stream::detect::synthetic::{generate, StreamKind, StreamSpec};
+use onad_stream::detect::{Detector, Params, PipelineSpec, Thresholds};
+
+const DIM: usize = 10;
+const WARM: usize = 20_000;
+const CYCLE: usize = 4_096;
+
+/// Thread CPU time as a criterion measurement, in nanoseconds.
+struct CpuTime;
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+}
+
+/// Linux's `CLOCK_THREAD_CPUTIME_ID`.
+const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec (two 64-bit fields on x86_64/aarch64 Linux)
+    // and the clock id is a constant the kernel knows.
+    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns() - start
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+/// Formats nanoseconds of CPU time, and throughput as elements per CPU-second.
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if typical < 1e3 {
+            (1.0, "ns")
+        } else if typical < 1e6 {
+            (1e-3, "µs")
+        } else {
+            (1e-6, "ms")
+        };
+        values.iter_mut().for_each(|v| *v *= factor);
+        unit
+    }
+    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        let per = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Bits(n) => *n as f64,
+        };
+        values.iter_mut().for_each(|v| *v = per * 1e9 / *v / 1e3);
+        "Kelem/cpu-s"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn points() -> Vec<Vec<f64>> {
+    generate(&StreamSpec { len: WARM + CYCLE, dim: DIM, ..StreamSpec::benchmark(StreamKind::ShiftAll, 99) }).points
+}
+
+fn spec(model: &str) -> PipelineSpec {
+    PipelineSpec {
+        model_type: model.to_string(),
+        model_params: Params::new(),
+        preprocessing_steps: Vec::new(),
+        thresholds: Thresholds::default(),
+        learn_first: false,
+        learn_anomalies: true,
+        seed: 1,
+    }
+}
+
+fn rcf3_forest(trees: usize, pts: &[Vec<f32>]) -> rcf3::OnlineIForest {
+    let mut f = rcf3::OnlineIForest::builder(DIM)
+        .num_trees(trees)
+        .window_size(2048)
+        .max_leaf_samples(32)
+        .seed(1)
+        .build()
+        .expect("valid rcf3 parameters");
+    for x in &pts[..WARM] {
+        f.update_and_score(x).expect("finite point of the right width");
+    }
+    f
+}
+
+fn our_forest(trees: usize, pts: &[Vec<f64>]) -> OnlineIsolationForest {
+    let p = IsolationForestParams { num_trees: trees, window_size: 2048, max_leaf_samples: 32, ..Default::default() };
+    let mut f = OnlineIsolationForest::new(p, DIM, 1);
+    for x in &pts[..WARM] {
+        f.learn_score_one(x);
+    }
+    f
+}
+
+fn report_state_sizes(pts: &[Vec<f64>], pts32: &[Vec<f32>]) {
+    println!("State bytes at defaults after {WARM} points (postcard):");
+    for model in MODEL_TYPES {
+        let Ok(factory) = spec(model).check() else { continue };
+        let mut p = factory.build(DIM, "bench");
+        for x in &pts[..WARM] {
+            p.process(x);
+        }
+        let bytes = postcard::to_stdvec(&p).map(|b| b.len()).unwrap_or(0);
+        println!("  pipeline/{model}: {bytes} bytes");
+    }
+    for trees in [32, 100] {
+        let ours = postcard::to_stdvec(&our_forest(trees, pts)).map(|b| b.len()).unwrap_or(0);
+        let peer = postcard::to_stdvec(&rcf3_forest(trees, pts32)).map(|b| b.len()).unwrap_or(0);
+        println!("  oifor {trees} trees: ours {ours} bytes, rcf3 {peer} bytes");
+    }
+}
+
+fn benches(c: &mut Criterion<CpuTime>) {
+    let pts = points();
+    let pts32: Vec<Vec<f32>> = pts.iter().map(|p| p.iter().map(|v| *v as f32).collect()).collect();
+    report_state_sizes(&pts, &pts32);
+
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    for model in MODEL_TYPES {
+        let Ok(factory) = spec(model).check() else { continue };
+        let mut p = factory.build(DIM, "bench");
+        for x in &pts[..WARM] {
+            p.process(x);
+        }
+        let mut i = 0;
+        group.bench_function(*model, |b| {
+            b.iter(|| {
+                i = (i + 1) % CYCLE;
+                black_box(p.process(&pts[WARM + i]).score)
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("oifor");
+    group.throughput(Throughput::Elements(1));
+    for trees in [32, 100] {
+        let mut ours = our_forest(trees, &pts);
+        let mut i = 0;
+        group.bench_function(format!("ours_learn_then_score/{trees}_trees_w2048"), |b| {
+            b.iter(|| {
+                i = (i + 1) % CYCLE;
+                black_box(ours.learn_score_one(&pts[WARM + i]))
+            })
+        });
+        let mut ours = our_forest(trees, &pts);
+        group.bench_function(format!("ours_score_then_learn/{trees}_trees_w2048"), |b| {
+            b.iter(|| {
+                i = (i + 1) % CYCLE;
+                let x = &pts[WARM + i];
+                let s = ours.score_one(x);
+                ours.learn_one(x);
+                black_box(s)
+            })
+        });
+        let mut peer = rcf3_forest(trees, &pts32);
+        group.bench_function(format!("rcf3_update_and_score/{trees}_trees_w2048"), |b| {
+            b.iter(|| {
+                i = (i + 1) % CYCLE;
+                black_box(peer.update_and_score(&pts32[WARM + i]).unwrap_or(0.0))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = detectors;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = benches
+}
+criterion_main!(detectors);

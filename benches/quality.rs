@@ -1,0 +1,135 @@
+//! Quality benchmark: prequential ROC-AUC / PR-AUC of every registered detector on the
+//! synthetic streams (a)-(d) of `detect::synthetic`, printed as a markdown table.
+//!
+//! Protocol (as ONAD's reference numbers were measured): 20,000 points per stream, learn then
+//! score each point (`learn_first = true`), AUC over the raw scores after the first 2,048
+//! points. Detectors run at their default parameters; the distance- and kernel-based ones
+//! behind a StandardScaler (`scaler`), as one would configure them. The `rcf3` crate's
+//! OnlineIForest (the fastest Rust peer) runs on the same streams for comparison.
+//! Points/s is the whole pipeline (transforms, detector, calibrator), one core.
+//!
+//! Run: `cargo bench --bench quality` (env `QUALITY_POINTS` overrides the stream length;
+//! `QUALITY_DUMP_DIR=dir` also writes each stream as `dir/<stream>.csv`, features then label,
+//! for `benches/onad_oifor.py`, which runs ONAD 0.3.0's forest on the same streams).
+
+use std::time::Instant;
+
+use onad_stream::detect::metrics::{pr_auc, roc_auc};
+use onad_stream::detect::pipeline::MODEL_TYPES;
+use onad_stream::detect::synthetic::{generate, LabelledStream, StreamKind, StreamSpec};
+use onad_stream::detect::{Params, PipelineSpec, StepSpec, Thresholds};
+
+/// Points scored before AUC is counted.
+const SKIP: usize = 2_048;
+/// Stream seed (fixed: the table must be reproducible).
+const SEED: u64 = 20_240_721;
+/// Detectors that are configured behind a StandardScaler.
+const SCALED: &[&str] = &["knn", "adaptive_svm"];
+
+/// One row of the table: (ROC, PR) per stream and the rate.
+struct Row {
+    name: String,
+    aucs: Vec<Option<(f64, f64)>>,
+    points_per_sec: f64,
+}
+
+fn aucs(scores: &[f64], stream: &LabelledStream) -> Option<(f64, f64)> {
+    let skip = SKIP.min(scores.len());
+    Some((roc_auc(&scores[skip..], &stream.labels[skip..])?, pr_auc(&scores[skip..], &stream.labels[skip..])?))
+}
+
+fn run_model(model: &str, streams: &[LabelledStream]) -> Result<Row, String> {
+    let steps = if SCALED.contains(&model) {
+        vec![StepSpec { kind: "scaler".into(), params: Params::new() }]
+    } else {
+        Vec::new()
+    };
+    let name = if steps.is_empty() { model.to_string() } else { format!("scaler \\| {model}") };
+    let spec = PipelineSpec {
+        model_type: model.to_string(),
+        model_params: Params::new(),
+        preprocessing_steps: steps,
+        thresholds: Thresholds::default(),
+        learn_first: true,
+        learn_anomalies: true,
+        seed: 1,
+    };
+    let factory = spec.check().map_err(|e| format!("{name}: {e}"))?;
+    let mut rows = Vec::new();
+    let (mut points, mut secs) = (0usize, 0.0);
+    for stream in streams {
+        let mut pipeline = factory.build(stream.points[0].len(), "bench");
+        let mut scores = Vec::with_capacity(stream.points.len());
+        let start = Instant::now();
+        for x in &stream.points {
+            scores.push(pipeline.process(x).raw_score);
+        }
+        secs += start.elapsed().as_secs_f64();
+        points += stream.points.len();
+        rows.push(aucs(&scores, stream));
+    }
+    Ok(Row { name, aucs: rows, points_per_sec: points as f64 / secs })
+}
+
+fn run_rcf3(num_trees: usize, streams: &[LabelledStream]) -> Row {
+    let mut rows = Vec::new();
+    let (mut points, mut secs) = (0usize, 0.0);
+    for stream in streams {
+        let dim = stream.points[0].len();
+        let Ok(mut forest) = rcf3::OnlineIForest::builder(dim).num_trees(num_trees).seed(1).build() else {
+            rows.push(None);
+            continue;
+        };
+        let data: Vec<Vec<f32>> = stream.points.iter().map(|p| p.iter().map(|v| *v as f32).collect()).collect();
+        let start = Instant::now();
+        let scores: Vec<f64> = data.iter().map(|x| forest.update_and_score(x).unwrap_or(f64::NAN)).collect();
+        secs += start.elapsed().as_secs_f64();
+        points += data.len();
+        rows.push(aucs(&scores, stream));
+    }
+    Row { name: format!("rcf3 OnlineIForest ({num_trees} trees, peer)"), aucs: rows, points_per_sec: points as f64 / secs }
+}
+
+fn main() {
+    let len = std::env::var("QUALITY_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let streams: Vec<LabelledStream> =
+        StreamKind::ALL.iter().map(|kind| generate(&StreamSpec { len, ..StreamSpec::benchmark(*kind, SEED) })).collect();
+    if let Ok(dir) = std::env::var("QUALITY_DUMP_DIR") {
+        for (kind, stream) in StreamKind::ALL.iter().zip(&streams) {
+            let mut csv = String::new();
+            for (x, label) in stream.points.iter().zip(&stream.labels) {
+                let row: Vec<String> = x.iter().map(|v| format!("{v:?}")).collect();
+                csv.push_str(&format!("{},{}\n", row.join(","), *label as u8));
+            }
+            let path = std::path::Path::new(&dir).join(format!("{}.csv", kind.name()));
+            if let Err(e) = std::fs::write(&path, csv) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for model in MODEL_TYPES {
+        match run_model(model, &streams) {
+            Ok(row) => rows.push(row),
+            Err(e) => eprintln!("skipped {e}"),
+        }
+    }
+    rows.push(run_rcf3(32, &streams));
+    rows.push(run_rcf3(100, &streams));
+
+    println!("Prequential (learn, then score), {len} points per stream, AUC after the first {SKIP}; ROC-AUC / PR-AUC.\n");
+    let header: Vec<String> = StreamKind::ALL.iter().map(|k| k.name().to_string()).collect();
+    println!("| detector | {} | points/s |", header.join(" | "));
+    println!("|---|{}---:|", "---|".repeat(header.len()));
+    for row in rows {
+        let cells: Vec<String> = row
+            .aucs
+            .iter()
+            .map(|a| match a {
+                Some((roc, pr)) => format!("{roc:.3} / {pr:.3}"),
+                None => "n/a".to_string(),
+            })
+            .collect();
+        println!("| {} | {} | {:.0} |", row.name, cells.join(" | "), row.points_per_sec);
+    }
+}

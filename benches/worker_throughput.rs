@@ -1,0 +1,192 @@
+//! Throughput of `run` on the local broker: readings per second from the first record taken
+//! to the last record acknowledged (all outputs delivered, offset stored), for
+//! - `zscore`: the default detector;
+//! - `no scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
+//! - `bare loop`: consume -> produce the same bytes to the same partition, no decode (the
+//!   ceiling design.md measures; run here in the same process and moment as a peer).
+//!
+//! Each mode gets fresh topics (4 partitions) filled beforehand with the same readings (50
+//! sensors, 4 features), so only consuming, processing and producing are timed; the group
+//! join (seconds on Tansu) is excluded by starting the clock at the first record.
+//!
+//! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092) and `ONAD_BENCH_READINGS` (default 200000).
+//! Run: `scripts/kafka-broker start; cargo bench --bench worker_throughput` (release), or
+//! `cargo test --bench worker_throughput` (test profile) where a release build is too costly.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use onad_stream::config::Config;
+use onad_stream::proto::SensorReading;
+use onad_stream::Worker;
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const SENSORS: usize = 50;
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn bootstrap() -> String {
+    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn config(name: &str) -> Config {
+    let sets = vec![
+        format!("kafka.bootstrap=\"{}\"", bootstrap()),
+        format!("kafka.group_id=\"{name}-group\""),
+        format!("kafka.input_topic=\"{name}-in\""),
+        format!("kafka.scores_topic=\"{name}-scores\""),
+        format!("kafka.alerts_topic=\"{name}-alerts\""),
+        format!("kafka.dead_letter_topic=\"{name}-dead\""),
+        format!("kafka.changelog_topic=\"{name}-changelog\""),
+        format!("kafka.partitions={PARTITIONS}"),
+        "kafka.session_timeout_ms=6000".to_string(),
+        "telemetry.log_level=\"warn\"".to_string(),
+    ];
+    Config::load_from(None, &[], &sets).expect("bench config")
+}
+
+/// Fresh topics named for `mode`, filled with `n` readings; returns the config.
+async fn prepare(mode: &str, n: usize) -> Config {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let config = config(&format!("bench-{mode}-{t}"));
+    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create bench topics");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let mut pending = VecDeque::new();
+    for i in 0..n {
+        let sensor = i % SENSORS;
+        let id = format!("sensor-{sensor:03}");
+        let step = (i / SENSORS) as f64;
+        let values = (0..4).map(|f| (format!("f{f}"), (step * 0.1 + f as f64).sin() + sensor as f64)).collect();
+        let bytes = SensorReading { sensor_id: id.clone(), timestamp_ms: i as i64, values, ..Default::default() }.encode_to_vec();
+        let mut rec = FutureRecord::to(&config.kafka.input_topic).key(&id).payload(&bytes).partition(sensor as i32 % PARTITIONS);
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => break pending.push_back(f),
+                Err((_, back)) => {
+                    rec = back;
+                    if let Some(f) = pending.pop_front() {
+                        f.await.expect("producer alive").expect("delivered");
+                    }
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await.expect("producer alive").expect("delivered");
+    }
+    config
+}
+
+/// Time the worker over the prepared topics: (seconds from first record to last ack).
+async fn time_worker(config: Config, n: u64, scoring: bool) -> f64 {
+    let mut worker = Worker::new(config);
+    if !scoring {
+        worker = worker.without_scoring();
+    }
+    let stats = worker.stats();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = rx.await;
+    }));
+    let deadline = Instant::now() + LIMIT;
+    let mut first = None;
+    loop {
+        let consumed = stats.consumed.load(Ordering::Relaxed);
+        if first.is_none() && consumed > 0 {
+            first = Some(Instant::now());
+        }
+        if stats.acknowledged.load(Ordering::Relaxed) >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker did not finish {n} readings within {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let _ = tx.send(());
+    let summary = handle.await.expect("worker task").expect("worker run");
+    assert_eq!(summary.scored, n, "every reading scored");
+    secs
+}
+
+/// The bare loop: assign all partitions, copy each record to the same partition of the
+/// scores topic, wait for every delivery. Returns seconds from first record to last delivery.
+fn time_bare(config: &Config, n: usize) -> f64 {
+    let k = &config.kafka;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", format!("{}-bare", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(&k.input_topic, p, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut pending = VecDeque::new();
+    let (mut seen, mut first) = (0, None);
+    let deadline = Instant::now() + LIMIT;
+    while seen < n {
+        assert!(Instant::now() < deadline, "bare loop did not finish");
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
+        first.get_or_insert_with(Instant::now);
+        seen += 1;
+        let mut rec = FutureRecord::<[u8], [u8]>::to(&k.scores_topic).partition(m.partition());
+        if let Some(key) = m.key() {
+            rec = rec.key(key);
+        }
+        if let Some(p) = m.payload() {
+            rec = rec.payload(p);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => break pending.push_back(f),
+                Err((_, back)) => {
+                    rec = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        while pending.front_mut().is_some_and(|f| futures::FutureExt::now_or_never(&mut *f).is_some()) {
+            pending.pop_front();
+        }
+    }
+    for f in pending {
+        let _ = futures::executor::block_on(f);
+    }
+    first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN)
+}
+
+fn main() {
+    // `cargo test --benches` passes no args; `cargo bench` passes --bench. Either way, run.
+    let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        println!("worker_throughput: {n} readings, {PARTITIONS} partitions, {SENSORS} sensors, 4 features, broker {}", bootstrap());
+        for (mode, scoring) in [("zscore", true), ("no-scoring", false)] {
+            let config = prepare(mode, n).await;
+            let secs = time_worker(config, n as u64, scoring).await;
+            println!("  run, {mode:<10}: {secs:6.2} s  {:>9.0} readings/s", n as f64 / secs);
+        }
+        let config = prepare("bare", n).await;
+        let secs = tokio::task::block_in_place(|| time_bare(&config, n));
+        println!("  bare loop       : {secs:6.2} s  {:>9.0} records/s", n as f64 / secs);
+    });
+}

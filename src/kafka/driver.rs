@@ -1,0 +1,269 @@
+//! The consumer driver and rebalance coordination.
+//!
+//! The driver thread polls the consumer's main queue, which serves the group protocol and
+//! runs the rebalance callbacks below on that thread:
+//! - assign: each partition's queue is split off *before* librdkafka starts fetching it (so
+//!   no record of it can land on the main queue) and handed to a new partition thread;
+//! - revoke: every revoked partition's thread is told to stop, finishes its records in hand,
+//!   waits for their deliveries and stores their offsets; then the stored offsets are committed
+//!   and only then does the callback return, so the next owner starts exactly after what was
+//!   delivered. The partition's models are parked in case it comes back to this worker.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::offsets;
+use super::producer::OutputProducer;
+use crate::partition::task::{PartitionTask, TaskExit};
+use crate::partition::{Models, ProcessorConfig, StateHooks};
+use crate::worker::{WorkerError, WorkerStats};
+
+/// The worker's consumer type.
+pub type Consumer = BaseConsumer<WorkerContext>;
+
+/// How long the assign callback waits for the group's committed offsets.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the driver waits on the main queue before checking for shutdown.
+const DRIVER_POLL: Duration = Duration::from_millis(100);
+
+/// What every partition thread shares.
+pub struct Shared {
+    /// Input topic.
+    pub topic: Arc<str>,
+    /// Pipeline factory and validation limits.
+    pub processor: Arc<ProcessorConfig>,
+    /// Output producer.
+    pub producer: OutputProducer,
+    /// Counters.
+    pub stats: Arc<WorkerStats>,
+    /// State store seam.
+    pub hooks: Arc<dyn StateHooks>,
+    /// Set when the worker must stop (shutdown requested or a fatal error).
+    pub stop: AtomicBool,
+    /// The first fatal error, reported by `run`.
+    pub fatal: Mutex<Option<WorkerError>>,
+}
+
+impl Shared {
+    /// Record a fatal error (the first one wins) and stop the worker.
+    pub fn fail(&self, e: WorkerError) {
+        tracing::error!(cause = %e, "worker stopping on a fatal error");
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(e);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// A running partition thread.
+struct Running {
+    /// Tells the thread to finish.
+    stop: Arc<AtomicBool>,
+    /// The thread; yields the partition's models.
+    thread: JoinHandle<TaskExit>,
+}
+
+/// Consumer context: serves rebalances by starting and stopping partition threads.
+pub struct WorkerContext {
+    /// The consumer itself (set right after creation), to split partition queues.
+    consumer: OnceLock<Weak<Consumer>>,
+    /// Everything partition threads share.
+    shared: Arc<Shared>,
+    /// Partitions this worker owns now.
+    running: Mutex<BTreeMap<i32, Running>>,
+    /// Models of partitions revoked from this worker, in case they come back.
+    parked: Mutex<BTreeMap<i32, Models>>,
+}
+
+impl WorkerContext {
+    /// A context over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { consumer: OnceLock::new(), shared, running: Mutex::new(BTreeMap::new()), parked: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// Start a thread for each newly assigned partition, before librdkafka fetches it.
+    /// May set a partition's start offset in `tpl` (when the state store asks to).
+    fn assign(&self, consumer: &Consumer, tpl: &mut TopicPartitionList) {
+        let Some(me) = self.consumer.get().and_then(Weak::upgrade) else { return };
+        let topic = self.shared.topic.clone();
+        let Ok(mut running) = self.running.lock() else { return };
+        let new: Vec<i32> =
+            tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
+        let committed = committed_offsets(consumer, &topic, &new);
+        for partition in new {
+            let committed = committed.get(&partition).copied().flatten();
+            // Models kept from an earlier ownership continue only if the group resumes exactly
+            // after the last record they learned; otherwise another member has moved on.
+            let parked = self
+                .parked
+                .lock()
+                .ok()
+                .and_then(|mut p| p.remove(&partition))
+                .filter(|m| m.last_offset.map(|l| l + 1) == committed);
+            let resume = self.shared.hooks.on_assign(&topic, partition, parked, committed);
+            if let Some(start) = resume.start_at {
+                if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(start)) {
+                    self.shared.fail(WorkerError::Kafka(e));
+                    return;
+                }
+            }
+            let Some(queue) = me.split_partition_queue(&topic, partition) else {
+                self.shared.fail(WorkerError::SplitQueue { topic: topic.to_string(), partition });
+                return;
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let start_at = resume.start_at;
+            let task = PartitionTask::new(queue, me.clone(), self.shared.clone(), partition, resume, committed, stop.clone());
+            match std::thread::Builder::new().name(format!("onad-p{partition}")).spawn(move || task.run()) {
+                Ok(thread) => {
+                    tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");
+                    running.insert(partition, Running { stop, thread });
+                    self.shared.stats.partitions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.shared.fail(WorkerError::Thread(e.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stop the threads of `partitions` (all when `None`), wait for them, park their models.
+    /// Returns how many were stopped.
+    fn stop_partitions(&self, partitions: Option<&[i32]>) -> usize {
+        let taken: Vec<(i32, Running)> = {
+            let Ok(mut running) = self.running.lock() else { return 0 };
+            let keys: Vec<i32> = match partitions {
+                Some(ps) => ps.iter().copied().filter(|p| running.contains_key(p)).collect(),
+                None => running.keys().copied().collect(),
+            };
+            keys.into_iter().filter_map(|p| running.remove(&p).map(|r| (p, r))).collect()
+        };
+        // Signal all first, so that they drain in parallel.
+        for (_, r) in &taken {
+            r.stop.store(true, Ordering::Release);
+        }
+        let n = taken.len();
+        self.shared.stats.partitions.fetch_sub(n as u64, Ordering::Relaxed);
+        for (partition, r) in taken {
+            match r.thread.join() {
+                Ok(exit) => {
+                    // A thread that failed has already reported it; its models are not parked.
+                    if exit.error.is_some() {
+                        continue;
+                    }
+                    if let Ok(mut parked) = self.parked.lock() {
+                        parked.insert(partition, exit.models);
+                    }
+                    tracing::info!(partition, stored = ?exit.stored, "partition released");
+                }
+                Err(_) => self.shared.fail(WorkerError::Thread(format!("partition {partition} thread panicked"))),
+            }
+        }
+        n
+    }
+
+    /// Stop every partition thread and commit what they stored (shutdown).
+    pub fn stop_all(&self, consumer: &Consumer) {
+        if self.stop_partitions(None) > 0 {
+            offsets::commit_stored(consumer);
+        }
+    }
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    // Replaces rdkafka's default so that the assignment list can carry start offsets; the
+    // assign/unassign calls are the ones the default makes.
+    fn rebalance(&self, consumer: &Consumer, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, tpl);
+                let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                if let Err(e) = r {
+                    self.shared.fail(WorkerError::Kafka(e));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let ps: Vec<i32> = tpl.elements_for_topic(&self.shared.topic).iter().map(|e| e.partition()).collect();
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?ps, lost, "partitions revoked");
+                if self.stop_partitions(Some(&ps)) > 0 && !lost {
+                    offsets::commit_stored(consumer);
+                }
+                let r = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = r {
+                    tracing::warn!(cause = %e, "unassign failed");
+                }
+            }
+            other => {
+                tracing::warn!(code = ?other, "rebalance error; dropping the assignment");
+                self.stop_partitions(None);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The group's committed offset (next record to read) of each of `partitions`; `None` where
+/// the group has none or the broker did not answer.
+fn committed_offsets(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let mut out: BTreeMap<i32, Option<i64>> = partitions.iter().map(|p| (*p, None)).collect();
+    if partitions.is_empty() {
+        return out;
+    }
+    match consumer.committed_offsets(tpl, COMMITTED_TIMEOUT) {
+        Ok(got) => {
+            for e in got.elements_for_topic(topic) {
+                if let Offset::Offset(o) = e.offset() {
+                    out.insert(e.partition(), Some(o));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "cannot read committed offsets"),
+    }
+    out
+}
+
+/// Create the consumer, subscribe, and run the driver loop on the calling thread until
+/// `shared.stop` is set; then stop every partition (drain, commit) and leave the group.
+pub fn drive(config: rdkafka::ClientConfig, shared: Arc<Shared>) -> Result<(), WorkerError> {
+    let consumer: Arc<Consumer> = Arc::new(config.create_with_context(WorkerContext::new(shared.clone()))?);
+    // Set once, right after creation: nothing else can have set it.
+    let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
+    consumer.subscribe(&[&shared.topic])?;
+    while !shared.stop.load(Ordering::Acquire) {
+        match consumer.poll(DRIVER_POLL) {
+            None => {}
+            Some(Ok(m)) => {
+                // Every assigned partition's queue is split off before it is fetched, so this
+                // is a bug; stop rather than process the record out of its partition's order.
+                use rdkafka::Message as _;
+                shared.fail(WorkerError::MainQueueRecord { partition: m.partition(), offset: m.offset() });
+            }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => shared.fail(WorkerError::Kafka(KafkaError::MessageConsumptionFatal(code))),
+            Some(Err(e)) => tracing::warn!(cause = %e, "consumer error"),
+        }
+    }
+    consumer.context().stop_all(&consumer);
+    consumer.unsubscribe();
+    // Dropping the last handle closes the consumer: it leaves the group at once, so the
+    // partitions move to another member without waiting for the session timeout.
+    drop(consumer);
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The one place that touches offsets: per partition, the input offsets whose outputs are in
+//! flight, stored (for the next commit) strictly in order and only once every output of that
+//! record and of every record before it is delivered.
+
+use std::collections::VecDeque;
+
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::DeliveryFuture;
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::driver::Consumer;
+
+/// An output that could not be delivered: its input offset must not be committed.
+#[derive(Debug, thiserror::Error)]
+#[error("output of {topic}/{partition} offset {offset} was not delivered: {reason}")]
+pub struct DeliveryError {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset whose output failed.
+    pub offset: i64,
+    /// Producer's error.
+    pub reason: String,
+}
+
+/// One input record whose outputs are not all delivered yet.
+struct Pending {
+    /// Input offset.
+    offset: i64,
+    /// Outstanding deliveries (removed as they complete).
+    deliveries: Vec<DeliveryFuture>,
+}
+
+/// How long [`Acks::advance`] may block.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    /// Take what is already delivered.
+    Never,
+    /// Block until at most this many records are in flight.
+    Below(usize),
+}
+
+/// In-order acknowledgement of one partition's input offsets.
+pub struct Acks {
+    /// Input topic.
+    topic: String,
+    /// Input partition.
+    partition: i32,
+    /// Records in flight, in input order.
+    pending: VecDeque<Pending>,
+    /// Last input offset stored for commit.
+    stored: Option<i64>,
+}
+
+impl Acks {
+    /// Nothing in flight for `topic`/`partition`.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self { topic: topic.to_string(), partition, pending: VecDeque::new(), stored: None }
+    }
+
+    /// Records in flight.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The last input offset stored for commit (all its outputs and all earlier ones delivered).
+    pub fn stored(&self) -> Option<i64> {
+        self.stored
+    }
+
+    /// Track the outputs of input `offset` (offsets must be pushed in increasing order).
+    pub fn push(&mut self, offset: i64, deliveries: Vec<DeliveryFuture>) {
+        self.pending.push_back(Pending { offset, deliveries });
+    }
+
+    /// Retire the leading records whose outputs are all delivered and store the last one's
+    /// offset. With [`Wait::Below`], blocks the calling thread on deliveries first.
+    /// Returns the number of records retired.
+    pub fn advance(&mut self, consumer: &Consumer, wait: Wait) -> Result<usize, DeliveryError> {
+        let mut last = None;
+        let mut retired = 0;
+        let (topic, partition) = (&self.topic, self.partition);
+        let failed = |offset: i64, reason: String| DeliveryError { topic: topic.clone(), partition, offset, reason };
+        loop {
+            let in_flight = self.pending.len();
+            let Some(front) = self.pending.front_mut() else { break };
+            let block = matches!(wait, Wait::Below(n) if in_flight > n);
+            let mut ready = true;
+            while let Some(d) = front.deliveries.last_mut() {
+                let result = if block { Some(futures::executor::block_on(d)) } else { d.now_or_never() };
+                match result {
+                    None => {
+                        ready = false;
+                        break;
+                    }
+                    Some(Ok(Ok(_))) => {
+                        front.deliveries.pop();
+                    }
+                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, e.to_string())),
+                    Some(Err(_)) => return Err(failed(front.offset, "producer shut down before delivery".into())),
+                }
+            }
+            if !ready {
+                break;
+            }
+            last = Some(front.offset);
+            self.pending.pop_front();
+            retired += 1;
+        }
+        if let Some(offset) = last {
+            // Stores offset + 1 (the next record to read), librdkafka's convention.
+            match consumer.store_offset(&self.topic, self.partition, offset) {
+                Ok(()) => self.stored = Some(offset),
+                // The partition was lost to another member: its commit is no longer ours.
+                Err(e) => tracing::warn!(topic = %self.topic, partition = self.partition, offset, cause = %e, "offset not stored"),
+            }
+        }
+        Ok(retired)
+    }
+}
+
+/// Commit the stored offsets of the current assignment now (revoke, shutdown).
+pub fn commit_stored(consumer: &Consumer) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::debug!("stored offsets committed"),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!(cause = %e, "commit of stored offsets failed; they will be re-read"),
+    }
+}

@@ -1,0 +1,76 @@
+//! The output producer: copies [`OutRecord`]s onto the wire, to the input record's partition
+//! number, with the source headers. Building the records is `partition::output`'s job.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+use crate::partition::{Dest, OutRecord, Source};
+
+/// Pause before retrying when librdkafka's local queue is full (backpressure from the broker).
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Produces the worker's outputs.
+pub struct OutputProducer {
+    /// The idempotent producer (its own thread serves delivery reports).
+    producer: FutureProducer,
+    /// Topic names indexed like [`Dest`].
+    scores: String,
+    /// See `scores`.
+    alerts: String,
+    /// See `scores`.
+    dead_letters: String,
+}
+
+impl OutputProducer {
+    /// A producer for the topics of `k`.
+    pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Self {
+            producer: super::client::producer(k).create()?,
+            scores: k.scores_topic.clone(),
+            alerts: k.alerts_topic.clone(),
+            dead_letters: k.dead_letter_topic.clone(),
+        })
+    }
+
+    fn topic(&self, d: Dest) -> &str {
+        match d {
+            Dest::Scores => &self.scores,
+            Dest::Alerts => &self.alerts,
+            Dest::DeadLetters => &self.dead_letters,
+        }
+    }
+
+    /// Enqueue `rec` for partition `src.partition` of its topic. Blocks (briefly, repeatedly)
+    /// while librdkafka's queue is full; call from a partition thread, not the reactor.
+    pub fn send(&self, src: &Source<'_>, rec: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
+        let mut headers = OwnedHeaders::new_with_capacity(3);
+        for (key, value) in src.headers() {
+            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        let mut record = FutureRecord::to(self.topic(rec.dest))
+            .partition(src.partition)
+            .key(&rec.key[..])
+            .payload(&rec.payload[..])
+            .headers(headers);
+        loop {
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(QUEUE_FULL_BACKOFF);
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Wait for every queued record to be delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

@@ -1,0 +1,152 @@
+//! The one place that builds output records: `ScoredReading`, `AnomalyAlert` and `DeadLetter`
+//! payloads, their keys and the headers that tie each back to its input record.
+//!
+//! Records are plain data here; `kafka::producer` only copies them onto the wire, to the same
+//! partition number as the input record (design.md: outputs of input partition p go to
+//! partition p of every output topic).
+
+use prost::Message;
+
+use crate::detect::{Scored, Severity};
+use crate::ops::validate::Rejection;
+use crate::proto::{self, AnomalyAlert, DeadLetter, FeatureContribution, PipelineCounters, ScoredReading, SensorReading, SourcePosition};
+
+/// Header carrying the input topic of the record an output answers.
+pub const HEADER_SOURCE_TOPIC: &str = "onad-source-topic";
+/// Header carrying the input partition (decimal ASCII).
+pub const HEADER_SOURCE_PARTITION: &str = "onad-source-partition";
+/// Header carrying the input offset (decimal ASCII): downstream de-duplication key.
+pub const HEADER_SOURCE_OFFSET: &str = "onad-source-offset";
+
+/// Which output topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    /// `kafka.scores_topic`.
+    Scores,
+    /// `kafka.alerts_topic`.
+    Alerts,
+    /// `kafka.dead_letter_topic`.
+    DeadLetters,
+}
+
+/// One output record, ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutRecord {
+    /// Destination topic.
+    pub dest: Dest,
+    /// Record key (the sensor id; the original key for dead letters).
+    pub key: Vec<u8>,
+    /// Encoded protobuf payload.
+    pub payload: Vec<u8>,
+}
+
+/// Where an input record came from; every output of it carries this.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Input topic.
+    pub topic: &'a str,
+    /// Input partition (also the output partition).
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+}
+
+impl Source<'_> {
+    fn position(&self) -> SourcePosition {
+        SourcePosition { topic: self.topic.to_string(), partition: self.partition, offset: self.offset }
+    }
+
+    /// The `alert_id` of an alert for this record: `<topic>/<partition>/<offset>`, so that a
+    /// re-delivered alert is recognisable.
+    pub fn alert_id(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The headers every output of this record carries.
+    pub fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            (HEADER_SOURCE_TOPIC, self.topic.to_string()),
+            (HEADER_SOURCE_PARTITION, self.partition.to_string()),
+            (HEADER_SOURCE_OFFSET, self.offset.to_string()),
+        ]
+    }
+}
+
+/// Wire form of a severity band.
+pub fn severity(s: Severity) -> proto::Severity {
+    match s {
+        Severity::Low => proto::Severity::Low,
+        Severity::Medium => proto::Severity::Medium,
+        Severity::High => proto::Severity::High,
+        Severity::Critical => proto::Severity::Critical,
+    }
+}
+
+/// What the scores record needs besides the reading and the score.
+pub struct ScoreContext<'a> {
+    /// Detector name.
+    pub detector: &'a str,
+    /// Feature names of the sensor's pipeline, in its fixed order.
+    pub features: &'a [String],
+    /// The pipeline's counters after this reading.
+    pub processed: u64,
+    /// Anomalies so far, including this reading.
+    pub anomalies: u64,
+    /// Wall clock, ms since epoch.
+    pub now_ms: i64,
+}
+
+/// The `ScoredReading` of a valid reading, and its `AnomalyAlert` when it is an anomaly.
+pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreContext<'_>, out: &mut Vec<OutRecord>) {
+    let key = reading.sensor_id.as_bytes().to_vec();
+    let rate = if cx.processed == 0 { 0.0 } else { cx.anomalies as f64 / cx.processed as f64 };
+    let scored = ScoredReading {
+        sensor_id: reading.sensor_id.clone(),
+        timestamp_ms: reading.timestamp_ms,
+        score: s.score,
+        raw_score: s.raw_score,
+        is_anomaly: s.is_anomaly,
+        severity: severity(s.severity) as i32,
+        detector: cx.detector.to_string(),
+        degraded: false,
+        degraded_reason: String::new(),
+        source: Some(src.position()),
+        processed_at_ms: cx.now_ms,
+        counters: Some(PipelineCounters { processed: cx.processed, anomalies: cx.anomalies, anomaly_rate: rate }),
+    };
+    out.push(OutRecord { dest: Dest::Scores, key: key.clone(), payload: scored.encode_to_vec() });
+    if s.is_anomaly {
+        let top_features = s
+            .top_features
+            .iter()
+            .filter_map(|(i, w)| cx.features.get(*i).map(|f| FeatureContribution { feature: f.clone(), weight: *w }))
+            .collect();
+        let alert = AnomalyAlert {
+            alert_id: src.alert_id(),
+            reading: Some(reading.clone()),
+            score: s.score,
+            raw_score: s.raw_score,
+            severity: severity(s.severity) as i32,
+            detector: cx.detector.to_string(),
+            top_features,
+            source: Some(src.position()),
+            degraded: false,
+            detected_at_ms: cx.now_ms,
+        };
+        out.push(OutRecord { dest: Dest::Alerts, key, payload: alert.encode_to_vec() });
+    }
+}
+
+/// The `DeadLetter` of a record that could not be processed: original key and bytes kept.
+pub fn dead_letter(src: Source<'_>, key: Option<&[u8]>, value: Option<&[u8]>, why: &Rejection, now_ms: i64, out: &mut Vec<OutRecord>) {
+    let key = key.unwrap_or_default().to_vec();
+    let dl = DeadLetter {
+        original_key: key.clone(),
+        original_value: value.unwrap_or_default().to_vec(),
+        source: Some(src.position()),
+        error_kind: why.kind as i32,
+        error_message: why.message.clone(),
+        failed_at_ms: now_ms,
+    };
+    out.push(OutRecord { dest: Dest::DeadLetters, key, payload: dl.encode_to_vec() });
+}

@@ -1,0 +1,179 @@
+//! The thread of one assigned partition: poll its queue, process records in small batches,
+//! produce their outputs and acknowledge offsets in order; on stop, finish what was taken,
+//! wait for its deliveries and store its offsets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::message::{BorrowedMessage, Message as _};
+
+use super::{now_ms, InputRecord, Models, Outcome, Processor, Resume, Source};
+use crate::kafka::driver::{Consumer, Shared, WorkerContext};
+use crate::kafka::offsets::{Acks, Wait};
+use crate::worker::WorkerError;
+
+/// How long a poll waits for the first record of a batch (bounds the reaction to stop).
+const POLL_WAIT: Duration = Duration::from_millis(100);
+/// Most records taken per batch before acknowledging.
+const MAX_BATCH: usize = 1024;
+/// Most input records with outputs in flight before the thread waits for deliveries.
+const MAX_IN_FLIGHT: usize = 20_000;
+
+/// What a partition thread leaves behind.
+pub struct TaskExit {
+    /// The partition's models (to park for a later reassignment).
+    pub models: Models,
+    /// Last input offset stored for commit.
+    pub stored: Option<i64>,
+    /// Why it stopped early, if it did.
+    pub error: Option<WorkerError>,
+}
+
+/// One assigned partition's work.
+pub struct PartitionTask {
+    /// The partition's own queue.
+    queue: PartitionQueue<WorkerContext>,
+    /// The consumer (for storing offsets).
+    consumer: Arc<Consumer>,
+    /// Shared worker parts.
+    shared: Arc<Shared>,
+    /// Decode, validate, score, build outputs.
+    processor: Processor,
+    /// In-order acknowledgement.
+    acks: Acks,
+    /// Set by the coordinator on revoke.
+    stop: Arc<AtomicBool>,
+    /// Where outputs resume and which offsets may be stored.
+    replay: Replay,
+}
+
+/// Output suppression while replaying records already answered before a crash.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    /// Records below this offset produce no outputs.
+    emit_from: Option<i64>,
+    /// The group's committed offset at assignment: offsets below it are never stored again.
+    committed: Option<i64>,
+    /// Whether a record has been seen since assignment (for the continuity check).
+    started: bool,
+}
+
+impl PartitionTask {
+    /// A task for `partition`, starting as `resume` says; `committed` is the group's
+    /// committed offset at assignment.
+    pub fn new(
+        queue: PartitionQueue<WorkerContext>,
+        consumer: Arc<Consumer>,
+        shared: Arc<Shared>,
+        partition: i32,
+        resume: Resume,
+        committed: Option<i64>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let topic = shared.topic.clone();
+        let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
+        let replay = Replay { emit_from: resume.emit_from, committed, started: false };
+        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay }
+    }
+
+    /// Run until told to stop (or a fatal error); then drain.
+    pub fn run(mut self) -> TaskExit {
+        let error = self.consume().err();
+        let error = match error {
+            Some(e) => Some(e),
+            // Finish: every output of what was taken is delivered and its offset stored.
+            None => self.acks.advance(&self.consumer, Wait::Below(0)).err().map(WorkerError::from),
+        };
+        let partition = self.processor.partition();
+        if let Some(e) = &error {
+            tracing::error!(partition, cause = %e, "partition stopped on an error");
+            self.shared.fail(WorkerError::Partition { partition, reason: e.to_string() });
+        } else {
+            self.shared.hooks.on_revoke(&self.shared.topic, partition, self.processor.models());
+        }
+        TaskExit { stored: self.acks.stored(), models: self.processor.into_models(), error }
+    }
+
+    fn consume(&mut self) -> Result<(), WorkerError> {
+        let mut out = Vec::with_capacity(4);
+        while !self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
+            let mut wait = POLL_WAIT;
+            let mut taken = 0;
+            while taken < MAX_BATCH {
+                match self.queue.poll(wait) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out)?;
+                        taken += 1;
+                        wait = Duration::ZERO;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(partition = self.processor.partition(), cause = %e, "fetch error");
+                        break;
+                    }
+                }
+            }
+            let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
+            let retired = self.acks.advance(&self.consumer, wait)?;
+            self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
+            if taken > 0 {
+                self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Process one record and enqueue its outputs.
+fn handle(
+    m: &BorrowedMessage<'_>,
+    processor: &mut Processor,
+    shared: &Shared,
+    acks: &mut Acks,
+    replay: &mut Replay,
+    out: &mut Vec<super::OutRecord>,
+) -> Result<(), WorkerError> {
+    let offset = m.offset();
+    if !replay.started {
+        replay.started = true;
+        if let Some(last) = processor.models().last_offset {
+            if offset != last + 1 {
+                // Records were skipped (retention, or an offset reset): the models have not
+                // seen them. Logged, not fatal: the models are still the best available.
+                tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
+            }
+        }
+    }
+    out.clear();
+    let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now_ms(), out);
+    let stats = &shared.stats;
+    stats.consumed.fetch_add(1, Ordering::Relaxed);
+    if replay.emit_from.is_some_and(|e| offset < e) {
+        // Answered before a crash: the models learn it again, its outputs are not repeated.
+        stats.replayed.fetch_add(1, Ordering::Relaxed);
+        if replay.committed.is_none_or(|c| offset >= c) {
+            acks.push(offset, Vec::new());
+        }
+        return Ok(());
+    }
+    match outcome {
+        Outcome::Scored { anomaly } => {
+            stats.scored.fetch_add(1, Ordering::Relaxed);
+            if anomaly {
+                stats.alerts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Outcome::DeadLetter(_) => {
+            stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let src = Source { topic: &shared.topic, partition: processor.partition(), offset };
+    let mut deliveries = Vec::with_capacity(out.len());
+    for rec in out.iter() {
+        deliveries.push(shared.producer.send(&src, rec)?);
+    }
+    acks.push(offset, deliveries);
+    Ok(())
+}

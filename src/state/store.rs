@@ -1,0 +1,474 @@
+//! The RocksDB snapshot store: one database per worker, a bounded history of atomic
+//! partition snapshots.
+//!
+//! # Key layout
+//! Two column families; `stream` = input topic, a 0 byte (Kafka topic names cannot contain
+//! one), and the partition as a big-endian u32, so that keys sort by partition and then by
+//! offset, and one partition's snapshots are a contiguous range.
+//! - `meta`: `stream ++ (offset + 1)(u64 BE)` -> envelope([`Kind::SnapshotMeta`]): time, key count,
+//!   bytes. Its presence is what makes a snapshot exist.
+//! - `models`: `stream ++ (offset + 1)(u64 BE) ++ key` -> envelope([`Kind::Model`]): one key's model.
+//!
+//! A snapshot is written as one WriteBatch (its models, its meta record, and the deletion of
+//! the snapshots that fall out of the history), so a crash leaves either all of it or none.
+//! Each snapshot is a full copy: simpler and independent of the others (a corrupt one does
+//! not poison its successors), at the price of `history` times the bytes on disk.
+//!
+//! # Tuning, for this write pattern
+//! Writes are bursts (a whole partition every `checkpoint_interval` readings or
+//! `checkpoint_secs`), reads happen only on recovery and are range scans, and old snapshots
+//! die whole. So:
+//! - WAL on, `sync` on each snapshot write: a snapshot is rare and large, one fsync per
+//!   snapshot costs little next to it, and it makes "written" mean "survives power loss".
+//!   With the WAL, a WriteBatch across both column families is atomic without `atomic_flush`.
+//! - `max_total_wal_size` 64 MiB: the tiny `meta` family would otherwise pin every WAL file
+//!   until it is flushed (a WAL file lives until all families' data in it is flushed).
+//! - No bloom filters: we never do point lookups, only prefix range scans; filters would
+//!   cost memory and write time for nothing. 16 KiB blocks: fewer index entries, and scans
+//!   read whole snapshots sequentially anyway.
+//! - LZ4 on `models`: nearly free in CPU; float-heavy models compress little, but keys,
+//!   thresholds and parameters repeat in every record.
+//! - Old snapshots are removed with one range deletion each (a single tombstone instead of
+//!   one per key); compaction drops their data. Level compaction with dynamic level sizes.
+//! - `max_background_jobs` 2 and `bytes_per_sync` 1 MiB: the machines have 2 cores, and
+//!   write-back of large SSTs is smoothed instead of stalling at file close.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::codec::{self, Kind};
+use super::StateError;
+
+/// Column family of snapshot metadata.
+const CF_META: &str = "meta";
+/// Column family of per-key models.
+const CF_MODELS: &str = "models";
+/// See the module docs.
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+/// See the module docs.
+const BLOCK_BYTES: usize = 16 << 10;
+
+/// The stored metadata of a snapshot (envelope payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct MetaRecord {
+    /// Wall-clock time of the write, ms since the epoch.
+    written_at_ms: u64,
+    /// Number of keys.
+    keys: u64,
+    /// Sum of the keys' envelope bytes.
+    bytes: u64,
+}
+
+/// What is known about one stored snapshot without reading its models.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnapshotInfo {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// Last input offset applied to the models (resume at `offset + 1`); -1 for a state
+    /// that has applied nothing (written by `replay --state reset` at offset 0).
+    pub offset: i64,
+    /// When it was written, ms since the epoch.
+    pub written_at_ms: u64,
+    /// Number of keys.
+    pub keys: u64,
+    /// Bytes of the keys' envelopes.
+    pub bytes: u64,
+}
+
+/// A decoded snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot<T> {
+    /// Its metadata.
+    pub info: SnapshotInfo,
+    /// Every key's model, in key byte order.
+    pub models: Vec<(String, T)>,
+}
+
+/// The outcome of loading a partition's newest usable snapshot.
+#[derive(Debug)]
+pub struct Restored<T> {
+    /// The newest snapshot that decoded completely, if any. `None` means: rebuild by replay
+    /// from the start of the retained input (or the changelog).
+    pub snapshot: Option<Snapshot<T>>,
+    /// Newer snapshots that were skipped and why (to report, never to crash on).
+    pub rejected: Vec<StateError>,
+}
+
+/// One worker's state database.
+pub struct StateStore {
+    /// The database.
+    db: DB,
+    /// Snapshots kept per partition (`state.snapshot_history`).
+    history: usize,
+    /// Where it lives (for messages).
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("path", &self.path).field("history", &self.history).finish()
+    }
+}
+
+/// The key prefix of one input partition.
+fn stream_prefix(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(topic.len() + 5);
+    k.extend_from_slice(topic.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&(partition as u32).to_be_bytes());
+    k
+}
+
+/// The key prefix of one snapshot.
+fn snapshot_prefix(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
+    let mut k = stream_prefix(topic, partition);
+    // offset + 1, so that -1 ("nothing applied yet": a reset state) sorts first.
+    k.extend_from_slice(&((offset + 1) as u64).to_be_bytes());
+    k
+}
+
+/// Split a meta key into (topic, partition, offset).
+fn parse_meta_key(key: &[u8]) -> Option<(String, i32, i64)> {
+    let zero = key.iter().position(|b| *b == 0)?;
+    let rest = &key[zero + 1..];
+    if rest.len() != 12 {
+        return None;
+    }
+    let topic = std::str::from_utf8(&key[..zero]).ok()?.to_string();
+    let partition = u32::from_be_bytes(rest[0..4].try_into().ok()?) as i32;
+    let offset = u64::from_be_bytes(rest[4..12].try_into().ok()?) as i64 - 1;
+    Some((topic, partition, offset))
+}
+
+/// The end (exclusive) of the key range starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Column-family options; see the module docs for why.
+fn cf_options(models: bool) -> Options {
+    let mut o = Options::default();
+    if models {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_size(BLOCK_BYTES);
+        o.set_block_based_table_factory(&table);
+        o.set_compression_type(DBCompressionType::Lz4);
+        o.set_level_compaction_dynamic_level_bytes(true);
+    }
+    o
+}
+
+/// Database options; see the module docs for why.
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_max_background_jobs(2);
+    o.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+    o.set_bytes_per_sync(1 << 20);
+    // RocksDB's own info LOG: bounded, it is not where we report.
+    o.set_keep_log_file_num(3);
+    o.set_max_log_file_size(8 << 20);
+    o
+}
+
+fn descriptors() -> Vec<ColumnFamilyDescriptor> {
+    vec![ColumnFamilyDescriptor::new(CF_META, cf_options(false)), ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true))]
+}
+
+impl StateStore {
+    /// Open (creating if needed) the database at `path`, keeping `history` snapshots per
+    /// partition. Fails if another process holds it (RocksDB's LOCK file).
+    pub fn open(path: &Path, history: usize) -> Result<Self, StateError> {
+        if let Err(e) = std::fs::create_dir_all(path) {
+            return Err(StateError::CreateDir { path: path.into(), source: e });
+        }
+        let db = DB::open_cf_descriptors(&db_options(), path, descriptors()).map_err(|source| StateError::Open { path: path.into(), source })?;
+        Ok(Self { db, history: history.max(1), path: path.into() })
+    }
+
+    /// Open the database read-only, for inspection while a worker may be running (no lock
+    /// is taken). Every write fails with [`StateError::Write`].
+    pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false).map_err(|source| StateError::Open { path: path.into(), source })?;
+        Ok(Self { db, history: usize::MAX, path: path.into() })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        // Both families are created or required at open.
+        self.db.cf_handle(name).expect("column family opened with the database")
+    }
+
+    /// Write a snapshot of `topic`/`partition` holding `models`, having applied every input
+    /// offset up to and including `offset`. One atomic, synced WriteBatch, which also drops
+    /// the snapshots that fall out of the history (and any earlier one at the same offset).
+    ///
+    /// An error means nothing was written: the caller keeps its last successful snapshot as
+    /// the limit of what it may commit, and reports unhealthy.
+    pub fn write_snapshot<'a, K, T, I>(&self, topic: &str, partition: i32, offset: i64, models: I) -> Result<SnapshotInfo, StateError>
+    where
+        K: AsRef<str>,
+        T: Serialize + 'a,
+        I: IntoIterator<Item = (K, &'a T)>,
+    {
+        let encoded = models.into_iter().map(|(key, model)| {
+            let key = key.as_ref();
+            codec::encode(Kind::Model, model).map(|v| (key.to_string(), v)).map_err(|source| StateError::Encode { partition, key: key.into(), source })
+        });
+        self.write_encoded(topic, partition, offset, encoded)
+    }
+
+    /// As [`StateStore::write_snapshot`], with models already in their envelopes (as read by
+    /// [`StateStore::encoded_models`]): `replay` relabels snapshots without knowing the type.
+    pub fn write_encoded<I>(&self, topic: &str, partition: i32, offset: i64, models: I) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
+        if offset < -1 {
+            return Err(StateError::InvalidOffset(offset));
+        }
+        let (meta_cf, models_cf) = (self.cf(CF_META), self.cf(CF_MODELS));
+        let prefix = snapshot_prefix(topic, partition, offset);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
+        let (mut keys, mut bytes) = (0u64, 0u64);
+        let mut key_buf = Vec::with_capacity(prefix.len() + 32);
+        for entry in models {
+            let (key, value) = entry?;
+            key_buf.clear();
+            key_buf.extend_from_slice(&prefix);
+            key_buf.extend_from_slice(key.as_bytes());
+            batch.put_cf(models_cf, &key_buf, &value);
+            keys += 1;
+            bytes += value.len() as u64;
+        }
+        let meta = MetaRecord { written_at_ms: now_ms(), keys, bytes };
+        let meta_value = codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
+        batch.put_cf(meta_cf, &prefix, &meta_value);
+        // History: keep the `history` largest offsets, counting this one.
+        let mut offsets = self.offsets(topic, partition)?;
+        offsets.retain(|o| *o != offset);
+        offsets.push(offset);
+        offsets.sort_unstable_by(|a, b| b.cmp(a));
+        for old in offsets.iter().skip(self.history) {
+            self.delete_snapshot_in(&mut batch, topic, partition, *old);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(|source| StateError::Write { topic: topic.into(), partition, offset, source })?;
+        Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes })
+    }
+
+    /// Every model of a snapshot as its checked envelope bytes (envelopes verified, payloads
+    /// not decoded), failing like [`StateStore::load`] on any bad value.
+    pub fn encoded_models(&self, info: &SnapshotInfo) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let raw = self.raw_models(info)?;
+        if raw.len() as u64 != info.keys {
+            return Err(StateError::Incomplete { topic: info.topic.clone(), partition: info.partition, offset: info.offset, expected: info.keys, found: raw.len() as u64 });
+        }
+        raw.into_iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match codec::open(Kind::Model, &v) {
+                    Ok(_) => Ok((key, v.into_vec())),
+                    Err(source) => Err(StateError::Corrupt { topic: info.topic.clone(), partition: info.partition, offset: info.offset, key: Some(key), source }),
+                }
+            })
+            .collect()
+    }
+
+    fn delete_snapshot_in(&self, batch: &mut WriteBatch, topic: &str, partition: i32, offset: i64) {
+        let prefix = snapshot_prefix(topic, partition, offset);
+        batch.delete_cf(self.cf(CF_META), &prefix);
+        batch.delete_range_cf(self.cf(CF_MODELS), &prefix, &prefix_end(&prefix));
+    }
+
+    /// Offsets of the stored snapshots of a partition, ascending.
+    fn offsets(&self, topic: &str, partition: i32) -> Result<Vec<i64>, StateError> {
+        let prefix = stream_prefix(topic, partition);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, _) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if let Some((_, _, offset)) = parse_meta_key(&k) {
+                out.push(offset);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every partition with at least one snapshot: (topic, partition), sorted.
+    pub fn partitions(&self) -> Result<Vec<(String, i32)>, StateError> {
+        let mut out: Vec<(String, i32)> = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
+            let (k, _) = item.map_err(|source| StateError::Read { topic: String::new(), partition: -1, source })?;
+            if let Some((topic, partition, _)) = parse_meta_key(&k) {
+                if out.last() != Some(&(topic.clone(), partition)) {
+                    out.push((topic, partition));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshots of a partition, newest first. A snapshot whose metadata is corrupt is
+    /// listed as the error (its offset is known from the key).
+    pub fn snapshots(&self, topic: &str, partition: i32) -> Result<Vec<Result<SnapshotInfo, StateError>>, StateError> {
+        let prefix = stream_prefix(topic, partition);
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
+            out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
+                Ok(m) => Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: m.written_at_ms, keys: m.keys, bytes: m.bytes }),
+                Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
+    fn raw_models(&self, info: &SnapshotInfo) -> Result<Vec<(Vec<u8>, Box<[u8]>)>, StateError> {
+        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
+        let mut out = Vec::with_capacity(info.keys as usize);
+        for item in self.db.iterator_cf(self.cf(CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
+            let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((k[prefix.len()..].to_vec(), v));
+        }
+        Ok(out)
+    }
+
+    /// (key, envelope bytes) of every model in a snapshot, without decoding them.
+    pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
+        Ok(self.raw_models(info)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
+    }
+
+    /// The raw envelope of one key's model in a snapshot (for the changelog and inspection).
+    pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
+        k.extend_from_slice(key.as_bytes());
+        self.db.get_cf(self.cf(CF_MODELS), &k).map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })
+    }
+
+    /// Decode every model of a snapshot. Any bad value (or a key count that differs from
+    /// the metadata) fails the whole snapshot: a partition is restored consistently or not
+    /// at all.
+    pub fn load<T: DeserializeOwned>(&self, info: &SnapshotInfo) -> Result<Snapshot<T>, StateError> {
+        let raw = self.raw_models(info)?;
+        if raw.len() as u64 != info.keys {
+            return Err(StateError::Incomplete { topic: info.topic.clone(), partition: info.partition, offset: info.offset, expected: info.keys, found: raw.len() as u64 });
+        }
+        let mut models = Vec::with_capacity(raw.len());
+        for (k, v) in raw {
+            let corrupt = |key: String, source| StateError::Corrupt { topic: info.topic.clone(), partition: info.partition, offset: info.offset, key: Some(key), source };
+            let key = match String::from_utf8(k) {
+                Ok(key) => key,
+                Err(e) => return Err(corrupt(String::from_utf8_lossy(e.as_bytes()).into_owned(), codec::CodecError::Payload("key is not UTF-8".into()))),
+            };
+            match codec::decode::<T>(Kind::Model, &v) {
+                Ok(model) => models.push((key, model)),
+                Err(source) => return Err(corrupt(key, source)),
+            }
+        }
+        Ok(Snapshot { info: info.clone(), models })
+    }
+
+    /// The newest snapshot of a partition that decodes completely, optionally only among
+    /// those at or before `at_or_before` (`replay --state rewind`). Corrupt or incomplete
+    /// snapshots are skipped and returned in [`Restored::rejected`]; an error is returned
+    /// only when the store cannot be read at all.
+    pub fn restore<T: DeserializeOwned>(&self, topic: &str, partition: i32, at_or_before: Option<i64>) -> Result<Restored<T>, StateError> {
+        let mut rejected = Vec::new();
+        for entry in self.snapshots(topic, partition)? {
+            let info = match entry {
+                Ok(info) => info,
+                Err(e) => {
+                    rejected.push(e);
+                    continue;
+                }
+            };
+            if at_or_before.is_some_and(|limit| info.offset > limit) {
+                continue;
+            }
+            match self.load(&info) {
+                Ok(snapshot) => return Ok(Restored { snapshot: Some(snapshot), rejected }),
+                Err(e) => rejected.push(e),
+            }
+        }
+        Ok(Restored { snapshot: None, rejected })
+    }
+
+    /// Delete the snapshots of a partition with an offset above `offset` (all of them with
+    /// `None`): `replay --state rewind` and `--state reset`. Returns how many were deleted.
+    pub fn delete_after(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<usize, StateError> {
+        let doomed: Vec<i64> = self.offsets(topic, partition)?.into_iter().filter(|o| offset.is_none_or(|limit| *o > limit)).collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = WriteBatch::default();
+        for o in &doomed {
+            self.delete_snapshot_in(&mut batch, topic, partition, *o);
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(|source| StateError::Write { topic: topic.into(), partition, offset: offset.unwrap_or(-1), source })?;
+        Ok(doomed.len())
+    }
+
+    /// Overwrite one stored model's bytes (tests that simulate corruption on disk).
+    #[cfg(test)]
+    pub(crate) fn put_raw_model(&self, info: &SnapshotInfo, key: &str, bytes: &[u8]) {
+        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
+        k.extend_from_slice(key.as_bytes());
+        self.db.put_cf(self.cf(CF_MODELS), &k, bytes).expect("test write");
+    }
+
+    /// Delete one stored model (tests of incomplete snapshots).
+    #[cfg(test)]
+    pub(crate) fn delete_raw_model(&self, info: &SnapshotInfo, key: &str) {
+        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
+        k.extend_from_slice(key.as_bytes());
+        self.db.delete_cf(self.cf(CF_MODELS), &k).expect("test delete");
+    }
+
+    /// Overwrite a snapshot's metadata bytes (tests).
+    #[cfg(test)]
+    pub(crate) fn put_raw_meta(&self, info: &SnapshotInfo, bytes: &[u8]) {
+        let k = snapshot_prefix(&info.topic, info.partition, info.offset);
+        self.db.put_cf(self.cf(CF_META), &k, bytes).expect("test write");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Store tests on real RocksDB in temporary directories.
+
+use super::*;
+use crate::detect::{Params, Pipeline, PipelineSpec, Thresholds};
+use crate::state::CodecError;
+
+const TOPIC: &str = "readings";
+
+fn factory() -> crate::detect::PipelineFactory {
+    PipelineSpec {
+        model_type: "zscore".into(),
+        model_params: Params::default(),
+        preprocessing_steps: vec![],
+        thresholds: Thresholds::default(),
+        learn_first: false,
+        learn_anomalies: false,
+        seed: 3,
+    }
+    .check()
+    .expect("valid spec")
+}
+
+/// `n` keys, each fed `steps` deterministic readings.
+fn models(n: usize, steps: usize) -> Vec<(String, Pipeline)> {
+    let f = factory();
+    (0..n)
+        .map(|i| {
+            let key = format!("sensor-{i:04}");
+            let mut p = f.build(2, &key);
+            for t in 0..steps {
+                let v = (t * 7 + i) as f64;
+                p.process(&[v.sin(), (v * 0.3).cos()]);
+            }
+            (key, p)
+        })
+        .collect()
+}
+
+/// Same keys and same model state (by bytes: Pipeline's PartialEq also compares scratch
+/// buffers that are not state).
+fn assert_same(a: &[(String, Pipeline)], b: &[(String, Pipeline)]) {
+    let bytes = |m: &[(String, Pipeline)]| -> Vec<(String, Vec<u8>)> { m.iter().map(|(k, p)| (k.clone(), postcard::to_stdvec(p).expect("encodes"))).collect() };
+    assert!(bytes(a) == bytes(b), "models differ");
+}
+
+fn write(store: &StateStore, partition: i32, offset: i64, m: &[(String, Pipeline)]) -> SnapshotInfo {
+    store.write_snapshot(TOPIC, partition, offset, m.iter().map(|(k, p)| (k.as_str(), p))).expect("snapshot written")
+}
+
+#[test]
+fn snapshot_round_trips_and_restored_models_continue_identically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = models(50, 150);
+    {
+        let store = StateStore::open(dir.path(), 4).expect("open");
+        let info = write(&store, 2, 999, &m);
+        assert_eq!((info.keys, info.offset, info.partition), (50, 999, 2));
+    }
+    // Reopen: the snapshot is on disk, not in memory.
+    let store = StateStore::open(dir.path(), 4).expect("reopen");
+    let restored = store.restore::<Pipeline>(TOPIC, 2, None).expect("readable");
+    assert!(restored.rejected.is_empty(), "{:?}", restored.rejected);
+    let snap = restored.snapshot.expect("a snapshot");
+    assert_eq!(snap.info.offset, 999);
+    assert_same(&snap.models, &m);
+    let (mut original, mut back) = (m, snap.models);
+    for ((_, a), (_, b)) in original.iter_mut().zip(back.iter_mut()) {
+        for t in 0..20 {
+            let x = [t as f64 * 0.01, 5.0 - t as f64];
+            assert!(a.process(&x) == b.process(&x), "restored model scores differently");
+        }
+    }
+    assert!(store.restore::<Pipeline>(TOPIC, 3, None).expect("readable").snapshot.is_none(), "other partitions are untouched");
+    assert_eq!(store.partitions().expect("list"), vec![(TOPIC.to_string(), 2)]);
+}
+
+#[test]
+fn history_keeps_only_the_newest_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 3).expect("open");
+    let m = models(5, 10);
+    let infos: Vec<SnapshotInfo> = (1..=6).map(|i| write(&store, 0, i * 100, &m)).collect();
+    let kept: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(kept, vec![600, 500, 400]);
+    // The models of dropped snapshots are gone too, not just their metadata.
+    for old in &infos[..3] {
+        assert!(store.key_sizes(old).expect("readable").is_empty(), "models of {} still stored", old.offset);
+    }
+    assert_eq!(store.key_sizes(&infos[5]).expect("readable").len(), 5);
+}
+
+#[test]
+fn rewriting_an_offset_replaces_that_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 3).expect("open");
+    write(&store, 0, 10, &models(8, 5));
+    let fewer = models(3, 9);
+    write(&store, 0, 10, &fewer);
+    let snap = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("present");
+    assert_same(&snap.models, &fewer);
+    assert_eq!(store.snapshots(TOPIC, 0).expect("list").len(), 1);
+}
+
+#[test]
+fn rewind_picks_the_nearest_snapshot_at_or_before_the_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    for (i, o) in [100, 200, 300, 400].into_iter().enumerate() {
+        write(&store, 1, o, &models(3, 10 * (i + 1)));
+    }
+    let at = |limit| store.restore::<Pipeline>(TOPIC, 1, Some(limit)).expect("readable").snapshot.map(|s| s.info.offset);
+    assert_eq!(at(250), Some(200));
+    assert_eq!(at(300), Some(300));
+    assert_eq!(at(10_000), Some(400));
+    assert_eq!(at(99), None);
+    assert_eq!(store.delete_after(TOPIC, 1, Some(250)).expect("deleted"), 2);
+    assert_eq!(store.restore::<Pipeline>(TOPIC, 1, None).expect("readable").snapshot.map(|s| s.info.offset), Some(200));
+    assert_eq!(store.delete_after(TOPIC, 1, None).expect("deleted"), 2);
+    assert!(store.partitions().expect("list").is_empty());
+}
+
+#[test]
+fn corrupt_newest_snapshot_falls_back_to_the_older_one_and_names_partition_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    let old = models(4, 20);
+    write(&store, 3, 100, &old);
+    let new = write(&store, 3, 200, &models(4, 40));
+    let mut bytes = store.model_bytes(&new, "sensor-0002").expect("readable").expect("present");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    store.put_raw_model(&new, "sensor-0002", &bytes);
+
+    let restored = store.restore::<Pipeline>(TOPIC, 3, None).expect("readable");
+    let snap = restored.snapshot.expect("fell back");
+    assert_eq!(snap.info.offset, 100);
+    assert_same(&snap.models, &old);
+    assert_eq!(restored.rejected.len(), 1);
+    let err = &restored.rejected[0];
+    assert!(
+        matches!(err, StateError::Corrupt { partition: 3, offset: 200, key: Some(k), source: CodecError::Checksum { .. }, .. } if k == "sensor-0002"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("readings[3]") && msg.contains("sensor-0002") && msg.contains("checksum"), "{msg}");
+}
+
+#[test]
+fn truncated_missing_and_bad_metadata_snapshots_are_all_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 5).expect("open");
+    let m = models(3, 10);
+    let base = write(&store, 0, 10, &m);
+    let truncated = write(&store, 0, 20, &m);
+    let missing = write(&store, 0, 30, &m);
+    let bad_meta = write(&store, 0, 40, &m);
+    let bytes = store.model_bytes(&truncated, "sensor-0000").expect("readable").expect("present");
+    store.put_raw_model(&truncated, "sensor-0000", &bytes[..bytes.len() - 3]);
+    store.delete_raw_model(&missing, "sensor-0001");
+    store.put_raw_meta(&bad_meta, b"this is not an envelope at all");
+
+    let restored = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable");
+    assert_eq!(restored.snapshot.expect("fell back").info.offset, base.offset);
+    let kinds: Vec<String> = restored.rejected.iter().map(|e| e.to_string()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    assert!(matches!(restored.rejected[0], StateError::Corrupt { offset: 40, key: None, source: CodecError::BadMagic { .. }, .. }), "{kinds:?}");
+    assert!(matches!(restored.rejected[1], StateError::Incomplete { offset: 30, expected: 3, found: 2, .. }), "{kinds:?}");
+    assert!(matches!(restored.rejected[2], StateError::Corrupt { offset: 20, source: CodecError::Length { .. }, .. }), "{kinds:?}");
+
+    // With every snapshot bad, the answer is "none" (rebuild by replay), not an error.
+    store.put_raw_model(&base, "sensor-0001", b"");
+    let restored = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable");
+    assert!(restored.snapshot.is_none());
+    assert_eq!(restored.rejected.len(), 4);
+}
+
+#[test]
+fn a_failed_write_is_an_error_and_leaves_the_last_snapshot_intact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = models(3, 10);
+    {
+        let store = StateStore::open(dir.path(), 4).expect("open");
+        write(&store, 0, 10, &m);
+    }
+    // A read-only database refuses writes the way a failed disk does: RocksDB returns an
+    // error from the write. (tests/state_faults.rs fills a real small filesystem.)
+    let ro = StateStore::open_read_only(dir.path()).expect("open read-only");
+    let err = ro.write_snapshot(TOPIC, 0, 20, m.iter().map(|(k, p)| (k.as_str(), p))).expect_err("write must fail");
+    assert!(matches!(err, StateError::Write { partition: 0, offset: 20, .. }), "{err:?}");
+    let snap = ro.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("intact");
+    assert_eq!(snap.info.offset, 10);
+}
+
+#[test]
+fn a_second_worker_cannot_open_the_same_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = StateStore::open(dir.path(), 4).expect("open");
+    let err = StateStore::open(dir.path(), 4).expect_err("locked");
+    assert!(matches!(err, StateError::Open { .. }), "{err:?}");
+    // Inspection still works while the worker holds the lock.
+    assert!(StateStore::open_read_only(dir.path()).is_ok());
+}
+
+#[test]
+fn offsets_below_minus_one_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    let err = store.write_snapshot(TOPIC, 0, -2, models(1, 1).iter().map(|(k, p)| (k.as_str(), p))).expect_err("refused");
+    assert!(matches!(err, StateError::InvalidOffset(-2)));
+    // -1 is "nothing applied yet" (a reset), and sorts before every real offset.
+    store.write_snapshot::<&str, Pipeline, _>(TOPIC, 0, -1, []).expect("empty reset snapshot");
+    write(&store, 0, 0, &models(1, 1));
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(offsets, vec![0, -1]);
+}

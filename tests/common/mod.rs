@@ -1,0 +1,347 @@
+//! Shared helpers of the integration tests: random topic and group names, the broker address
+//! (`ONAD_TEST_BOOTSTRAP`, default 127.0.0.1:9092), producing readings, running a worker
+//! in-process, and collecting outputs with bounded waits and clear failure messages.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use onad_stream::config::Config;
+use onad_stream::proto::SensorReading;
+use onad_stream::{RunSummary, Worker, WorkerError, WorkerStats};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// Session timeout used by tests: a group join on Tansu waits about half of it.
+pub const SESSION_TIMEOUT_MS: u64 = 6000;
+
+/// The broker the tests run against.
+pub fn bootstrap() -> String {
+    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{:x}-{}", std::process::id(), t % 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The `--set` overrides of a test worker on fresh topics named after `name`.
+pub fn overrides(name: &str, partitions: i32) -> Vec<String> {
+    vec![
+        format!("kafka.bootstrap=\"{}\"", bootstrap()),
+        format!("kafka.group_id=\"{name}-group\""),
+        format!("kafka.input_topic=\"{name}-in\""),
+        format!("kafka.scores_topic=\"{name}-scores\""),
+        format!("kafka.alerts_topic=\"{name}-alerts\""),
+        format!("kafka.dead_letter_topic=\"{name}-dead\""),
+        format!("kafka.changelog_topic=\"{name}-changelog\""),
+        format!("kafka.partitions={partitions}"),
+        format!("kafka.session_timeout_ms={SESSION_TIMEOUT_MS}"),
+    ]
+}
+
+/// A checked config for fresh topics named after `name`, plus `extra` overrides.
+pub fn config(name: &str, partitions: i32, extra: &[&str]) -> Config {
+    let mut sets = overrides(name, partitions);
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    Config::load_from(None, &[], &sets).expect("test config is valid")
+}
+
+/// Create the input and output topics of `config`.
+pub async fn create_topics(config: &Config) {
+    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create test topics");
+}
+
+/// An encoded reading.
+pub fn reading(id: &str, ts: i64, values: &[(&str, f64)]) -> Vec<u8> {
+    SensorReading {
+        sensor_id: id.into(),
+        timestamp_ms: ts,
+        values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// One record to produce: key, value, partition.
+pub struct In {
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Partition.
+    pub partition: i32,
+}
+
+/// Produce `records` to the input topic and wait for delivery; returns (partition, offset) of each.
+pub async fn produce(config: &Config, records: Vec<In>) -> Vec<(i32, i64)> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    let topic = &config.kafka.input_topic;
+    let mut futures = Vec::with_capacity(records.len());
+    for r in &records {
+        let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(&r.value[..]).partition(r.partition);
+        if let Some(k) = &r.key {
+            rec = rec.key(&k[..]);
+        }
+        loop {
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    futures.push(f);
+                    break;
+                }
+                Err((_, back)) => {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(futures.len());
+    for f in futures {
+        let d = f.await.expect("producer alive").expect("test record delivered");
+        out.push((d.partition, d.offset));
+    }
+    out
+}
+
+/// Readings of `sensors` sensors spread over `partitions` (sensor i on partition i % partitions),
+/// `per_sensor` each, two features, steady values; `spike_at` (index per sensor) gets a spike.
+pub fn fleet(sensors: usize, partitions: i32, per_sensor: usize, spike_at: Option<usize>) -> Vec<In> {
+    let mut v = Vec::with_capacity(sensors * per_sensor);
+    for j in 0..per_sensor {
+        for i in 0..sensors {
+            let id = format!("sensor-{i}");
+            let wobble = ((j * 7 + i * 3) % 11) as f64 * 0.01;
+            let temp = if spike_at == Some(j) { 100.0 } else { 20.0 + wobble };
+            v.push(In {
+                key: Some(id.clone().into_bytes()),
+                value: reading(&id, j as i64, &[("temp", temp), ("rpm", 3.0 + wobble)]),
+                partition: (i as i32) % partitions,
+            });
+        }
+    }
+    v
+}
+
+/// A worker running in-process on its own tokio task.
+pub struct RunningWorker {
+    /// Resolves the worker's shutdown future.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The worker's result.
+    handle: tokio::task::JoinHandle<Result<RunSummary, WorkerError>>,
+    /// Live counters.
+    pub stats: Arc<WorkerStats>,
+}
+
+impl RunningWorker {
+    /// Start a worker with `config`.
+    pub fn start(config: Config) -> Self {
+        let worker = Worker::new(config);
+        let stats = worker.stats();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(worker.run(async move {
+            let _ = rx.await;
+        }));
+        Self { stop: Some(tx), handle, stats }
+    }
+
+    /// Ask for a graceful stop and wait (bounded) for the summary.
+    pub async fn stop(mut self) -> RunSummary {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("worker did not stop within 60 s of shutdown")
+            .expect("worker task panicked")
+            .expect("worker ended with an error")
+    }
+
+    /// Consumed records so far.
+    pub fn consumed(&self) -> u64 {
+        self.stats.consumed.load(Ordering::Relaxed)
+    }
+}
+
+/// One output record read back.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// Partition it was written to.
+    pub partition: i32,
+    /// Its key.
+    pub key: Vec<u8>,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// The `onad-source-offset` header.
+    pub source_offset: Option<i64>,
+    /// The `onad-source-partition` header.
+    pub source_partition: Option<i32>,
+}
+
+/// Reads a topic from the beginning of every partition (no group).
+pub struct Collector {
+    /// Plain assigned consumer.
+    consumer: BaseConsumer,
+    /// Topic name (for messages).
+    topic: String,
+    /// Everything read so far.
+    pub seen: Vec<Out>,
+}
+
+impl Collector {
+    /// A collector of `topic` (with `partitions` partitions) from offset 0.
+    pub fn new(topic: &str, partitions: i32) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("collector"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.queue.backoff.ms", "10")
+            .create()
+            .expect("collector consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign collector");
+        Self { consumer, topic: topic.to_string(), seen: Vec::new() }
+    }
+
+    /// Read until `done(&seen)` holds, for at most `limit`; panics naming `what` otherwise.
+    pub fn until(&mut self, limit: Duration, what: &str, done: impl Fn(&[Out]) -> bool) -> &[Out] {
+        let deadline = Instant::now() + limit;
+        while !done(&self.seen) {
+            if Instant::now() > deadline {
+                panic!("timed out after {limit:?} waiting for {what} on `{}` ({} records read)", self.topic, self.seen.len());
+            }
+            self.read_for(Duration::from_millis(200));
+        }
+        &self.seen
+    }
+
+    /// Read whatever arrives within `d`.
+    pub fn read_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.consumer.poll(left) {
+                Some(Ok(m)) => {
+                    let mut src_off = None;
+                    let mut src_part = None;
+                    if let Some(h) = m.headers() {
+                        for hdr in h.iter() {
+                            let v = hdr.value.and_then(|v| std::str::from_utf8(v).ok());
+                            match hdr.key {
+                                "onad-source-offset" => src_off = v.and_then(|s| s.parse().ok()),
+                                "onad-source-partition" => src_part = v.and_then(|s| s.parse().ok()),
+                                _ => {}
+                            }
+                        }
+                    }
+                    self.seen.push(Out {
+                        partition: m.partition(),
+                        key: m.key().unwrap_or_default().to_vec(),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        source_offset: src_off,
+                        source_partition: src_part,
+                    });
+                }
+                Some(Err(_)) | None => {}
+            }
+        }
+    }
+}
+
+/// Count of each (source partition, source offset) among `outs`.
+pub fn by_source(outs: &[Out]) -> BTreeMap<(i32, i64), usize> {
+    let mut m = BTreeMap::new();
+    for o in outs {
+        let key = (o.source_partition.expect("output without source partition header"), o.source_offset.expect("output without source offset header"));
+        *m.entry(key).or_default() += 1;
+    }
+    m
+}
+
+/// A worker running as a child process (`onad-stream run`), logging to a temp file.
+pub struct ChildWorker {
+    /// The process.
+    child: std::process::Child,
+    /// Its stderr.
+    log: tempfile::NamedTempFile,
+    /// Its config file (kept until the worker ends).
+    _config: tempfile::NamedTempFile,
+}
+
+impl ChildWorker {
+    /// Start `onad-stream run` on the topics and group named after `name`, with `toml` as its
+    /// config file (the topic overrides win over it).
+    pub fn start(name: &str, partitions: i32, toml: &str) -> Self {
+        let log = tempfile::NamedTempFile::new().expect("temp log file");
+        let config = tempfile::NamedTempFile::new().expect("temp config file");
+        std::fs::write(config.path(), toml).expect("write config");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
+        cmd.arg("run").arg("--config").arg(config.path());
+        for o in overrides(name, partitions) {
+            cmd.arg("--set").arg(o);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().expect("reopen log"))
+            .spawn()
+            .expect("start onad-stream run");
+        Self { child, log, _config: config }
+    }
+
+    /// The worker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Wait (bounded) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "worker log lacks {needle:?} after {limit:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Send SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(ok.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for worker") {
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "worker did not exit within {limit:?} of SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: a crash, no drain, no commit.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
