@@ -14,19 +14,13 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+mod common;
+use common::{bootstrap, unique};
 use onad_stream::proto::{AnomalyAlert, DeadLetter, ErrorKind, ScoredReading, SensorReading, Severity, SourcePosition};
 
 const BIN: &str = env!("CARGO_BIN_EXE_onad-stream");
 const WAIT: Duration = Duration::from_secs(30);
 
-fn bootstrap() -> String {
-    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn create_topic(partitions: i32) -> String {
     let name = unique("tools");

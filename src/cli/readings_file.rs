@@ -38,6 +38,7 @@ impl FileFormat {
 }
 
 /// An open readings file.
+#[derive(Debug)]
 pub struct ReadingsFile {
     /// File name, for error messages.
     name: String,

@@ -126,6 +126,7 @@ impl Fleet {
     }
 
     /// The sensor ids, in generation order.
+    #[cfg(test)]
     pub fn sensor_ids(&self) -> impl Iterator<Item = &str> {
         self.sensors.iter().map(|s| s.id.as_str())
     }
