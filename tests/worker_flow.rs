@@ -137,7 +137,7 @@ struct ResumeAt {
 
 impl onad_stream::partition::StateHooks for ResumeAt {
     fn on_assign(&self, _: &str, _: i32, _: Option<onad_stream::partition::Models>, _: Option<i64>) -> onad_stream::partition::Resume {
-        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from) }
+        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from), emitted: Default::default() }
     }
     fn after_batch(&self, _: &str, _: i32, m: &onad_stream::partition::Models, _: Option<i64>) -> Result<(), onad_stream::partition::StateFailure> {
         *self.last_seen.lock().unwrap() = m.last_offset;

@@ -9,11 +9,14 @@ use crate::config::Config;
 
 mod demo;
 mod produce;
+mod readings_file;
 mod replay;
 mod run;
 mod score;
 mod snapshot;
+mod synth;
 mod tail;
+mod tools;
 mod topics;
 
 /// Online anomaly detection on Kafka sensor streams.

@@ -17,7 +17,12 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     crate::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let summary = runtime.block_on(crate::worker::run(config, shutdown_signal()))?;
+    let summary = runtime.block_on(async {
+        // State store (issue 4): restore on assignment, snapshots, changelog.
+        let partitions = crate::kafka::admin::ensure_output_topics(&config.kafka).await?;
+        let hooks = crate::state::hooks::StoreHooks::open(&config, partitions as i32).await?;
+        crate::worker::Worker::new(config).with_state(std::sync::Arc::new(hooks)).run(shutdown_signal()).await.map_err(anyhow::Error::from)
+    })?;
     eprintln!(
         "onad-stream run: {} readings in {:.1} s: {} scored, {} alerts, {} dead letters",
         summary.consumed,

@@ -1,8 +1,25 @@
-//! `onad-stream tail`.
+//! `onad-stream tail`: print a topic's records as JSON lines.
+//!
+//! Reads without a consumer group (partitions are assigned, nothing is committed), so tailing
+//! never disturbs the workers' group. Without `--from-beginning` it starts at the end of each
+//! partition; on brokers that report a stale end offset (the development broker, see
+//! design.md) a few older records may show first.
 
-use clap::Args;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
+use clap::{Args, ValueEnum};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message as _;
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use super::tools::{client_config, partition_count, stop_on_signal};
 use super::ConfigArgs;
+use crate::config::KafkaConfig;
+use crate::proto::{AnomalyAlert, DeadLetter, ErrorKind, ScoredReading, SensorReading, Severity};
 
 /// Arguments of `onad-stream tail`.
 #[derive(Debug, Args)]
@@ -10,10 +27,228 @@ pub struct TailArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// `scores`, `alerts`, `dead-letters`, `input`, or a topic name.
+    #[arg(long, env = "ONAD_TAIL_TOPIC", default_value = "alerts")]
+    pub topic: String,
+    /// Message type of the records, when `--topic` is a name the config does not know.
+    #[arg(long = "type", env = "ONAD_TAIL_TYPE", value_enum)]
+    pub kind: Option<RecordKind>,
+    /// Start at the beginning of every partition (default: the end).
+    #[arg(long, env = "ONAD_TAIL_FROM_BEGINNING")]
+    pub from_beginning: bool,
+    /// Stop after printing this many records; fewer by `--timeout-secs` is an error.
+    #[arg(long, env = "ONAD_TAIL_COUNT")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds in all.
+    #[arg(long, env = "ONAD_TAIL_TIMEOUT_SECS")]
+    pub timeout_secs: Option<f64>,
+    /// Stop when no record arrived for this many seconds (e.g. to dump a topic and exit).
+    #[arg(long, env = "ONAD_TAIL_IDLE_SECS")]
+    pub idle_secs: Option<f64>,
+    /// Wrap each record with its Kafka coordinates: `{"partition", "offset", "key", "value"}`.
+    #[arg(long, env = "ONAD_TAIL_META")]
+    pub meta: bool,
+}
+
+/// The message type of a topic's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecordKind {
+    /// `SensorReading` (the input topic).
+    Reading,
+    /// `ScoredReading` (the scores topic).
+    Scored,
+    /// `AnomalyAlert` (the alerts topic).
+    Alert,
+    /// `DeadLetter` (the dead-letter topic).
+    DeadLetter,
+}
+
+/// The topic name and record type `topic` means under `kafka`.
+pub fn resolve_topic(kafka: &KafkaConfig, topic: &str, kind: Option<RecordKind>) -> anyhow::Result<(String, RecordKind)> {
+    let known = [
+        ("scores", &kafka.scores_topic, RecordKind::Scored),
+        ("alerts", &kafka.alerts_topic, RecordKind::Alert),
+        ("dead-letters", &kafka.dead_letter_topic, RecordKind::DeadLetter),
+        ("input", &kafka.input_topic, RecordKind::Reading),
+    ];
+    for (alias, name, k) in known {
+        if topic == alias || topic == name.as_str() {
+            return Ok((name.clone(), kind.unwrap_or(k)));
+        }
+    }
+    match kind {
+        Some(k) => Ok((topic.to_string(), k)),
+        None => anyhow::bail!(
+            "topic `{topic}` is not one of the configured topics; say what it holds with --type reading|scored|alert|dead-letter"
+        ),
+    }
+}
+
+/// Decode `bytes` as `kind` and render it as JSON: enums by name, bytes as base64.
+pub fn record_json(kind: RecordKind, bytes: &[u8]) -> Result<Value, prost::DecodeError> {
+    Ok(match kind {
+        RecordKind::Reading => to_value(&SensorReading::decode(bytes)?),
+        RecordKind::Scored => {
+            let m = ScoredReading::decode(bytes)?;
+            let mut v = to_value(&m);
+            v["severity"] = severity_name(m.severity);
+            v
+        }
+        RecordKind::Alert => {
+            let m = AnomalyAlert::decode(bytes)?;
+            let mut v = to_value(&m);
+            v["severity"] = severity_name(m.severity);
+            v
+        }
+        RecordKind::DeadLetter => {
+            let m = DeadLetter::decode(bytes)?;
+            let mut v = to_value(&m);
+            v["error_kind"] = match ErrorKind::try_from(m.error_kind) {
+                Ok(k) => json!(k.as_str_name()),
+                Err(_) => json!(m.error_kind),
+            };
+            v["original_key"] = json!(base64(&m.original_key));
+            v["original_value"] = json!(base64(&m.original_value));
+            v
+        }
+    })
+}
+
+fn to_value<T: serde::Serialize>(m: &T) -> Value {
+    // Serializing plain generated structs to a Value cannot fail (no non-string map keys).
+    serde_json::to_value(m).unwrap_or(Value::Null)
+}
+
+fn severity_name(s: i32) -> Value {
+    match Severity::try_from(s) {
+        Ok(k) => json!(k.as_str_name()),
+        Err(_) => json!(s),
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), for bytes in JSON.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Run the subcommand.
 pub fn main(args: TailArgs) -> anyhow::Result<()> {
-    let _config = args.config.load()?;
-    anyhow::bail!("`onad-stream tail` is not built yet")
+    let config = args.config.load()?;
+    crate::telemetry::init(&config.telemetry);
+    let (topic, kind) = resolve_topic(&config.kafka, &args.topic, args.kind)?;
+    let mut cc = client_config(&config.kafka);
+    // A group id is required by librdkafka's consumer even when only assigning; nothing is
+    // committed under it.
+    if cc.get("group.id").is_none() {
+        cc.set("group.id", format!("onad-stream-tail-{}", std::process::id()));
+    }
+    cc.set("enable.auto.commit", "false");
+    cc.set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = cc.create()?;
+    let partitions = partition_count(&consumer, &topic)?;
+    let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(&topic, p, start)?;
+    }
+    consumer.assign(&tpl)?;
+
+    let stop = stop_on_signal();
+    let started = Instant::now();
+    let mut last_record = Instant::now();
+    let mut printed = 0u64;
+    let mut undecodable = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = std::io::LineWriter::new(stdout.lock());
+    loop {
+        if stop.load(Ordering::Relaxed) || args.count.is_some_and(|c| printed >= c) {
+            break;
+        }
+        if args.timeout_secs.is_some_and(|t| started.elapsed().as_secs_f64() >= t) {
+            break;
+        }
+        if args.idle_secs.is_some_and(|t| last_record.elapsed().as_secs_f64() >= t) {
+            break;
+        }
+        let msg = match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(e)) => {
+                eprintln!("tail: {e}");
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        last_record = Instant::now();
+        let payload = msg.payload().unwrap_or_default();
+        let value = match record_json(kind, payload) {
+            Ok(v) => v,
+            Err(e) => {
+                undecodable += 1;
+                json!({ "undecodable": e.to_string(), "bytes": base64(payload) })
+            }
+        };
+        let line = if args.meta {
+            let key = msg.key().map(|k| String::from_utf8(k.to_vec()).map_or_else(|e| json!(base64(e.as_bytes())), |s| json!(s)));
+            json!({ "partition": msg.partition(), "offset": msg.offset(), "key": key, "value": value })
+        } else {
+            value
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        printed += 1;
+    }
+    out.flush()?;
+    if undecodable > 0 {
+        eprintln!("tail: {undecodable} records of `{topic}` were not {kind:?} messages");
+    }
+    if let Some(c) = args.count {
+        anyhow::ensure!(printed >= c, "tail: only {printed} of {c} records of `{topic}` arrived before the timeout");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("foobar", "Zm9vYmFy")] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn enums_print_by_name_and_bytes_as_base64() {
+        let s = ScoredReading { sensor_id: "s".into(), severity: Severity::High as i32, ..Default::default() };
+        let v = record_json(RecordKind::Scored, &s.encode_to_vec()).unwrap();
+        assert_eq!(v["severity"], "SEVERITY_HIGH");
+        assert_eq!(v["sensor_id"], "s");
+        let d = DeadLetter { original_value: b"foo".to_vec(), error_kind: ErrorKind::Decode as i32, ..Default::default() };
+        let v = record_json(RecordKind::DeadLetter, &d.encode_to_vec()).unwrap();
+        assert_eq!(v["error_kind"], "ERROR_KIND_DECODE");
+        assert_eq!(v["original_value"], "Zm9v");
+    }
+
+    #[test]
+    fn aliases_resolve_to_configured_topics() {
+        let k = KafkaConfig::default();
+        assert_eq!(resolve_topic(&k, "scores", None).unwrap(), (k.scores_topic.clone(), RecordKind::Scored));
+        assert_eq!(resolve_topic(&k, &k.alerts_topic, None).unwrap().1, RecordKind::Alert);
+        assert!(resolve_topic(&k, "other", None).is_err());
+        assert_eq!(resolve_topic(&k, "other", Some(RecordKind::DeadLetter)).unwrap().1, RecordKind::DeadLetter);
+    }
 }

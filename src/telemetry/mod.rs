@@ -11,3 +11,4 @@ pub fn init(config: &TelemetryConfig) {
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
+pub mod metrics;
