@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Run ONAD 0.3.0 on deterministic streams and write the parity fixtures of tests/detect_parity.rs.
 
-Regenerate (about 3 minutes on 2 cores, most of it ONAD's isolation forest):
+Regenerate (5-10 minutes on 2 cores, most of it ONAD's SVM and isolation forest):
 
     python3 -m venv /tmp/onad-venv
     /tmp/onad-venv/bin/pip install onad==0.3.0      # pulls numpy, scipy, faiss-cpu
-    /tmp/onad-venv/bin/python scripts/onad_fixtures.py [--skip-forest]
+    /tmp/onad-venv/bin/python scripts/onad_fixtures.py [--skip-forest] [--groups stats,knn]
 
 It writes tests/fixtures/onad_parity.json (commit it). torch is NOT installed: ONAD's
 `onad.base` imports torch for its deep-learning base class even when only classical models are
@@ -28,6 +28,8 @@ Cases (ONAD's API as its docs and the AnomalyDetectionService snippet use it):
   multiples of 1/16) every float32 step is exact except the final division by k.
 - `scaler_knn`: ONAD's `StandardScaler() | KNN(...)` pipeline, score then learn (ONAD's scaler
   raises on a point before it has learned one, so row 0 is learned only).
+- `mahalanobis`, `moving_*`: MovingMahalanobisDistance / MovingAverage / MovingVariance /
+  MovingMedian, per point `score_one(x)` then `learn_one(x)` (the univariate ones on 1 feature).
 - `auc_*`: prequential ROC-AUC of randomized models, learn-then-score (the snippet's order),
   AUC over the points after the first 2,048, raw scores.
 """
@@ -195,7 +197,13 @@ def main():
     parser.add_argument("--skip-forest", action="store_true", help="leave out ONAD's (slow) isolation forest AUC")
     parser.add_argument("--auc-points", type=int, default=20000)
     parser.add_argument("--forest-points", type=int, default=6000)
+    parser.add_argument(
+        "--groups",
+        default="transforms,knn,stats,auc",
+        help="comma-separated case groups to (re)generate; the others are kept from an existing --out file",
+    )
     args = parser.parse_args()
+    groups = set(args.groups.split(","))
 
     _stub_torch()
     import numpy as np
@@ -212,6 +220,8 @@ def main():
 
         version = pkg_version("onad")
     fixture = {"onad_version": version, "generator": "splitmix64 / Irwin-Hall(12) - 6, see scripts/onad_fixtures.py", "cases": {}}
+    if Path(args.out).exists() and groups != {"transforms", "knn", "stats", "auc"}:
+        fixture["cases"] = json.loads(Path(args.out).read_text())["cases"]
     cases = fixture["cases"]
 
     def transform_case(name, rows, make, stream_desc):
@@ -223,6 +233,23 @@ def main():
         cases[name] = {"stream": stream_desc, "checksum": checksum(rows), "outputs": outs}
         return t
 
+    if "transforms" in groups:
+        transform_cases(transform_case, IncrementalPCA, MinMaxScaler, StandardScaler, cases, np)
+    if "knn" in groups:
+        knn_cases(cases, KNN, FaissSimilaritySearchEngine, StandardScaler)
+    if "stats" in groups:
+        stats_cases(cases)
+    if "auc" in groups:
+        auc_cases(cases, args, np, KNN, FaissSimilaritySearchEngine, IncrementalOneClassSVMAdaptiveKernel)
+
+    add_checksum_bits(fixture)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")
+    print(f"wrote {out} ({out.stat().st_size} bytes)", file=sys.stderr)
+
+
+def transform_cases(transform_case, IncrementalPCA, MinMaxScaler, StandardScaler, cases, np):
     mixed = mixed_stream(11, 400)
     mixed_desc = {"kind": "mixed", "seed": 11, "n": 400}
     transform_case("standard_scaler", mixed, StandardScaler, mixed_desc)
@@ -238,6 +265,8 @@ def main():
         cases[name]["params"] = params
         cases[name]["eigenvalues"] = [float(v) for v in np.real(t.values)]
 
+
+def knn_cases(cases, KNN, FaissSimilaritySearchEngine, StandardScaler):
     def knn_case(name, rows, k, window_size, warm_up, desc, scaler=False):
         model = KNN(k, FaissSimilaritySearchEngine(window_size=window_size, warm_up=warm_up))
         if scaler:
@@ -268,6 +297,29 @@ def main():
     rows, _ = gaussian_stream(23, 800, 4, shift=6.0, outlier_every=100)
     knn_case("scaler_knn", rows, 5, 100, 5, {"kind": "gaussian", "seed": 23, "n": 800, "dim": 4, "shift": 6.0, "one_feature": False, "dyadic": False}, scaler=True)
 
+
+def stats_cases(cases):
+    """ONAD's moving statistics, score then learn; the univariate ones on one feature."""
+    from onad.model.stat.multi import MovingMahalanobisDistance
+    from onad.model.stat.uni import MovingAverage, MovingMedian, MovingVariance
+
+    def stat_case(name, rows, model, desc, params):
+        scores = []
+        for x in as_dicts(rows):
+            scores.append(float(model.score_one(x)))
+            model.learn_one(x)
+        cases[name] = {"stream": desc, "checksum": checksum(rows), "params": params, "scores": scores}
+
+    desc = {"kind": "gaussian", "seed": 24, "n": 600, "dim": 5, "shift": 6.0, "one_feature": True, "dyadic": False}
+    rows, _ = gaussian_stream(24, 600, 5, shift=6.0, outlier_every=100, one_feature=True)
+    stat_case("mahalanobis", rows, MovingMahalanobisDistance(window_size=60), desc, {"window_size": 60})
+    desc = {"kind": "gaussian", "seed": 25, "n": 600, "dim": 1, "shift": 6.0, "one_feature": False, "dyadic": False}
+    rows, _ = gaussian_stream(25, 600, 1, shift=6.0, outlier_every=100)
+    for name, cls in [("moving_average", MovingAverage), ("moving_variance", MovingVariance), ("moving_median", MovingMedian)]:
+        stat_case(name, rows, cls(window_size=25), desc, {"window_size": 25})
+
+
+def auc_cases(cases, args, np, KNN, FaissSimilaritySearchEngine, IncrementalOneClassSVMAdaptiveKernel):
     def auc_case(name, make, rows, labels, desc, skip=2048):
         model = make()
         scores = []
@@ -301,12 +353,6 @@ def main():
             m = args.forest_points
             fdesc = dict(desc, n=m)
             auc_case(f"auc_forest_{tag}", OnlineIsolationForest, rows[:m], labels[:m], fdesc)
-
-    add_checksum_bits(fixture)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fixture, indent=None, separators=(",", ":")) + "\n")
-    print(f"wrote {out} ({out.stat().st_size} bytes)", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -331,3 +331,43 @@ fn isolation_forest_auc_is_within_001_of_onad_or_better_on_both_shift_streams() 
         assert!(ours >= onad - 0.01, "{name}: ROC-AUC ours {ours}, ONAD {onad}");
     }
 }
+
+/// Score-then-learn raw scores of `model_type` with an integer `window_size` over the case's
+/// stream, compared with ONAD's within 1e-6 (relative above 1).
+fn assert_stat_matches(name: &str, model_type: &str) {
+    let fx = fixture();
+    let c = case(&fx, name);
+    let (rows, _) = checked_stream(c);
+    let params = int_params(&[("window_size", &c["params"]["window_size"])]);
+    let factory = spec(model_type, params, Vec::new(), false).check().expect("valid spec");
+    let mut pipeline = factory.try_build(rows[0].len(), "parity").expect("buildable");
+    let want = numbers(&c["scores"]);
+    // Below d + 1 points ONAD inverts a singular covariance (scores ~1e16 of rounding noise);
+    // ours scores 0 there. Compared from the first full-rank window on.
+    let first = if model_type == "mahalanobis" { rows[0].len() + 1 } else { 0 };
+    let mut worst = 0.0f64;
+    for (i, (x, b)) in rows.iter().zip(&want).enumerate() {
+        let a = pipeline.process(x).raw_score;
+        if i < first {
+            assert_eq!(a, 0.0, "{name}: row {i}: too few points for a covariance");
+            continue;
+        }
+        let err = (a - b).abs() / b.abs().max(1.0);
+        assert!(err <= TOLERANCE, "{name}: row {i}: ours {a}, ONAD {b}");
+        worst = worst.max(err);
+    }
+    assert!(want.iter().filter(|s| **s != 0.0).count() > want.len() / 2, "{name}: the case must exercise scoring");
+    eprintln!("{name}: largest relative difference {worst:e}");
+}
+
+#[test]
+fn moving_mahalanobis_matches_onad_within_1e6() {
+    assert_stat_matches("mahalanobis", "mahalanobis");
+}
+
+#[test]
+fn moving_average_variance_and_median_match_onad_within_1e6() {
+    assert_stat_matches("moving_average", "moving_average");
+    assert_stat_matches("moving_variance", "moving_variance");
+    assert_stat_matches("moving_median", "moving_median");
+}

@@ -137,7 +137,7 @@ struct ResumeAt {
 
 impl onad_stream::partition::StateHooks for ResumeAt {
     fn on_assign(&self, _: &str, _: i32, _: Option<onad_stream::partition::Models>, _: Option<i64>) -> onad_stream::partition::Resume {
-        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from) }
+        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from), emitted: Default::default() }
     }
     fn after_batch(&self, _: &str, _: i32, m: &onad_stream::partition::Models, _: Option<i64>) -> Result<(), onad_stream::partition::StateFailure> {
         *self.last_seen.lock().unwrap() = m.last_offset;
@@ -171,4 +171,31 @@ async fn state_hooks_choose_the_start_offset_and_suppress_replayed_outputs() {
     let _ = tx.send(());
     let summary = handle.await.expect("worker task").expect("worker run");
     assert_eq!((summary.consumed, stats.replayed.load(std::sync::atomic::Ordering::Relaxed)), (15, 7), "read from start_at; 5..12 replayed silently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_refuses_an_output_topic_with_fewer_partitions_than_the_input() {
+    let name = unique("narrow");
+    let config = config(&name, 4, &[]);
+    let admin = onad_stream::kafka::admin::client(&config.kafka).expect("admin client");
+    onad_stream::kafka::admin::create(&admin, &config.kafka, &[(config.kafka.alerts_topic.as_str(), 2)]).await.expect("create alerts topic");
+    // Creates the input; refuses the narrow alerts topic just as the worker will.
+    assert!(try_create_topics(&config).await.is_err());
+    let err = tokio::time::timeout(WAIT, onad_stream::run(config.clone(), std::future::pending()))
+        .await
+        .expect("worker neither refused nor stopped")
+        .expect_err("worker must refuse to start");
+    let msg = err.to_string();
+    assert!(msg.contains(&config.kafka.alerts_topic) && msg.contains("2 partitions") && msg.contains('4'), "unclear refusal: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_refuses_to_start_without_its_input_topic() {
+    let config = config(&unique("noinput"), 4, &[]);
+    let err = tokio::time::timeout(WAIT, onad_stream::run(config.clone(), std::future::pending()))
+        .await
+        .expect("worker neither refused nor stopped")
+        .expect_err("worker must refuse to start");
+    let msg = err.to_string();
+    assert!(msg.contains(&config.kafka.input_topic) && msg.contains("topics create"), "unclear refusal: {msg}");
 }

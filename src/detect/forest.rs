@@ -488,21 +488,23 @@ impl OnlineIsolationForest {
 }
 
 impl Detector for OnlineIsolationForest {
+    // A point of the wrong width (or a forest over no features) is not learned and scores 0:
+    // the pipeline fixes the width, so this only guards against misuse of the library.
     fn learn_one(&mut self, x: &[f64]) {
-        if x.len() == self.dim {
+        if x.len() == self.dim && self.dim > 0 {
             self.learn_point(x);
         }
     }
 
     fn score_one(&mut self, x: &[f64]) -> f64 {
-        if x.len() != self.dim {
+        if x.len() != self.dim || self.dim == 0 {
             return 0.0;
         }
         self.score_point(x)
     }
 
     fn learn_score_one(&mut self, x: &[f64]) -> f64 {
-        if x.len() != self.dim {
+        if x.len() != self.dim || self.dim == 0 {
             return 0.0;
         }
         self.learn_score_point(x)

@@ -230,7 +230,7 @@ impl HalfSpaceTrees {
 
 impl Detector for HalfSpaceTrees {
     fn learn_one(&mut self, x: &[f64]) {
-        if x.len() != self.dim {
+        if x.len() != self.dim || self.dim == 0 {
             return;
         }
         if self.nodes.is_empty() {
@@ -251,7 +251,7 @@ impl Detector for HalfSpaceTrees {
 
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // as in `count`
     fn score_one(&mut self, x: &[f64]) -> f64 {
-        if !self.has_reference || x.len() != self.dim {
+        if !self.has_reference || x.len() != self.dim || self.dim == 0 {
             return 0.0;
         }
         let per_tree = self.nodes_per_tree();

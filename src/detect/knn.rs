@@ -96,6 +96,32 @@ impl Knn {
     }
 }
 
+impl Knn {
+    /// Per feature, the mean squared difference between `x` and its k nearest points (the
+    /// terms of the score, so they sum to it); zeros during warm-up.
+    pub fn feature_contributions(&mut self, x: &[f64], out: &mut Vec<f64>) {
+        out.clear();
+        out.resize(x.len(), 0.0);
+        self.score_one(x);
+        if self.len < self.params.warm_up || self.len < self.params.k || self.dist.len() != self.len {
+            return;
+        }
+        // The k nearest slots (by the distances `score_one` just left in `dist`).
+        let mut order: Vec<usize> = (0..self.dist.len()).collect();
+        let k = self.params.k.min(order.len());
+        if k == 0 {
+            return;
+        }
+        order.select_nth_unstable_by(k - 1, |a, b| self.dist[*a].total_cmp(&self.dist[*b]));
+        for &p in &order[..k] {
+            for (j, (o, xj)) in out.iter_mut().zip(x).enumerate() {
+                let t = self.cols[j * self.stride + p] - xj;
+                *o += t * t / k as f64;
+            }
+        }
+    }
+}
+
 impl Detector for Knn {
     fn learn_one(&mut self, x: &[f64]) {
         if x.len() != self.dim {
@@ -216,5 +242,35 @@ mod tests {
         use crate::detect::ParamValue;
         let spec = spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(200))], &[("scaler", &[] as &[(&str, ParamValue)])]);
         assert_restore_continues_bit_identically(&spec, 6, 700, 300);
+    }
+
+    #[test]
+    fn feature_contributions_sum_to_the_score_and_name_the_shifted_feature() {
+        let mut m = Knn::new(KnnParams { k: 3, window_size: 50, warm_up: 3 }, 3);
+        for i in 0..50 {
+            let t = i as f64;
+            m.learn_one(&[(t * 0.37).sin(), (t * 0.91).cos(), (t * 1.3).sin()]);
+        }
+        let x = [0.2, 5.0, -0.1];
+        let score = m.score_one(&x);
+        let mut c = Vec::new();
+        m.feature_contributions(&x, &mut c);
+        assert!((c.iter().sum::<f64>() - score).abs() < 1e-9 * score, "{c:?} vs {score}");
+        assert!(c[1] > c[0] && c[1] > c[2], "{c:?}");
+    }
+
+    #[test]
+    fn pipeline_alert_names_the_feature_that_moved() {
+        use crate::detect::testutil::{spec, stream};
+        use crate::detect::ParamValue;
+        let none: &[(&str, ParamValue)] = &[];
+        let factory = spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(300))], &[("scaler", none)]).check().unwrap();
+        let mut p = factory.try_build(4, "s").unwrap();
+        for x in stream(1000, 4).iter().filter(|x| x[0] < 3.0) {
+            p.process(x);
+        }
+        let s = p.process(&[0.1, -0.2, 9.0, 0.3]);
+        assert!(s.is_anomaly, "{s:?}");
+        assert_eq!(s.top_features.first().map(|f| f.0), Some(2), "{s:?}");
     }
 }

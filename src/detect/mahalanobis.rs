@@ -3,7 +3,9 @@
 //! The model is a FIFO window of the last `window_size` learned points. Raw score =
 //! (x − μ)ᵀ Σ⁻¹ (x − μ), the *squared* Mahalanobis distance (as ONAD returns it), with μ and
 //! Σ the window's mean and sample covariance (ddof = 1, as `np.cov`); 0 while the window holds
-//! fewer than 3 points. Range: [0, inf).
+//! fewer than max(3, d + 1) points. Range: [0, inf). (ONAD scores from 3 points on; with fewer
+//! than d + 1 points the covariance is singular and its `np.linalg.inv` returns rounding noise
+//! of order 1e16, so those scores carry no information.)
 //!
 //! ONAD rebuilds and inverts the covariance on every score (O(w·d² + d³)). Here the mean and
 //! the co-moment matrix are updated as points enter and leave the window (O(d²) per point,
@@ -162,6 +164,33 @@ impl Mahalanobis {
     }
 }
 
+impl Mahalanobis {
+    /// Each feature's term (x − μ)_i · (Σ⁻¹(x − μ))_i of the score (they sum to it; a term can
+    /// be negative when correlated features deviate against each other); zeros when the score
+    /// is 0.
+    pub fn feature_contributions(&mut self, x: &[f64], out: &mut Vec<f64>) {
+        out.clear();
+        out.resize(x.len(), 0.0);
+        if self.score_one(x) == 0.0 {
+            return;
+        }
+        // score_one left the Cholesky factor L in `chol` and y = L⁻¹(x − μ) in `diff`;
+        // Σ⁻¹(x − μ) = L⁻ᵀ y by back substitution.
+        let d = self.dim;
+        let mut z = self.diff.clone();
+        for i in (0..d).rev() {
+            let mut t = z[i];
+            for (k, zk) in z.iter().enumerate().skip(i + 1) {
+                t -= self.chol[k * d + i] * zk;
+            }
+            z[i] = t / self.chol[i * d + i];
+        }
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = (x[i] - self.mean[i]) * z[i];
+        }
+    }
+}
+
 impl Detector for Mahalanobis {
     fn learn_one(&mut self, x: &[f64]) {
         let d = self.dim;
@@ -188,7 +217,7 @@ impl Detector for Mahalanobis {
 
     fn score_one(&mut self, x: &[f64]) -> f64 {
         let d = self.dim;
-        if self.len < 3 || x.len() != d {
+        if self.len < 3 || self.len <= d || x.len() != d {
             return 0.0;
         }
         if !self.factor(0.0) {
@@ -252,5 +281,20 @@ mod tests {
         use crate::detect::ParamValue;
         let spec = spec("mahalanobis", &[("window_size", ParamValue::Int(100))], &[]);
         assert_restore_continues_bit_identically(&spec, 6, 700, 300);
+    }
+
+    #[test]
+    fn feature_contributions_sum_to_the_score_and_name_the_shifted_feature() {
+        let mut m = Mahalanobis::new(MahalanobisParams { window_size: 200 }, 3);
+        for i in 0..200 {
+            let t = i as f64;
+            m.learn_one(&[(t * 0.37).sin(), (t * 0.91).cos(), ((t * 1.3).sin() + (t * 0.2).cos()) / 2.0]);
+        }
+        let x = [0.1, 6.0, 0.0];
+        let score = m.score_one(&x);
+        let mut c = Vec::new();
+        m.feature_contributions(&x, &mut c);
+        assert!((c.iter().sum::<f64>() - score).abs() < 1e-9 * score, "{c:?} vs {score}");
+        assert!(c[1] > c[0] && c[1] > c[2], "{c:?}");
     }
 }

@@ -77,3 +77,35 @@ fn keys_get_different_models_and_unknown_params_are_named() {
         assert!(err.contains("no_such_param"), "{model}: {err}");
     }
 }
+
+#[test]
+fn zero_features_or_wrong_width_never_panic() {
+    for model in D1_MODELS {
+        let f = spec(model, false).check().unwrap();
+        let mut p = f.build(0, "empty");
+        for _ in 0..3_000 {
+            let r = p.process(&[]);
+            assert_eq!(r.raw_score, 0.0, "{model}");
+        }
+        let mut limited = spec(model, true);
+        let limits = match model {
+            "half_space_trees" => Some(("limits", ParamValue::List(vec![ParamValue::Int(0), ParamValue::Int(1)]))),
+            _ => None,
+        };
+        if let Some((k, v)) = limits {
+            limited.model_params.insert(k.into(), v);
+        }
+        let mut p = limited.check().unwrap().build(0, "empty");
+        for _ in 0..600 {
+            p.process(&[]);
+        }
+        // A pipeline of width 3 handed points of width 2 and 4 (the worker rejects these
+        // before the pipeline; the detectors must still not panic).
+        let mut p = f.build(3, "narrow");
+        for i in 0..3_000 {
+            p.process(&[i as f64, 1.0, 2.0]);
+            p.process(&[i as f64, 1.0]);
+            p.process(&[i as f64, 1.0, 2.0, 3.0]);
+        }
+    }
+}

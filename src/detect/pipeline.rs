@@ -469,26 +469,43 @@ impl Pipeline {
         let score = self.calibrator.score(raw);
         self.calibrator.learn(raw);
         let is_anomaly = score > self.thresholds.anomaly;
+        // Explained before learning, so that x is not its own neighbour / part of its window.
+        let top_features = if is_anomaly { self.explain(x) } else { Vec::new() };
         if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
             self.learn(x);
         }
-        let mut top_features = Vec::new();
-        if is_anomaly && self.steps.iter().all(AnyTransform::keeps_features) && matches!(self.detector, AnyDetector::ZScore(_)) {
-            // Explain in the detector's own (scaled) coordinates, same features as `x`.
-            let xt = if self.steps.is_empty() {
-                x.to_vec()
-            } else {
-                self.transform(x, false);
-                self.bufs[self.steps.len() - 1].clone()
-            };
-            if let AnyDetector::ZScore(z) = &self.detector {
-                z.feature_z(&xt, &mut self.scratch);
-            }
-            top_features.extend(self.scratch.iter().copied().enumerate());
-            top_features.sort_by(|a, b| b.1.total_cmp(&a.1));
-            top_features.truncate(3);
-        }
         Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features }
+    }
+
+    /// Up to three (feature index, contribution) pairs, largest first, for detectors that can
+    /// attribute their score to features: z-score (|z| per feature), KNN (mean squared
+    /// difference to the k nearest, per feature) and Mahalanobis (each feature's term of
+    /// (x − μ)ᵀΣ⁻¹(x − μ)). Empty for other detectors and behind steps that mix features
+    /// (PCA, random projection), where indices would not name input features.
+    fn explain(&mut self, x: &[f64]) -> Vec<(usize, f64)> {
+        if !self.steps.iter().all(AnyTransform::keeps_features) {
+            return Vec::new();
+        }
+        if !matches!(self.detector, AnyDetector::ZScore(_) | AnyDetector::Knn(_) | AnyDetector::Mahalanobis(_)) {
+            return Vec::new();
+        }
+        // Explain in the detector's own (scaled) coordinates, same features as `x`.
+        let xt = if self.steps.is_empty() {
+            x.to_vec()
+        } else {
+            self.transform(x, false);
+            self.bufs[self.steps.len() - 1].clone()
+        };
+        match &mut self.detector {
+            AnyDetector::ZScore(z) => z.feature_z(&xt, &mut self.scratch),
+            AnyDetector::Knn(k) => k.feature_contributions(&xt, &mut self.scratch),
+            AnyDetector::Mahalanobis(m) => m.feature_contributions(&xt, &mut self.scratch),
+            _ => return Vec::new(),
+        }
+        let mut top: Vec<(usize, f64)> = self.scratch.iter().copied().enumerate().collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top.truncate(3);
+        top
     }
 
     /// The raw score `x` would get now, without learning it or touching the calibrator

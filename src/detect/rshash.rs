@@ -173,6 +173,9 @@ struct Cache {
     decay: Vec<f64>,
     /// Cell indices of the point being learned and scored.
     cells: Vec<u32>,
+    /// The point `cells` were located for by the last score, until the next learning
+    /// (score-then-learn, the pipeline's default, then hashes the point once).
+    scored: Vec<f64>,
 }
 
 impl PartialEq for Cache {
@@ -294,7 +297,10 @@ impl RsHash {
     }
 
     fn learn_point(&mut self, x: &[f64]) {
-        self.locate(x);
+        if self.cache.scored.as_slice() != x {
+            self.locate(x);
+        }
+        self.cache.scored.clear();
         self.learn_located();
     }
 
@@ -374,6 +380,8 @@ impl Detector for RsHash {
             return 0.0;
         }
         self.locate(x);
+        self.cache.scored.clear();
+        self.cache.scored.extend_from_slice(x);
         self.score_located()
     }
 
@@ -386,6 +394,7 @@ impl Detector for RsHash {
             return 0.0;
         }
         self.locate(x);
+        self.cache.scored.clear();
         self.learn_located();
         self.score_located()
     }
@@ -430,6 +439,22 @@ mod tests {
             let fused = a.learn_score_one(x);
             b.learn_one(x);
             assert_eq!(fused.to_bits(), b.score_one(x).to_bits());
+        }
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn learning_a_just_scored_point_reuses_its_cells_exactly() {
+        let s = generate(&StreamSpec { len: 1_500, ..StreamSpec::benchmark(StreamKind::Drift, 7) });
+        let mut a = RsHash::new(RsHashParams { warm_up: 50, ..Default::default() }, 10, 3);
+        let mut b = a.clone();
+        for (i, x) in s.points.iter().enumerate() {
+            a.score_one(x);
+            if i % 5 == 0 {
+                a.score_one(&s.points[(i * 13) % s.points.len()]);
+            }
+            a.learn_one(x);
+            b.learn_one(x);
         }
         assert_eq!(a, b);
     }

@@ -145,6 +145,18 @@ pub struct AdaptiveSvm {
     /// Scratch for medians and kernel rows (not state).
     #[serde(skip)]
     tmp: Vec<f64>,
+    /// Bumped whenever the decision function changes (SVs, ρ, γ, scale); not state.
+    #[serde(skip)]
+    version: u64,
+    /// Input of the last `score_one` (see `last_score`); not state.
+    #[serde(skip)]
+    last_x: Vec<f64>,
+    /// The last `score_one`'s (model version, f(x)). In the pipeline's default score-then-learn
+    /// order, `learn_one` of the same point reuses f(x) instead of evaluating the budget's
+    /// kernels again; the value is the same either way, so a restored model (empty cache)
+    /// continues bit-identically. Not state.
+    #[serde(skip)]
+    last_score: Option<(u64, f64)>,
 }
 
 impl AdaptiveSvm {
@@ -170,6 +182,9 @@ impl AdaptiveSvm {
             rng,
             query: Vec::new(),
             tmp: Vec::new(),
+            version: 0,
+            last_x: Vec::new(),
+            last_score: None,
         }
     }
 
@@ -205,6 +220,7 @@ impl AdaptiveSvm {
 
     /// Add `self.query` (scaled) / `x` (raw) as a SV with weight `a`, then enforce the budget.
     fn add_sv(&mut self, x: &[f64], a: f64) {
+        self.version += 1;
         let d = self.dim;
         // Kernel row of the new SV against the existing ones.
         let mut own = a; // K(x, x) = 1
@@ -262,6 +278,7 @@ impl AdaptiveSvm {
 
     /// Exact Σ α K for every SV under the current γ and scale, then ρ.
     fn recompute(&mut self) {
+        self.version += 1;
         let d = self.dim;
         self.sv_scaled.clear();
         for row in self.sv_raw.chunks_exact(d) {
@@ -412,7 +429,10 @@ impl Detector for AdaptiveSvm {
             self.add_sv(x, 1.0 / (self.params.nu * 10.0));
             return;
         }
-        let f = self.decision();
+        let f = match self.last_score.take() {
+            Some((version, f)) if version == self.version && self.last_x == x => f,
+            _ => self.decision(),
+        };
         if f < -self.params.tolerance {
             self.add_sv(x, (-f).min(1.0 / self.params.nu));
         }
@@ -424,7 +444,11 @@ impl Detector for AdaptiveSvm {
             return 0.0;
         }
         self.scale_query(x);
-        -self.decision()
+        let f = self.decision();
+        self.last_x.clear();
+        self.last_x.extend_from_slice(x);
+        self.last_score = Some((self.version, f));
+        -f
     }
 }
 
@@ -464,6 +488,22 @@ mod tests {
         for (a, b) in incremental.iter().zip(&m.sv_value) {
             assert!((a - b).abs() < 1e-9, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn score_then_learn_reuses_the_decision_without_changing_results() {
+        let (mut cached, mut plain) = (svm(), svm());
+        for i in 0..1500 {
+            let x = normal(i);
+            cached.score_one(&x);
+            cached.learn_one(&x);
+            // `plain` never scores, so it never has a cached decision to reuse.
+            plain.learn_one(&x);
+            assert_eq!(cached.sv_value, plain.sv_value, "point {i}");
+            assert_eq!(cached.gamma.to_bits(), plain.gamma.to_bits(), "point {i}");
+        }
+        assert_eq!(cached.rho.to_bits(), plain.rho.to_bits());
+        assert_eq!(cached.alpha, plain.alpha);
     }
 
     #[test]

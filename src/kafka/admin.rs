@@ -51,8 +51,10 @@ pub enum AdminError {
 /// Partition count of `topic`, or `None` when it does not exist.
 pub async fn partition_count(admin: &Admin, topic: &str) -> Result<Option<usize>, AdminError> {
     // Metadata is a blocking call; keep it off the reactor.
-    let (a, name) = (admin.clone(), topic.to_string());
-    let md = tokio::task::spawn_blocking(move || a.inner().fetch_metadata(Some(&name), ADMIN_TIMEOUT))
+    // Ask for every topic, not this one: a metadata request naming a missing topic makes some
+    // brokers (Tansu, Kafka with auto.create.topics.enable) create it with default settings.
+    let a = admin.clone();
+    let md = tokio::task::spawn_blocking(move || a.inner().fetch_metadata(None, ADMIN_TIMEOUT))
         .await
         .map_err(|e| AdminError::Create { topic: topic.to_string(), reason: format!("metadata task failed: {e}") })??;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };

@@ -57,5 +57,8 @@ pub fn producer(k: &KafkaConfig) -> ClientConfig {
 
 /// The admin client (topic creation, metadata).
 pub fn admin(k: &KafkaConfig) -> ClientConfig {
-    passthrough(base(k), k)
+    let mut c = base(k);
+    // Topics are created on purpose, with the right partition count, never as a side effect.
+    c.set("allow.auto.create.topics", "false");
+    passthrough(c, k)
 }

@@ -197,6 +197,34 @@ pub struct Resume {
     /// before a crash). Their offsets are stored only from the group's committed offset on,
     /// so the commit never moves back. `None`: emit everything.
     pub emit_from: Option<i64>,
+    /// Per output topic, the highest source offset already in it (state store, issue 4):
+    /// an output to that topic of a record at or below it is not produced again. Per topic,
+    /// because deliveries to different topics are not ordered with each other: a crash can
+    /// leave a dead letter of offset 900 delivered and the score of offset 850 not.
+    pub emitted: EmittedUpTo,
+}
+
+/// Highest source offset already present in each output topic (for this partition).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmittedUpTo {
+    /// In `kafka.scores_topic`.
+    pub scores: Option<i64>,
+    /// In `kafka.alerts_topic`.
+    pub alerts: Option<i64>,
+    /// In `kafka.dead_letter_topic`.
+    pub dead_letters: Option<i64>,
+}
+
+impl EmittedUpTo {
+    /// Whether the output of input `offset` to `dest` is already there.
+    pub fn contains(&self, dest: Dest, offset: i64) -> bool {
+        let bound = match dest {
+            Dest::Scores => self.scores,
+            Dest::Alerts => self.alerts,
+            Dest::DeadLetters => self.dead_letters,
+        };
+        bound.is_some_and(|b| offset <= b)
+    }
 }
 
 /// A state store failure that stops the worker (offsets stop advancing with it).
@@ -213,7 +241,7 @@ pub trait StateHooks: Send + Sync {
     /// before `committed` (the group's committed offset: the next record to read), so it
     /// continues exactly. Runs on the consumer's driver thread: keep it to a local read.
     fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>, _committed: Option<i64>) -> Resume {
-        Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None }
+        Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None, emitted: EmittedUpTo::default() }
     }
     /// Called on the partition's thread after each batch, with the state and the highest
     /// input offset whose outputs are all delivered and stored for commit (if any). An error

@@ -54,6 +54,8 @@ pub struct PartitionTask {
 struct Replay {
     /// Records below this offset produce no outputs.
     emit_from: Option<i64>,
+    /// Outputs already in each output topic (not produced again).
+    emitted: super::EmittedUpTo,
     /// The group's committed offset at assignment: offsets below it are never stored again.
     committed: Option<i64>,
     /// Whether a record has been seen since assignment (for the continuity check).
@@ -74,7 +76,7 @@ impl PartitionTask {
     ) -> Self {
         let topic = shared.topic.clone();
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
-        let replay = Replay { emit_from: resume.emit_from, committed, started: false };
+        let replay = Replay { emit_from: resume.emit_from, emitted: resume.emitted, committed, started: false };
         Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay }
     }
 
@@ -171,7 +173,7 @@ fn handle(
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset };
     let mut deliveries = Vec::with_capacity(out.len());
-    for rec in out.iter() {
+    for rec in out.iter().filter(|r| !replay.emitted.contains(r.dest, offset)) {
         deliveries.push(shared.producer.send(&src, rec)?);
     }
     acks.push(offset, deliveries);

@@ -276,7 +276,8 @@ impl Changelog {
         let err = |e: KafkaError| StateError::Changelog { topic: topic.into(), partition: -1, reason: e.to_string() };
         let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("linger.ms", "5").create().map_err(err)?;
         let mut consumer_config = base.clone();
-        consumer_config.set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+        // librdkafka wants a group id even for `assign`; the reader never joins or commits.
+        consumer_config.set("group.id", "onad-stream-changelog-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
         Ok(Self { producer, consumer_config, topic: topic.into(), max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES })
     }
 
@@ -310,6 +311,14 @@ impl Changelog {
         I: IntoIterator<Item = (K, &'a T)>,
     {
         let records = encode_snapshot(partition, offset, models, self.max_chunk_bytes)?;
+        let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
+        self.send_all(partition, &records).await?;
+        Ok(Published { records: count, bytes })
+    }
+
+    /// As [`Changelog::publish`], with models already in their envelopes.
+    pub async fn publish_encoded(&self, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<Published, StateError> {
+        let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
         let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
         self.send_all(partition, &records).await?;
         Ok(Published { records: count, bytes })

@@ -9,6 +9,7 @@
 
 pub mod changelog;
 pub mod codec;
+pub mod hooks;
 pub mod store;
 
 pub use codec::{CodecError, Kind};
@@ -114,4 +115,4 @@ pub enum StateError {
 
 /// The per-key model the worker stores (one seam: the worker's own per-key type goes here
 /// if it wraps the pipeline with more state).
-pub type KeyModel = crate::detect::Pipeline;
+pub type KeyModel = crate::partition::KeyPipeline;

@@ -56,7 +56,12 @@ pub fn config(name: &str, partitions: i32, extra: &[&str]) -> Config {
 
 /// Create the input and output topics of `config`.
 pub async fn create_topics(config: &Config) {
-    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create test topics");
+    try_create_topics(config).await.expect("create test topics");
+}
+
+/// As [`create_topics`], returning the error.
+pub async fn try_create_topics(config: &Config) -> Result<usize, onad_stream::kafka::AdminError> {
+    onad_stream::kafka::admin::create_all(&config.kafka).await
 }
 
 /// An encoded reading.
@@ -280,12 +285,24 @@ pub struct ChildWorker {
     log: tempfile::NamedTempFile,
     /// Its config file (kept until the worker ends).
     _config: tempfile::NamedTempFile,
+    /// Its own state directory when the test did not give one (`onad-stream run` keeps a
+    /// RocksDB there; two workers cannot share one).
+    _state: Option<tempfile::TempDir>,
 }
 
 impl ChildWorker {
     /// Start `onad-stream run` on the topics and group named after `name`, with `toml` as its
     /// config file (the topic overrides win over it).
     pub fn start(name: &str, partitions: i32, toml: &str) -> Self {
+        let state = tempfile::tempdir().expect("temp state dir");
+        let mut w = Self::start_with_state(name, partitions, toml, state.path());
+        w._state = Some(state);
+        w
+    }
+
+    /// As [`ChildWorker::start`], keeping its state store in `state` (which outlives it, so
+    /// that a restarted worker finds its snapshots).
+    pub fn start_with_state(name: &str, partitions: i32, toml: &str, state: &std::path::Path) -> Self {
         let log = tempfile::NamedTempFile::new().expect("temp log file");
         let config = tempfile::NamedTempFile::new().expect("temp config file");
         std::fs::write(config.path(), toml).expect("write config");
@@ -294,13 +311,14 @@ impl ChildWorker {
         for o in overrides(name, partitions) {
             cmd.arg("--set").arg(o);
         }
+        cmd.arg("--set").arg(format!("state.path={:?}", state.display().to_string()));
         let child = cmd
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(log.reopen().expect("reopen log"))
             .spawn()
             .expect("start onad-stream run");
-        Self { child, log, _config: config }
+        Self { child, log, _config: config, _state: None }
     }
 
     /// The worker's log so far.

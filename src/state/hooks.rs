@@ -1,0 +1,334 @@
+//! The worker's state hooks: restore on assignment, snapshot every `checkpoint_interval`
+//! readings / `checkpoint_secs`, on revoke and on shutdown, publish to the changelog, and find
+//! what was already emitted so that a restart does not emit it twice.
+//!
+//! # Recovery on assignment (committed offset C = the next record the group would read)
+//! 1. Models parked by this worker and contiguous with C: carry on.
+//! 2. Else the newest local snapshot that decodes (offset S; corrupt ones are reported and
+//!    skipped); if it is missing or behind C, the changelog's state when that is newer.
+//! 3. Resume at S + 1 (no state at all: at the start of the input, "rebuild by replay"),
+//!    learning without outputs every record below C, and not producing an output to topic T
+//!    of a record at or below H_T, the highest source offset found in the tail of this
+//!    partition of T (scores, alerts, dead letters; per topic, because deliveries to
+//!    different topics are not ordered with each other, while the idempotent producer keeps
+//!    them ordered within one partition). So outputs delivered before a crash but not yet
+//!    committed are not emitted again: effectively-once without broker transactions. What
+//!    remains: a zombie member that lost its session but still produces can add duplicates
+//!    (recognisable by their source offset header).
+//!
+//! # Snapshots and delivery
+//! A snapshot at offset L may only be written once every output up to L is delivered: a
+//! crash right after it would otherwise resume at L + 1 and lose the undelivered outputs. So
+//! when a snapshot is due the models are *encoded* at once (the expensive part) and written
+//! when the delivered offset reaches L (usually the next batch). A failed write is returned
+//! to the worker as [`StateFailure`], which stops it before offsets pass the lost snapshot.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::changelog::Changelog;
+use super::codec::{self, Kind};
+use super::{StateError, StateStore};
+use crate::config::Config;
+use crate::partition::output::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use crate::partition::{EmittedUpTo, KeyPipeline, Models, Resume, StateFailure, StateHooks};
+
+/// Bound on a changelog restore during assignment.
+const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records read back from the end of an output partition to find the last source offset.
+const TAIL_RECORDS: i64 = 2_000;
+/// The tail is read until nothing arrives for this long (this worker now owns the partition,
+/// so nothing else should be writing to it; Tansu's high watermark is not the true end).
+const TAIL_IDLE: Duration = Duration::from_millis(1_000);
+/// Hard bound on reading a tail.
+const TAIL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An encoded snapshot waiting for its outputs to be delivered.
+struct Pending {
+    /// Last input offset applied to these models.
+    offset: i64,
+    /// (key, model envelope).
+    models: Vec<(String, Vec<u8>)>,
+}
+
+/// Per-partition snapshot bookkeeping.
+#[derive(Default)]
+struct Progress {
+    /// Offset of the last snapshot written (or restored).
+    last: Option<i64>,
+    /// When it was written (or the partition assigned).
+    at: Option<Instant>,
+    /// A due snapshot waiting for delivery.
+    pending: Option<Pending>,
+}
+
+/// [`StateHooks`] backed by the RocksDB store and the changelog topic.
+pub struct StoreHooks {
+    /// The worker's database.
+    store: StateStore,
+    /// Changelog publishing/restoring, with the runtime to drive it from worker threads.
+    changelog: Option<(Changelog, tokio::runtime::Handle)>,
+    /// `checkpoint_interval`.
+    interval: u64,
+    /// `checkpoint_secs`.
+    every: Duration,
+    /// Settings for reading output tails.
+    tail_config: ClientConfig,
+    /// Scores, alerts and dead-letter topics.
+    output_topics: [String; 3],
+    /// Per input partition.
+    progress: Mutex<HashMap<i32, Progress>>,
+}
+
+impl std::fmt::Debug for StoreHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreHooks").field("store", &self.store).finish()
+    }
+}
+
+impl StoreHooks {
+    /// Open `state.path` and, with a runtime handle, the changelog topic (created compacted
+    /// with the input's partition count if missing). Call from inside the worker's runtime.
+    pub async fn open(config: &Config, partitions: i32) -> Result<Self, StateError> {
+        let store = StateStore::open(&config.state.path, config.state.snapshot_history)?;
+        let base = crate::kafka::client::admin(&config.kafka);
+        let cl = Changelog::new(&base, &config.kafka.changelog_topic)?;
+        cl.ensure_topic(&base, partitions, config.kafka.replication_factor).await?;
+        let mut tail_config = base.clone();
+        tail_config.set("group.id", "onad-stream-tail-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+        Ok(Self {
+            store,
+            changelog: Some((cl, tokio::runtime::Handle::current())),
+            interval: config.checkpoint_interval,
+            every: config.checkpoint_every,
+            tail_config,
+            output_topics: [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()],
+            progress: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store (for inspection in tests).
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    fn set_progress(&self, partition: i32, last: Option<i64>) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(partition, Progress { last, at: Some(Instant::now()), pending: None });
+        }
+    }
+
+    /// The newest usable state of a partition: local snapshot, or the changelog's if newer.
+    fn restore(&self, topic: &str, partition: i32, committed: Option<i64>) -> Option<Models> {
+        let local = match self.store.restore::<KeyPipeline>(topic, partition, None) {
+            Ok(r) => {
+                for e in &r.rejected {
+                    tracing::warn!(partition, cause = %e, "skipping unusable snapshot");
+                }
+                r.snapshot.map(|s| (s.info.offset, s.models))
+            }
+            Err(e) => {
+                tracing::error!(partition, cause = %e, "state store unreadable; trying the changelog");
+                None
+            }
+        };
+        let local_offset = local.as_ref().map(|(o, _)| *o);
+        let behind = match (local_offset, committed) {
+            (None, _) => true,
+            (Some(s), Some(c)) => s + 1 < c,
+            (Some(_), None) => false,
+        };
+        let mut best = local;
+        if behind {
+            if let Some((cl, rt)) = &self.changelog {
+                match rt.block_on(cl.restore::<KeyPipeline>(partition, CHANGELOG_RESTORE_TIMEOUT)) {
+                    Ok(st) if !st.is_usable() => {
+                        for e in &st.rejected {
+                            tracing::warn!(partition, cause = %e, "changelog record unusable");
+                        }
+                    }
+                    Ok(st) => match st.marker {
+                        Some(m) if local_offset.is_none_or(|s| m > s) && st.models.iter().all(|r| r.offset <= m) => {
+                            tracing::info!(partition, offset = m, keys = st.models.len(), ?local_offset, "restoring from the changelog");
+                            best = Some((m, st.models.into_iter().map(|r| (r.key, r.model)).collect()));
+                        }
+                        Some(m) if m > local_offset.unwrap_or(-1) => {
+                            tracing::warn!(partition, marker = m, "changelog holds models ahead of its marker (torn publish); not used");
+                        }
+                        _ => {}
+                    },
+                    Err(e) => tracing::warn!(partition, cause = %e, "changelog restore failed"),
+                }
+            }
+        }
+        best.map(|(offset, models)| Models { keys: models.into_iter().collect(), last_offset: (offset >= 0).then_some(offset) })
+    }
+
+    /// Highest source offset already in each output topic for `partition`.
+    fn emitted(&self, partition: i32) -> EmittedUpTo {
+        match read_tails(&self.tail_config, &self.output_topics, partition) {
+            Ok([scores, alerts, dead_letters]) => EmittedUpTo { scores, alerts, dead_letters },
+            Err(e) => {
+                // Without it a restart may duplicate outputs (still recognisable by their
+                // source offset header): at-least-once, never loss.
+                tracing::warn!(partition, cause = %e, "cannot read the output tails; duplicates possible");
+                EmittedUpTo::default()
+            }
+        }
+    }
+
+    /// Encode `models` for a snapshot.
+    fn encode(partition: i32, models: &Models) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        models
+            .keys
+            .iter()
+            .map(|(k, m)| codec::encode(Kind::Model, m).map(|v| (k.clone(), v)).map_err(|source| StateError::Encode { partition, key: k.clone(), source }))
+            .collect()
+    }
+
+    /// Write an encoded snapshot and publish it to the changelog.
+    fn write(&self, topic: &str, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<(), StateError> {
+        let t = Instant::now();
+        let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
+        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
+        if let Some((cl, rt)) = &self.changelog {
+            // The local snapshot is what recovery needs; a changelog failure only costs a
+            // longer replay on another replica, so it is reported, not fatal.
+            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, models)) {
+                tracing::warn!(partition, offset, cause = %e, "changelog publish failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateHooks for StoreHooks {
+    fn on_assign(&self, topic: &str, partition: i32, parked: Option<Models>, committed: Option<i64>) -> Resume {
+        // Below the committed offset everything was delivered; from there on, what each
+        // output topic already holds.
+        let emitted = self.emitted(partition);
+        let emit_from = committed;
+        if let Some(models) = parked {
+            self.set_progress(partition, models.last_offset);
+            return Resume { models, start_at: None, emit_from, emitted };
+        }
+        match self.restore(topic, partition, committed) {
+            Some(models) => {
+                let start = models.last_offset.map_or(0, |s| s + 1);
+                tracing::info!(partition, snapshot = ?models.last_offset, keys = models.keys.len(), ?committed, ?emitted, "restored state");
+                self.set_progress(partition, models.last_offset);
+                Resume { models, start_at: Some(start), emit_from, emitted }
+            }
+            None => {
+                self.set_progress(partition, None);
+                // No state: rebuild by replaying the input from its start, silently up to
+                // what was already emitted (a brand-new group just starts at the earliest).
+                let start_at = committed.filter(|c| *c > 0).map(|_| 0);
+                if start_at.is_some() {
+                    tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
+                }
+                Resume { models: Models::default(), start_at, emit_from, emitted }
+            }
+        }
+    }
+
+    fn after_batch(&self, topic: &str, partition: i32, models: &Models, delivered: Option<i64>) -> Result<(), StateFailure> {
+        let Some(applied) = models.last_offset else { return Ok(()) };
+        let mut ready = None;
+        {
+            let Ok(mut all) = self.progress.lock() else { return Err(StateFailure("state bookkeeping poisoned".into())) };
+            let p = all.entry(partition).or_default();
+            let at = *p.at.get_or_insert_with(Instant::now);
+            if p.pending.is_none() {
+                let since = applied - p.last.unwrap_or(-1);
+                if since as u64 >= self.interval || (since > 0 && at.elapsed() >= self.every) {
+                    let encoded = Self::encode(partition, models).map_err(|e| StateFailure(e.to_string()))?;
+                    p.pending = Some(Pending { offset: applied, models: encoded });
+                }
+            }
+            if p.pending.as_ref().is_some_and(|pe| delivered.is_some_and(|d| d >= pe.offset)) {
+                ready = p.pending.take();
+            }
+        }
+        if let Some(pe) = ready {
+            let offset = pe.offset;
+            self.write(topic, partition, offset, pe.models).map_err(|e| StateFailure(e.to_string()))?;
+            if let Ok(mut all) = self.progress.lock() {
+                let p = all.entry(partition).or_default();
+                p.last = Some(offset);
+                p.at = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_revoke(&self, topic: &str, partition: i32, models: &Models) {
+        let Some(applied) = models.last_offset else { return };
+        let last = self.progress.lock().ok().and_then(|mut all| all.remove(&partition)).and_then(|p| p.last);
+        if last == Some(applied) {
+            return;
+        }
+        let result = Self::encode(partition, models).and_then(|m| self.write(topic, partition, applied, m));
+        match result {
+            Ok(()) => tracing::info!(partition, offset = applied, keys = models.keys.len(), "snapshot on revoke"),
+            Err(e) => tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one"),
+        }
+    }
+}
+
+/// Per topic of `topics`, the highest value of the source-offset header (for `partition`)
+/// at the end of its partition `partition`.
+fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], partition: i32) -> Result<[Option<i64>; N], String> {
+    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let (low, high) = consumer.fetch_watermarks(t, partition, Duration::from_secs(10)).map_err(|e| format!("{t}[{partition}] watermarks: {e}"))?;
+        if high <= low {
+            continue;
+        }
+        // High may be the first offset of the last batch + 1 (Tansu), so read on to the end.
+        tpl.add_partition_offset(t, partition, Offset::Offset((high - TAIL_RECORDS).max(low))).map_err(|e| e.to_string())?;
+    }
+    let mut highest = [None; N];
+    if tpl.count() == 0 {
+        return Ok(highest);
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut last_record = Instant::now();
+    while started.elapsed() < TAIL_TIMEOUT && last_record.elapsed() < TAIL_IDLE {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(e)) => return Err(format!("reading output tails: {e}")),
+            Some(Ok(m)) => {
+                last_record = Instant::now();
+                let Some(i) = topics.iter().position(|t| t == m.topic()) else { continue };
+                let Some(headers) = m.headers() else { continue };
+                let (mut p, mut o) = (None, None);
+                for h in headers.iter() {
+                    let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                    match h.key {
+                        HEADER_SOURCE_PARTITION => p = v.and_then(|v| v.parse::<i32>().ok()),
+                        HEADER_SOURCE_OFFSET => o = v.and_then(|v| v.parse::<i64>().ok()),
+                        _ => {}
+                    }
+                }
+                if let (Some(p), Some(o)) = (p, o) {
+                    if p == partition {
+                        highest[i] = Some(highest[i].map_or(o, |h: i64| h.max(o)));
+                    }
+                }
+            }
+        }
+    }
+    if started.elapsed() >= TAIL_TIMEOUT {
+        return Err(format!("output tails still moving after {TAIL_TIMEOUT:?} (another writer?)"));
+    }
+    Ok(highest)
+}
