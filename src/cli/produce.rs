@@ -55,8 +55,9 @@ pub struct ProduceArgs {
     #[arg(long, env = "ONAD_PRODUCE_FEATURES", default_value_t = 3)]
     pub features: usize,
     /// Synthetic fleet: probability that a reading carries an injected spike (labelled
-    /// `injected=spike`).
-    #[arg(long, env = "ONAD_PRODUCE_SPIKE_RATE", default_value_t = 0.01)]
+    /// `injected=spike`). Scores are calibrated per sensor, so spikes stand out only while
+    /// they stay rarer than ~1% of readings.
+    #[arg(long, env = "ONAD_PRODUCE_SPIKE_RATE", default_value_t = 0.003)]
     pub spike_rate: f64,
     /// Synthetic fleet: spike size in noise standard deviations.
     #[arg(long, env = "ONAD_PRODUCE_SPIKE_SIGMAS", default_value_t = 8.0)]
@@ -152,8 +153,13 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
         }
         if args.print {
             use std::io::Write;
-            serde_json::to_writer(&mut out, &reading)?;
-            out.write_all(b"\n")?;
+            let written = serde_json::to_writer(&mut out, &reading).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"));
+            match written {
+                Ok(()) => {}
+                // The reader went away (`produce --print | head`): stop producing, still flush.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                Err(e) => return Err(e.into()),
+            }
         }
         i += 1;
         if last_progress.elapsed() >= Duration::from_secs(1) {

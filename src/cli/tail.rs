@@ -206,11 +206,18 @@ pub fn main(args: TailArgs) -> anyhow::Result<()> {
         } else {
             value
         };
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
-        printed += 1;
+        let written = serde_json::to_writer(&mut out, &line).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n"));
+        match written {
+            Ok(()) => printed += 1,
+            // The reader went away (`tail ... | head`): a normal way to stop.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     }
-    out.flush()?;
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r?,
+    }
     if undecodable > 0 {
         eprintln!("tail: {undecodable} records of `{topic}` were not {kind:?} messages");
     }
