@@ -80,7 +80,7 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     assert!(dups.is_empty(), "duplicates: {dups:?}");
     assert_eq!(by_source(&scores.seen).len(), inputs.len());
 
-    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone() });
+    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
     let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
     let got: BTreeMap<(i32, i64), (u64, u64)> = scores
         .seen

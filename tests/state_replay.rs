@@ -122,7 +122,7 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     assert!(dups.is_empty(), "duplicates after replay: {dups:?}");
 
     // Every score, old and new, equals one uninterrupted pass over the input.
-    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone() });
+    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
     let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
     let got = scores_of(&scores.seen);
     let mut buf = Vec::new();
