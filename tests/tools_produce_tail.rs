@@ -118,8 +118,10 @@ fn synthetic_fleet_is_deterministic_per_seed_and_labels_its_spikes() {
     assert!(stdout.contains("produced 400 readings of 4 sensors"), "summary: {stdout}");
     run(&[&args[..], &["--topic", &b]].concat());
 
+    // Per sensor, in order: (values, carries the spike label).
+    type BySensor = BTreeMap<String, Vec<(BTreeMap<String, f64>, bool)>>;
     let decode = |recs: Vec<(i32, String, Vec<u8>)>| {
-        let mut by_sensor: BTreeMap<String, Vec<(BTreeMap<String, f64>, bool)>> = BTreeMap::new();
+        let mut by_sensor = BySensor::new();
         for (_, key, value) in recs {
             let r = SensorReading::decode(value.as_slice()).unwrap();
             assert_eq!(key, r.sensor_id);

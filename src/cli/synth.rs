@@ -224,8 +224,8 @@ mod tests {
     #[test]
     fn drifting_sensor_moves_and_the_others_do_not() {
         let mut f = Fleet::new(FleetSpec { spike_rate: 0.0, ..spec(3) });
-        let mut first = vec![0.0; 5];
-        let mut last = vec![0.0; 5];
+        let mut first = [0.0; 5];
+        let mut last = [0.0; 5];
         for i in 0..5000 {
             let g = f.next_reading(0);
             let t = g.reading.values["temperature"];

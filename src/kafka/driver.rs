@@ -18,7 +18,7 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::offsets;
 use super::producer::OutputProducer;
@@ -29,8 +29,6 @@ use crate::worker::{WorkerError, WorkerStats};
 /// The worker's consumer type.
 pub type Consumer = BaseConsumer<WorkerContext>;
 
-/// How long the assign callback waits for the group's committed offsets.
-const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the driver waits on the main queue before checking for shutdown.
 const DRIVER_POLL: Duration = Duration::from_millis(100);
 
@@ -97,7 +95,7 @@ impl WorkerContext {
         let Ok(mut running) = self.running.lock() else { return };
         let new: Vec<i32> =
             tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
-        let committed = committed_offsets(consumer, &topic, &new);
+        let committed = offsets::committed(consumer, &topic, &new);
         for partition in new {
             let committed = committed.get(&partition).copied().flatten();
             // Models kept from an earlier ownership continue only if the group resumes exactly
@@ -110,7 +108,7 @@ impl WorkerContext {
                 .filter(|m| m.last_offset.map(|l| l + 1) == committed);
             let resume = self.shared.hooks.on_assign(&topic, partition, parked, committed);
             if let Some(start) = resume.start_at {
-                if let Err(e) = tpl.set_partition_offset(&topic, partition, Offset::Offset(start)) {
+                if let Err(e) = offsets::start_at(tpl, &topic, partition, start) {
                     self.shared.fail(WorkerError::Kafka(e));
                     return;
                 }
@@ -214,30 +212,6 @@ impl ConsumerContext for WorkerContext {
             }
         }
     }
-}
-
-/// The group's committed offset (next record to read) of each of `partitions`; `None` where
-/// the group has none or the broker did not answer.
-fn committed_offsets(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(topic, *p);
-    }
-    let mut out: BTreeMap<i32, Option<i64>> = partitions.iter().map(|p| (*p, None)).collect();
-    if partitions.is_empty() {
-        return out;
-    }
-    match consumer.committed_offsets(tpl, COMMITTED_TIMEOUT) {
-        Ok(got) => {
-            for e in got.elements_for_topic(topic) {
-                if let Offset::Offset(o) = e.offset() {
-                    out.insert(e.partition(), Some(o));
-                }
-            }
-        }
-        Err(e) => tracing::warn!(cause = %e, "cannot read committed offsets"),
-    }
-    out
 }
 
 /// Create the consumer, subscribe, and run the driver loop on the calling thread until

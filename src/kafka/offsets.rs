@@ -9,6 +9,9 @@ use rdkafka::consumer::{CommitMode, Consumer as _};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::DeliveryFuture;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::driver::Consumer;
 
@@ -129,4 +132,36 @@ pub fn commit_stored(consumer: &Consumer) {
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(e) => tracing::warn!(cause = %e, "commit of stored offsets failed; they will be re-read"),
     }
+}
+
+/// How long the assign callback waits for the group's committed offsets.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The group's committed offset (next record to read) of each of `partitions`; `None` where
+/// the group has none or the broker did not answer.
+pub fn committed(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(topic, *p);
+    }
+    let mut out: BTreeMap<i32, Option<i64>> = partitions.iter().map(|p| (*p, None)).collect();
+    if partitions.is_empty() {
+        return out;
+    }
+    match consumer.committed_offsets(tpl, COMMITTED_TIMEOUT) {
+        Ok(got) => {
+            for e in got.elements_for_topic(topic) {
+                if let Offset::Offset(o) = e.offset() {
+                    out.insert(e.partition(), Some(o));
+                }
+            }
+        }
+        Err(e) => tracing::warn!(cause = %e, "cannot read committed offsets"),
+    }
+    out
+}
+
+/// Make the assignment in `tpl` start `partition` at `offset` (instead of the committed one).
+pub fn start_at(tpl: &mut TopicPartitionList, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
+    tpl.set_partition_offset(topic, partition, Offset::Offset(offset))
 }

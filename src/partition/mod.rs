@@ -167,7 +167,24 @@ impl Processor {
         self.x.clear();
         self.x.extend(reading.values.values().copied());
         let s = if self.config.scoring {
-            kp.pipeline.process(&self.x)
+            // A detector bug must not become a crash loop on the same record: the record goes
+            // to dead letters and the sensor's model, possibly half-updated, starts over.
+            let (pipeline, x) = (&mut kp.pipeline, &self.x);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process(x))) {
+                Ok(s) => s,
+                Err(cause) => {
+                    let cause = cause
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| cause.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.models.keys.remove(&reading.sensor_id);
+                    return Err(Rejection::new(
+                        ErrorKind::Processing,
+                        format!("detector failed ({cause}); this sensor's model starts over"),
+                    ));
+                }
+            }
         } else {
             Scored { score: 0.0, raw_score: 0.0, is_anomaly: false, severity: Severity::Low, top_features: Vec::new() }
         };
