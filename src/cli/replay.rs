@@ -202,7 +202,7 @@ struct StateReport {
 fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode) -> anyhow::Result<StateReport> {
     let target = o - 1;
     // The newest readable snapshot satisfying `fits`, with its models' envelopes.
-    let newest = |fits: &dyn Fn(i64) -> bool| -> anyhow::Result<Option<(i64, Vec<(String, Vec<u8>)>)>> {
+    let newest = |fits: &dyn Fn(i64) -> bool| -> anyhow::Result<Option<(i64, crate::state::EncodedModels)>> {
         for s in store.snapshots(topic, p)? {
             let Ok(info) = s else { continue };
             if !fits(info.offset) {

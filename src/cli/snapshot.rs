@@ -105,7 +105,7 @@ fn list_partitions(store: &StateStore, json: bool) -> anyhow::Result<()> {
                     age(&s),
                     s.keys,
                     s.bytes,
-                    if s.keys > 0 { s.bytes / s.keys } else { 0 }
+                    s.bytes.checked_div(s.keys).unwrap_or(0)
                 ),
                 Err(e) if json => println!("{}", serde_json::json!({"topic": topic, "partition": partition, "error": e.to_string()})),
                 Err(e) => println!("{topic:<24} {partition:>9} CORRUPT: {e}"),

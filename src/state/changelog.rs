@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn large_models_are_chunked_and_reassembled() {
         let big: Vec<u32> = (0..5000).collect();
-        let models = vec![("a/b#1".to_string(), big.clone()), ("a".to_string(), vec![7])];
+        let models = [("a/b#1".to_string(), big.clone()), ("a".to_string(), vec![7])];
         let records = encode_snapshot(0, 5, models.iter().map(|(k, v)| (k, v)), 1024).expect("encodes");
         assert!(records.len() > 10, "split into chunks");
         assert!(records.iter().all(|(_, v)| v.len() <= 1024 + 64), "every record under the limit");

@@ -13,6 +13,10 @@ pub mod hooks;
 pub mod store;
 
 pub use codec::{CodecError, Kind};
+
+/// Models already in their envelopes, by key (what snapshots and the changelog move around
+/// without knowing the model type).
+pub type EncodedModels = Vec<(String, Vec<u8>)>;
 pub use store::{Restored, Snapshot, SnapshotInfo, StateStore};
 
 /// What can go wrong with durable state. Every variant names the partition (and the key

@@ -52,6 +52,9 @@ const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
 const BLOCK_BYTES: usize = 16 << 10;
 
+/// (key bytes, value bytes) as stored.
+type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
+
 /// The stored metadata of a snapshot (envelope payload).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct MetaRecord {
@@ -356,7 +359,7 @@ impl StateStore {
     }
 
     /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
-    fn raw_models(&self, info: &SnapshotInfo) -> Result<Vec<(Vec<u8>, Box<[u8]>)>, StateError> {
+    fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
         let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
         let mut out = Vec::with_capacity(info.keys as usize);
         for item in self.db.iterator_cf(self.cf(CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
