@@ -80,8 +80,26 @@ pub struct WorkerStats {
     pub rebalances: AtomicU64,
     /// Records re-applied to restored state without outputs (answered before a crash).
     pub replayed: AtomicU64,
-    /// Input partitions this worker owns now (the only counter that goes down).
+    /// Input partitions this worker owns now (goes down on revoke).
     pub partitions: AtomicU64,
+    /// Partitions whose state cannot be saved now: they take no records (their committed
+    /// offsets stand still) and retry the snapshot. Non-zero means unhealthy.
+    pub state_failing: AtomicU64,
+    /// Failed snapshot writes (each retry counts).
+    pub state_write_failures: AtomicU64,
+    /// The last state failure's message, while one lasts (for `/health`).
+    pub state_error: Mutex<Option<String>>,
+}
+
+impl WorkerStats {
+    /// Why the worker is unhealthy, if it is: state that cannot be saved.
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        let failing = self.state_failing.load(Ordering::Relaxed);
+        (failing > 0).then(|| {
+            let cause = self.state_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+            format!("state of {failing} partition(s) cannot be saved; their offsets are held: {cause}")
+        })
+    }
 }
 
 /// What a run did.

@@ -7,12 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use onad_stream::partition::output::Dest;
-use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
 use onad_stream::proto::ScoredReading;
 use prost::Message as _;
 
@@ -80,8 +77,6 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     assert!(dups.is_empty(), "duplicates: {dups:?}");
     assert_eq!(by_source(&scores.seen).len(), inputs.len());
 
-    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
-    let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
     let got: BTreeMap<(i32, i64), (u64, u64)> = scores
         .seen
         .iter()
@@ -90,12 +85,8 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
             ((o.source_partition.expect("header"), o.source_offset.expect("header")), (s.score.to_bits(), s.raw_score.to_bits()))
         })
         .collect();
-    let mut buf = Vec::new();
-    for (&(p, o), rec) in &inputs {
-        let proc = procs.entry(p).or_insert_with(|| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default()));
-        buf.clear();
-        proc.process(InputRecord { key: rec.key.as_deref(), value: Some(&rec.value), offset: o }, 0, &mut buf);
-        let s = buf.iter().find(|r| r.dest == Dest::Scores).map(|r| ScoredReading::decode(&r.payload[..]).expect("decodes")).expect("scored");
-        assert_eq!(got.get(&(p, o)), Some(&(s.score.to_bits(), s.raw_score.to_bits())), "score of {p}:{o} differs from one uninterrupted pass (model reset or double-learned on handoff?)");
+    for ((p, o), want) in reference(&config, &inputs) {
+        let (score, raw, _) = want.expect("every input is a valid reading");
+        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from one uninterrupted pass (model reset or double-learned on handoff?)");
     }
 }

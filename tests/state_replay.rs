@@ -8,12 +8,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use onad_stream::partition::output::Dest;
-use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
 use onad_stream::proto::ScoredReading;
 use prost::Message as _;
 
@@ -122,15 +119,9 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     assert!(dups.is_empty(), "duplicates after replay: {dups:?}");
 
     // Every score, old and new, equals one uninterrupted pass over the input.
-    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
-    let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
     let got = scores_of(&scores.seen);
-    let mut buf = Vec::new();
-    for (&(p, o), rec) in &inputs {
-        let proc = procs.entry(p).or_insert_with(|| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default()));
-        buf.clear();
-        proc.process(InputRecord { key: rec.key.as_deref(), value: Some(&rec.value), offset: o }, 0, &mut buf);
-        let s = buf.iter().find(|r| r.dest == Dest::Scores).map(|r| ScoredReading::decode(&r.payload[..]).expect("decodes")).expect("scored");
-        assert_eq!(got.get(&(p, o)), Some(&(s.score.to_bits(), s.raw_score.to_bits())), "score of {p}:{o} differs from the uninterrupted run");
+    for ((p, o), want) in reference(&config, &inputs) {
+        let (score, raw, _) = want.expect("every input is a valid reading");
+        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from the uninterrupted run");
     }
 }

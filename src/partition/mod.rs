@@ -262,7 +262,9 @@ pub trait StateHooks: Send + Sync {
     }
     /// Called on the partition's thread after each batch, with the state and the highest
     /// input offset whose outputs are all delivered and stored for commit (if any). An error
-    /// stops the worker: offsets do not advance past state that cannot be saved.
+    /// pauses the partition (no more records taken, so offsets stop advancing past state
+    /// that cannot be saved) and reports unhealthy; the call is retried with backoff, with
+    /// the same models, until it succeeds.
     fn after_batch(&self, _topic: &str, _partition: i32, _models: &Models, _delivered: Option<i64>) -> Result<(), StateFailure> {
         Ok(())
     }

@@ -20,6 +20,8 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 1024;
 /// Most input records with outputs in flight before the thread waits for deliveries.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// First and longest wait before retrying a snapshot that failed.
+const STATE_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
 /// What a partition thread leaves behind.
 pub struct TaskExit {
@@ -47,6 +49,8 @@ pub struct PartitionTask {
     stop: Arc<AtomicBool>,
     /// Where outputs resume and which offsets may be stored.
     replay: Replay,
+    /// While the state cannot be saved: when to retry, and the wait after that.
+    stalled: Option<(std::time::Instant, Duration)>,
 }
 
 /// Output suppression while replaying records already answered before a crash.
@@ -77,7 +81,7 @@ impl PartitionTask {
         let topic = shared.topic.clone();
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
         let replay = Replay { emit_from: resume.emit_from, emitted: resume.emitted, committed, started: false };
-        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay }
+        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None }
     }
 
     /// Run until told to stop (or a fatal error); then drain.
@@ -89,6 +93,9 @@ impl PartitionTask {
             None => self.acks.advance(&self.consumer, Wait::Below(0)).err().map(WorkerError::from),
         };
         let partition = self.processor.partition();
+        if self.stalled.take().is_some() {
+            self.shared.stats.state_failing.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some(e) = &error {
             tracing::error!(partition, cause = %e, "partition stopped on an error");
             self.shared.fail(WorkerError::Partition { partition, reason: e.to_string() });
@@ -103,7 +110,16 @@ impl PartitionTask {
         while !self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
             let mut wait = POLL_WAIT;
             let mut taken = 0;
-            while taken < MAX_BATCH {
+            // While the state cannot be saved, take nothing: what was taken is still delivered
+            // and acknowledged, but the committed offset then stands still.
+            let retry_due = match self.stalled {
+                Some((at, _)) => {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()).min(POLL_WAIT));
+                    std::time::Instant::now() >= at
+                }
+                None => false,
+            };
+            while taken < MAX_BATCH && self.stalled.is_none() {
                 match self.queue.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
@@ -120,11 +136,49 @@ impl PartitionTask {
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
-            if taken > 0 {
-                self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored())?;
+            if taken > 0 || retry_due {
+                let saved = self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored());
+                self.state_saved(saved);
             }
         }
         Ok(())
+    }
+
+    /// Track whether the partition's state can be saved: a failure pauses the partition and
+    /// makes the worker unhealthy until a retry succeeds.
+    fn state_saved(&mut self, saved: Result<(), super::StateFailure>) {
+        let stats = &self.shared.stats;
+        let partition = self.processor.partition();
+        match (saved, self.stalled) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(_)) => {
+                self.stalled = None;
+                if stats.state_failing.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    if let Ok(mut e) = stats.state_error.lock() {
+                        *e = None;
+                    }
+                }
+                tracing::info!(partition, "state saved again: taking records");
+            }
+            (Err(e), stalled) => {
+                stats.state_write_failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = stats.state_error.lock() {
+                    *last = Some(format!("partition {partition}: {e}"));
+                }
+                let wait = match stalled {
+                    None => {
+                        stats.state_failing.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(partition, cause = %e, "state cannot be saved: partition paused, offsets held, retrying");
+                        STATE_RETRY.0
+                    }
+                    Some((_, wait)) => {
+                        tracing::warn!(partition, cause = %e, retry_in = ?wait, "state still cannot be saved");
+                        wait
+                    }
+                };
+                self.stalled = Some((std::time::Instant::now() + wait, (wait * 2).min(STATE_RETRY.1)));
+            }
+        }
     }
 }
 

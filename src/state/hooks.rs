@@ -193,14 +193,14 @@ impl StoreHooks {
     }
 
     /// Write an encoded snapshot and publish it to the changelog.
-    fn write(&self, topic: &str, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<(), StateError> {
+    fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
         let t = Instant::now();
         let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
         tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
         if let Some((cl, rt)) = &self.changelog {
             // The local snapshot is what recovery needs; a changelog failure only costs a
             // longer replay on another replica, so it is reported, not fatal.
-            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, models)) {
+            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, models.to_vec())) {
                 tracing::warn!(partition, offset, cause = %e, "changelog publish failed");
             }
         }
@@ -258,12 +258,19 @@ impl StateHooks for StoreHooks {
         }
         if let Some(pe) = ready {
             let offset = pe.offset;
-            self.write(topic, partition, offset, pe.models).map_err(|e| StateFailure(e.to_string()))?;
+            let written = self.write(topic, partition, offset, &pe.models);
             if let Ok(mut all) = self.progress.lock() {
                 let p = all.entry(partition).or_default();
-                p.last = Some(offset);
-                p.at = Some(Instant::now());
+                if written.is_ok() {
+                    p.last = Some(offset);
+                    p.at = Some(Instant::now());
+                } else {
+                    // Kept for the retry: the models have moved on only if records were
+                    // taken since, and the partition takes none while its state fails.
+                    p.pending = Some(pe);
+                }
             }
+            written.map_err(|e| StateFailure(e.to_string()))?;
         }
         Ok(())
     }
@@ -274,7 +281,7 @@ impl StateHooks for StoreHooks {
         if last == Some(applied) {
             return;
         }
-        let result = Self::encode(partition, models).and_then(|m| self.write(topic, partition, applied, m));
+        let result = Self::encode(partition, models).and_then(|m| self.write(topic, partition, applied, &m));
         match result {
             Ok(()) => tracing::info!(partition, offset = applied, keys = models.keys.len(), "snapshot on revoke"),
             Err(e) => tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one"),

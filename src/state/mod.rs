@@ -32,6 +32,13 @@ pub enum StateError {
         /// RocksDB's reason.
         source: rocksdb::Error,
     },
+    /// The database is closed: a write failed and reopening it failed too (still full, or
+    /// gone). The next write tries to reopen it again.
+    #[error("state store at {path} is closed after a failed write (reopened on the next write)")]
+    Closed {
+        /// `state.path`.
+        path: std::path::PathBuf,
+    },
     /// `state.path` could not be created.
     #[error("cannot create state directory {path}: {source}")]
     CreateDir {

@@ -34,6 +34,8 @@
 //!   write-back of large SSTs is smoothed instead of stalling at file close.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -105,8 +107,11 @@ pub struct Restored<T> {
 
 /// One worker's state database.
 pub struct StateStore {
-    /// The database.
-    db: DB,
+    /// The database; read-only (or `None`) after a failed write whose reopen failed too.
+    db: RwLock<Option<DB>>,
+    /// A write failed: RocksDB refuses every later write (its background error stays set;
+    /// the Rust API has no `Resume`), so the next write reopens the database first.
+    failed: AtomicBool,
     /// Snapshots kept per partition (`state.snapshot_history`).
     history: usize,
     /// Where it lives (for messages).
@@ -203,15 +208,69 @@ impl StateStore {
         if let Err(e) = std::fs::create_dir_all(path) {
             return Err(StateError::CreateDir { path: path.into(), source: e });
         }
-        let db = DB::open_cf_descriptors(&db_options(), path, descriptors()).map_err(|source| StateError::Open { path: path.into(), source })?;
-        Ok(Self { db, history: history.max(1), path: path.into() })
+        let db = Self::open_db(path)?;
+        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: history.max(1), path: path.into() })
     }
 
     /// Open the database read-only, for inspection while a worker may be running (no lock
     /// is taken). Every write fails with [`StateError::Write`].
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false).map_err(|source| StateError::Open { path: path.into(), source })?;
-        Ok(Self { db, history: usize::MAX, path: path.into() })
+        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
+    }
+
+    fn open_db(path: &Path) -> Result<DB, StateError> {
+        DB::open_cf_descriptors(&db_options(), path, descriptors()).map_err(|source| StateError::Open { path: path.into(), source })
+    }
+
+    /// Run `f` on the open database.
+    fn with_db<R>(&self, f: impl FnOnce(&DB) -> Result<R, StateError>) -> Result<R, StateError> {
+        let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(StateError::Closed { path: self.path.clone() }),
+        }
+    }
+
+    /// After a failed write, close and reopen the database (replaying its WAL), so that a
+    /// freed disk makes it writable again. A failed reopen leaves it closed, and the next
+    /// write tries again.
+    fn recover(&self) -> Result<(), StateError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut guard = self.db.write().map_err(|_| StateError::Closed { path: self.path.clone() })?;
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The old instance holds the directory's lock: it must be gone before the reopen.
+        drop(guard.take());
+        match Self::open_db(&self.path) {
+            Ok(db) => {
+                *guard = Some(db);
+                self.failed.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                // Still failing (a full disk cannot even flush the WAL at open): keep what was
+                // written readable through a read-only instance until a reopen succeeds.
+                *guard = DB::open_cf_descriptors_read_only(&db_options(), &self.path, descriptors(), false).ok();
+                Err(e)
+            }
+        }
+    }
+
+    /// Write `batch` synced; a failure marks the database for reopening.
+    fn write_batch(&self, batch: WriteBatch, err: impl FnOnce(rocksdb::Error) -> StateError) -> Result<(), StateError> {
+        self.recover()?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.with_db(|db| {
+            db.write_opt(batch, &opts).map_err(|e| {
+                self.failed.store(true, Ordering::Release);
+                err(e)
+            })
+        })
     }
 
     /// Where the database lives.
@@ -219,9 +278,9 @@ impl StateStore {
         &self.path
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
+    fn cf<'d>(db: &'d DB, name: &str) -> &'d ColumnFamily {
         // Both families are created or required at open.
-        self.db.cf_handle(name).expect("column family opened with the database")
+        db.cf_handle(name).expect("column family opened with the database")
     }
 
     /// Write a snapshot of `topic`/`partition` holding `models`, having applied every input
@@ -252,7 +311,10 @@ impl StateStore {
         if offset < -1 {
             return Err(StateError::InvalidOffset(offset));
         }
-        let (meta_cf, models_cf) = (self.cf(CF_META), self.cf(CF_MODELS));
+        self.recover()?;
+        let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
+        let Some(db) = guard.as_ref() else { return Err(StateError::Closed { path: self.path.clone() }) };
+        let (meta_cf, models_cf) = (Self::cf(db, CF_META), Self::cf(db, CF_MODELS));
         let prefix = snapshot_prefix(topic, partition, offset);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
@@ -271,16 +333,15 @@ impl StateStore {
         let meta_value = codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
         batch.put_cf(meta_cf, &prefix, &meta_value);
         // History: keep the `history` largest offsets, counting this one.
-        let mut offsets = self.offsets(topic, partition)?;
+        let mut offsets = Self::offsets_in(db, topic, partition)?;
         offsets.retain(|o| *o != offset);
         offsets.push(offset);
         offsets.sort_unstable_by(|a, b| b.cmp(a));
         for old in offsets.iter().skip(self.history) {
-            self.delete_snapshot_in(&mut batch, topic, partition, *old);
+            Self::delete_snapshot_in(db, &mut batch, topic, partition, *old);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(|source| StateError::Write { topic: topic.into(), partition, offset, source })?;
+        drop(guard);
+        self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset, source })?;
         Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes })
     }
 
@@ -302,17 +363,17 @@ impl StateStore {
             .collect()
     }
 
-    fn delete_snapshot_in(&self, batch: &mut WriteBatch, topic: &str, partition: i32, offset: i64) {
+    fn delete_snapshot_in(db: &DB, batch: &mut WriteBatch, topic: &str, partition: i32, offset: i64) {
         let prefix = snapshot_prefix(topic, partition, offset);
-        batch.delete_cf(self.cf(CF_META), &prefix);
-        batch.delete_range_cf(self.cf(CF_MODELS), &prefix, &prefix_end(&prefix));
+        batch.delete_cf(Self::cf(db, CF_META), &prefix);
+        batch.delete_range_cf(Self::cf(db, CF_MODELS), &prefix, &prefix_end(&prefix));
     }
 
     /// Offsets of the stored snapshots of a partition, ascending.
-    fn offsets(&self, topic: &str, partition: i32) -> Result<Vec<i64>, StateError> {
+    fn offsets_in(db: &DB, topic: &str, partition: i32) -> Result<Vec<i64>, StateError> {
         let prefix = stream_prefix(topic, partition);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in db.iterator_cf(Self::cf(db, CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
             let (k, _) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
             if !k.starts_with(&prefix) {
                 break;
@@ -326,50 +387,56 @@ impl StateStore {
 
     /// Every partition with at least one snapshot: (topic, partition), sorted.
     pub fn partitions(&self) -> Result<Vec<(String, i32)>, StateError> {
-        let mut out: Vec<(String, i32)> = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::Start) {
-            let (k, _) = item.map_err(|source| StateError::Read { topic: String::new(), partition: -1, source })?;
-            if let Some((topic, partition, _)) = parse_meta_key(&k) {
-                if out.last() != Some(&(topic.clone(), partition)) {
-                    out.push((topic, partition));
+        self.with_db(|db| {
+            let mut out: Vec<(String, i32)> = Vec::new();
+            for item in db.iterator_cf(Self::cf(db, CF_META), IteratorMode::Start) {
+                let (k, _) = item.map_err(|source| StateError::Read { topic: String::new(), partition: -1, source })?;
+                if let Some((topic, partition, _)) = parse_meta_key(&k) {
+                    if out.last() != Some(&(topic.clone(), partition)) {
+                        out.push((topic, partition));
+                    }
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The snapshots of a partition, newest first. A snapshot whose metadata is corrupt is
     /// listed as the error (its offset is known from the key).
     pub fn snapshots(&self, topic: &str, partition: i32) -> Result<Vec<Result<SnapshotInfo, StateError>>, StateError> {
         let prefix = stream_prefix(topic, partition);
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
-            let (k, v) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
-            if !k.starts_with(&prefix) {
-                break;
+        self.with_db(|db| {
+            let mut out = Vec::new();
+            for item in db.iterator_cf(Self::cf(db, CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
+                out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
+                    Ok(m) => Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: m.written_at_ms, keys: m.keys, bytes: m.bytes }),
+                    Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
+                });
             }
-            let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
-            out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
-                Ok(m) => Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: m.written_at_ms, keys: m.keys, bytes: m.bytes }),
-                Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
-            });
-        }
-        out.reverse();
-        Ok(out)
+            out.reverse();
+            Ok(out)
+        })
     }
 
     /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
     fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
         let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
-        let mut out = Vec::with_capacity(info.keys as usize);
-        for item in self.db.iterator_cf(self.cf(CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
-            let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
-            if !k.starts_with(&prefix) {
-                break;
+        self.with_db(|db| {
+            let mut out = Vec::with_capacity(info.keys as usize);
+            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.push((k[prefix.len()..].to_vec(), v));
             }
-            out.push((k[prefix.len()..].to_vec(), v));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// (key, envelope bytes) of every model in a snapshot, without decoding them.
@@ -381,7 +448,7 @@ impl StateStore {
     pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
         k.extend_from_slice(key.as_bytes());
-        self.db.get_cf(self.cf(CF_MODELS), &k).map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })
+        self.with_db(|db| db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source }))
     }
 
     /// Decode every model of a snapshot. Any bad value (or a key count that differs from
@@ -435,18 +502,20 @@ impl StateStore {
     /// Delete the snapshots of a partition with an offset above `offset` (all of them with
     /// `None`): `replay --state rewind` and `--state reset`. Returns how many were deleted.
     pub fn delete_after(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<usize, StateError> {
-        let doomed: Vec<i64> = self.offsets(topic, partition)?.into_iter().filter(|o| offset.is_none_or(|limit| *o > limit)).collect();
-        if doomed.is_empty() {
+        self.recover()?;
+        let (batch, doomed) = self.with_db(|db| {
+            let doomed: Vec<i64> = Self::offsets_in(db, topic, partition)?.into_iter().filter(|o| offset.is_none_or(|limit| *o > limit)).collect();
+            let mut batch = WriteBatch::default();
+            for o in &doomed {
+                Self::delete_snapshot_in(db, &mut batch, topic, partition, *o);
+            }
+            Ok((batch, doomed.len()))
+        })?;
+        if doomed == 0 {
             return Ok(0);
         }
-        let mut batch = WriteBatch::default();
-        for o in &doomed {
-            self.delete_snapshot_in(&mut batch, topic, partition, *o);
-        }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(|source| StateError::Write { topic: topic.into(), partition, offset: offset.unwrap_or(-1), source })?;
-        Ok(doomed.len())
+        self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset: offset.unwrap_or(-1), source })?;
+        Ok(doomed)
     }
 
     /// Overwrite one stored model's bytes (tests that simulate corruption on disk).
@@ -454,7 +523,7 @@ impl StateStore {
     pub(crate) fn put_raw_model(&self, info: &SnapshotInfo, key: &str, bytes: &[u8]) {
         let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
         k.extend_from_slice(key.as_bytes());
-        self.db.put_cf(self.cf(CF_MODELS), &k, bytes).expect("test write");
+        self.with_db(|db| Ok(db.put_cf(Self::cf(db, CF_MODELS), &k, bytes).expect("test write"))).expect("open store");
     }
 
     /// Delete one stored model (tests of incomplete snapshots).
@@ -462,14 +531,14 @@ impl StateStore {
     pub(crate) fn delete_raw_model(&self, info: &SnapshotInfo, key: &str) {
         let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
         k.extend_from_slice(key.as_bytes());
-        self.db.delete_cf(self.cf(CF_MODELS), &k).expect("test delete");
+        self.with_db(|db| Ok(db.delete_cf(Self::cf(db, CF_MODELS), &k).expect("test delete"))).expect("open store");
     }
 
     /// Overwrite a snapshot's metadata bytes (tests).
     #[cfg(test)]
     pub(crate) fn put_raw_meta(&self, info: &SnapshotInfo, bytes: &[u8]) {
         let k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        self.db.put_cf(self.cf(CF_META), &k, bytes).expect("test write");
+        self.with_db(|db| Ok(db.put_cf(Self::cf(db, CF_META), &k, bytes).expect("test write"))).expect("open store");
     }
 }
 

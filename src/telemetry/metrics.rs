@@ -57,6 +57,18 @@ const EXPOSED: &[Exposed] = &[
     },
     Exposed { name: "onad_rebalances_total", kind: "counter", help: "Rebalance callbacks served.", read: |s| &s.rebalances },
     Exposed {
+        name: "onad_state_failing_partitions",
+        kind: "gauge",
+        help: "Partitions paused because their state cannot be saved (non-zero: unhealthy).",
+        read: |s| &s.state_failing,
+    },
+    Exposed {
+        name: "onad_state_write_failures_total",
+        kind: "counter",
+        help: "Snapshot writes that failed (each retry counts).",
+        read: |s| &s.state_write_failures,
+    },
+    Exposed {
         name: "onad_assigned_partitions",
         kind: "gauge",
         help: "Input partitions this worker owns now.",
@@ -88,7 +100,16 @@ impl Metrics {
 
     /// Whether /health answers 200.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.unhealthy_reason().is_none()
+    }
+
+    /// Why /health answers 503, if it does.
+    pub fn unhealthy_reason(&self) -> Option<String> {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return Some("not consuming".into());
+        }
+        let worker = self.worker.lock().ok().and_then(|w| w.clone());
+        worker.and_then(|(_, stats)| stats.unhealthy_reason())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -133,8 +154,10 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<(Socket
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let (status, ctype, body) = match path {
                     "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-                    "/health" | "/healthz" | "/ready" if metrics.is_healthy() => ("200 OK", "text/plain", "ok\n".to_string()),
-                    "/health" | "/healthz" | "/ready" => ("503 Service Unavailable", "text/plain", "not consuming\n".to_string()),
+                    "/health" | "/healthz" | "/ready" => match metrics.unhealthy_reason() {
+                        None => ("200 OK", "text/plain", "ok\n".to_string()),
+                        Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+                    },
                     _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
                 };
                 let head =
@@ -181,6 +204,13 @@ mod tests {
         }
         assert!(get(addr, "/health").await.starts_with("HTTP/1.1 503"));
         m.set_healthy(true);
+        assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        // State that cannot be saved makes the worker unhealthy, saying why.
+        stats.state_failing.store(1, Ordering::Relaxed);
+        *stats.state_error.lock().unwrap() = Some("partition 3: disk full".into());
+        let body = get(addr, "/health").await;
+        assert!(body.starts_with("HTTP/1.1 503") && body.contains("partition 3: disk full"), "{body}");
+        stats.state_failing.store(0, Ordering::Relaxed);
         assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
         stats.consumed.fetch_add(7, Ordering::Relaxed);
         let body = get(addr, "/metrics").await;

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onad_stream::config::Config;
-use onad_stream::proto::SensorReading;
+use onad_stream::partition::output::Dest;
+use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
+use onad_stream::proto::{ScoredReading, SensorReading};
 use onad_stream::{RunSummary, Worker, WorkerError, WorkerStats};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -362,4 +364,27 @@ impl Drop for ChildWorker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Per (partition, offset): (score bits, raw score bits, processed) or `None` for a dead letter.
+pub type Expected = BTreeMap<(i32, i64), Option<(u64, u64, u64)>>;
+
+/// Expected (score bits, raw score bits, processed count) or dead letter, per (partition,
+/// offset): the worker's own `Processor`, run once over each partition in offset order.
+pub fn reference(config: &onad_stream::config::Config, inputs: &BTreeMap<(i32, i64), In>) -> Expected {
+    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
+    let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut expected = BTreeMap::new();
+    for (&(p, o), rec) in inputs {
+        let proc = procs.entry(p).or_insert_with(|| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default()));
+        out.clear();
+        proc.process(InputRecord { key: rec.key.as_deref(), value: Some(&rec.value), offset: o }, 0, &mut out);
+        let scored = out.iter().find(|r| r.dest == Dest::Scores).map(|r| {
+            let s = ScoredReading::decode(&r.payload[..]).expect("reference score decodes");
+            (s.score.to_bits(), s.raw_score.to_bits(), s.counters.map_or(0, |c| c.processed))
+        });
+        expected.insert((p, o), scored);
+    }
+    expected
 }

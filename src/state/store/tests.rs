@@ -213,3 +213,67 @@ fn offsets_below_minus_one_are_refused() {
     let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
     assert_eq!(offsets, vec![0, -1]);
 }
+
+
+/// A tmpfs of `mb` MiB mounted on a temporary directory (the tests run as root, as CI does),
+/// unmounted on drop: a disk that can really be filled.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mb: u32) -> Self {
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Self { dir }
+    }
+
+    /// Fill the disk to the last byte with a file at `filler`.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let buf = vec![7u8; 1 << 16];
+        while f.write_all(&buf).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_write_loses_nothing_and_the_store_writes_again_once_space_is_freed() {
+    let disk = SmallDisk::mount(16);
+    let path = disk.dir.path().join("db");
+    let store = StateStore::open(&path, 3).expect("open");
+    let m = models(50, 10);
+    let snap = |offset: i64| store.write_snapshot(TOPIC, 0, offset, m.iter().map(|(k, p)| (k.as_str(), p)));
+    snap(10).expect("write with space");
+    let filler = disk.fill();
+    let e = snap(20).expect_err("a full disk fails the write");
+    assert!(matches!(e, StateError::Write { partition: 0, offset: 20, .. }), "{e}");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    // The next write first reopens the database, which fails too while the disk is full.
+    let e = snap(21).expect_err("still full");
+    assert!(e.to_string().contains("No space left"), "{e}");
+    // What was written before stays readable, and the failed writes left nothing behind.
+    let r = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable while full");
+    assert_eq!(r.snapshot.expect("older snapshot").info.offset, 10);
+    std::fs::remove_file(filler).expect("free the disk");
+    // RocksDB keeps refusing writes after an I/O error until reopened; the store reopens.
+    let info = snap(30).expect("writes again once space is freed");
+    assert_eq!(info.keys, 50);
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).unwrap().into_iter().map(|s| s.unwrap().offset).collect();
+    assert_eq!(offsets, vec![30, 10]);
+    let restored = store.restore::<Pipeline>(TOPIC, 0, None).unwrap().snapshot.unwrap();
+    assert_same(&restored.models, &m);
+}
