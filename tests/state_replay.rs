@@ -125,3 +125,80 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
         assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from the uninterrupted run");
     }
 }
+
+/// Run `onad-stream replay` for the topics of `name` with `state` as its `state.path`.
+fn replay_cmd(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path) -> String {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
+    cmd.args(["replay", "--group", group, "--to-offset", targets, "--state", mode]);
+    for o in overrides(name, PARTITIONS) {
+        cmd.arg("--set").arg(o);
+    }
+    cmd.arg("--set").arg(format!("state.path={:?}", state.display().to_string()));
+    let out = cmd.output().expect("run replay");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "replay failed:\n{text}");
+    text
+}
+
+/// Epoch of an output (its `onad-replay-epoch` header; absent = 0).
+fn epoch_of(o: &Out) -> u32 {
+    o.epoch.unwrap_or(0)
+}
+
+/// `--state reset` in place: the replayed records get new scores, emitted although outputs of
+/// those offsets are already in the scores topic, each exactly once even though the worker
+/// is killed with SIGKILL halfway through; they carry replay epoch 1 and are the scores of
+/// fresh models started at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_with_state_reset_emits_fresh_scores_for_the_replayed_span_exactly_once_across_a_crash() {
+    let name = unique("replay-reset");
+    let config = config(&name, PARTITIONS, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
+    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
+    let batch = readings(0, 1000);
+    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
+        inputs.insert(pos, rec);
+    }
+    wait_outputs(&mut scores, inputs.len(), "the first run's scores");
+    let (status, log) = worker.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let first_run = scores.seen.len();
+    assert!(scores.seen.iter().all(|o| epoch_of(o) == 0), "outputs before any replay are of epoch 0");
+
+    // 3,000 per partition were scored; replay partition 0 from 600 with fresh models.
+    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "reset", state.path());
+    assert!(text.contains("state reset") && text.contains("replay epoch 1"), "{text}");
+    let replayed_span = 3000 - 600;
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
+    wait_outputs(&mut scores, first_run + replayed_span / 3, "a third of the replay's scores");
+    worker.crash();
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
+    wait_outputs(&mut scores, first_run + replayed_span, "the rest of the replay's scores");
+    scores.read_for(Duration::from_secs(2));
+    let (status, log) = worker.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+
+    // Exactly the replayed span came out again, once, in epoch 1.
+    let replayed = &scores.seen[first_run..];
+    assert!(replayed.iter().all(|o| epoch_of(o) == 1), "replay outputs carry epoch 1");
+    let again = by_source(replayed);
+    let outside: Vec<_> = again.keys().filter(|(p, o)| *p != 0 || !(600..3000).contains(o)).take(5).collect();
+    assert!(outside.is_empty(), "outputs outside the replayed span: {outside:?}");
+    let dups: Vec<_> = again.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dups.is_empty(), "replayed offsets emitted twice across the crash: {dups:?}");
+    assert_eq!(again.len(), replayed_span, "one new score per replayed record");
+
+    // They are the scores of fresh models fed partition 0 from offset 600 ...
+    let fresh: BTreeMap<(i32, i64), In> = inputs.iter().filter(|((p, o), _)| *p == 0 && *o >= 600).map(|(k, r)| (*k, In { key: r.key.clone(), value: r.value.clone(), partition: r.partition })).collect();
+    let got = scores_of(replayed);
+    for ((p, o), want) in reference(&config, &fresh) {
+        let (score, raw, _) = want.expect("valid reading");
+        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "replayed score of {p}:{o} is not a fresh model's");
+    }
+    // ... not the first run's (whose models had learned 0..600).
+    let original = scores_of(&scores.seen[..first_run]);
+    assert!(got.iter().any(|(k, v)| original.get(k) != Some(v)), "the replay reproduced the old scores: the state was not reset");
+}

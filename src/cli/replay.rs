@@ -11,8 +11,15 @@
 //!   snapshot the worker rebuilds from the start of the retained input.
 //! - `--state reset`: an empty snapshot at O - 1: fresh models from O.
 //!
+//! `keep` and `reset` also raise the partition's replay epoch: every output carries it (header
+//! `onad-replay-epoch`, and in `alert_id`), and a worker suppresses re-emission only of
+//! outputs of the current epoch, so the replayed offsets get their new scores exactly once
+//! (crashes included), told apart from the originals by the epoch.
+//!
 //! The local store is `state.path` (run once per replica's store) and the changelog topic
-//! is rewritten to match, so a replica without local state gets the same models.
+//! is rewritten to match, so a replica without local state gets the same models. A worker
+//! that finds outputs of a newer epoch than its store's answers in that epoch and warns that
+//! its snapshots may predate the replay.
 //!
 //! Backfill without disturbing the live group: replay a *new* group into separate output
 //! topics and a separate store, then run a worker with those settings, e.g.
@@ -169,7 +176,16 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             (Some(_), None) => "changelog untouched".to_string(),
             (None, _) => "changelog skipped".to_string(),
         };
-        println!("{topic}[{p}] -> next offset {o}: {} ({published})", report.summary);
+        // New models give new scores: a new replay epoch makes the worker emit them although
+        // the outputs already hold answers for these offsets (`rewind` reproduces those).
+        let epoch = if args.state == StateMode::Rewind {
+            String::new()
+        } else {
+            let e = store.epoch(&topic, p)? + 1;
+            store.set_epoch(&topic, p, e)?;
+            format!("; replay epoch {e}: outputs from offset {o} on are emitted again")
+        };
+        println!("{topic}[{p}] -> next offset {o}: {} ({published}){epoch}", report.summary);
     }
 
     let mut tpl = TopicPartitionList::new();

@@ -48,7 +48,7 @@ impl OutputProducer {
     /// Enqueue `rec` for partition `src.partition` of its topic. Blocks (briefly, repeatedly)
     /// while librdkafka's queue is full; call from a partition thread, not the reactor.
     pub fn send(&self, src: &Source<'_>, rec: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(3);
+        let mut headers = OwnedHeaders::new_with_capacity(4);
         for (key, value) in src.headers() {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
         }

@@ -44,6 +44,11 @@ pub struct Models {
     pub keys: BTreeMap<String, KeyPipeline>,
     /// The last input offset applied (scored or dead-lettered); `None` before the first.
     pub last_offset: Option<i64>,
+    /// Replay epoch: 0, raised by each `onad-stream replay --state keep|reset` of the
+    /// partition. Every output carries it, so that outputs of a replay (new scores for
+    /// offsets already answered) are told apart from the original ones.
+    #[serde(default)]
+    pub epoch: u32,
 }
 
 /// What happened to one input record.
@@ -121,7 +126,7 @@ impl Processor {
     /// `ScoredReading` (plus an `AnomalyAlert` when anomalous) or one `DeadLetter`.
     pub fn process(&mut self, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Outcome {
         let topic = self.topic.clone();
-        let src = Source { topic: &topic, partition: self.partition, offset: rec.offset };
+        let src = Source { topic: &topic, partition: self.partition, offset: rec.offset, epoch: self.models.epoch };
         self.models.last_offset = Some(rec.offset);
         match self.score(src, rec, now_ms, out) {
             Ok(anomaly) => Outcome::Scored { anomaly },
@@ -260,7 +265,8 @@ pub trait StateHooks: Send + Sync {
     fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>, _committed: Option<i64>) -> Resume {
         Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None, emitted: EmittedUpTo::default() }
     }
-    /// Called on the partition's thread after each batch, with the state and the highest
+    /// Called on the partition's thread after each batch (and every poll round while idle),
+    /// with the state and the highest
     /// input offset whose outputs are all delivered and stored for commit (if any). An error
     /// pauses the partition (no more records taken, so offsets stop advancing past state
     /// that cannot be saved) and reports unhealthy; the call is retried with backoff, with

@@ -17,6 +17,8 @@ pub const HEADER_SOURCE_TOPIC: &str = "onad-source-topic";
 pub const HEADER_SOURCE_PARTITION: &str = "onad-source-partition";
 /// Header carrying the input offset (decimal ASCII): downstream de-duplication key.
 pub const HEADER_SOURCE_OFFSET: &str = "onad-source-offset";
+/// Header carrying the partition's replay epoch (decimal ASCII; see `Models::epoch`).
+pub const HEADER_REPLAY_EPOCH: &str = "onad-replay-epoch";
 
 /// Which output topic a record goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Source<'a> {
     pub partition: i32,
     /// Input offset.
     pub offset: i64,
+    /// The partition's replay epoch.
+    pub epoch: u32,
 }
 
 impl Source<'_> {
@@ -57,17 +61,22 @@ impl Source<'_> {
     }
 
     /// The `alert_id` of an alert for this record: `<topic>/<partition>/<offset>`, so that a
-    /// re-delivered alert is recognisable.
+    /// re-delivered alert is recognisable; after a replay, `/r<epoch>` is appended, since
+    /// the replay's alert is a new one.
     pub fn alert_id(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+        match self.epoch {
+            0 => format!("{}/{}/{}", self.topic, self.partition, self.offset),
+            e => format!("{}/{}/{}/r{e}", self.topic, self.partition, self.offset),
+        }
     }
 
     /// The headers every output of this record carries.
-    pub fn headers(&self) -> [(&'static str, String); 3] {
+    pub fn headers(&self) -> [(&'static str, String); 4] {
         [
             (HEADER_SOURCE_TOPIC, self.topic.to_string()),
             (HEADER_SOURCE_PARTITION, self.partition.to_string()),
             (HEADER_SOURCE_OFFSET, self.offset.to_string()),
+            (HEADER_REPLAY_EPOCH, self.epoch.to_string()),
         ]
     }
 }

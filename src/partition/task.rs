@@ -136,7 +136,9 @@ impl PartitionTask {
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
-            if taken > 0 || retry_due {
+            // Every round, idle ones too: a time-based snapshot is due without new records,
+            // and a due one is written once its outputs are delivered.
+            if self.stalled.is_none() || retry_due {
                 let saved = self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored());
                 self.state_saved(saved);
             }
@@ -225,7 +227,7 @@ fn handle(
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
         }
     }
-    let src = Source { topic: &shared.topic, partition: processor.partition(), offset };
+    let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };
     let mut deliveries = Vec::with_capacity(out.len());
     for rec in out.iter().filter(|r| !replay.emitted.contains(r.dest, offset)) {
         deliveries.push(shared.producer.send(&src, rec)?);

@@ -41,6 +41,8 @@ pub enum Kind {
     ChangelogChunk = 3,
     /// The end-of-snapshot marker of the changelog topic.
     ChangelogMarker = 4,
+    /// A partition's replay epoch in the store.
+    ReplayEpoch = 5,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             2 => Some(Kind::SnapshotMeta),
             3 => Some(Kind::ChangelogChunk),
             4 => Some(Kind::ChangelogMarker),
+            5 => Some(Kind::ReplayEpoch),
             _ => None,
         }
     }

@@ -36,7 +36,7 @@ use super::changelog::Changelog;
 use super::codec::{self, Kind};
 use super::{StateError, StateStore};
 use crate::config::Config;
-use crate::partition::output::{HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
+use crate::partition::output::{HEADER_REPLAY_EPOCH, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use crate::partition::{EmittedUpTo, KeyPipeline, Models, Resume, StateFailure, StateHooks};
 
 /// Bound on a changelog restore during assignment.
@@ -167,18 +167,37 @@ impl StoreHooks {
                 }
             }
         }
-        best.map(|(offset, models)| Models { keys: models.into_iter().collect(), last_offset: (offset >= 0).then_some(offset) })
+        best.map(|(offset, models)| Models { keys: models.into_iter().collect(), last_offset: (offset >= 0).then_some(offset), epoch: 0 })
     }
 
-    /// Highest source offset already in each output topic for `partition`.
-    fn emitted(&self, partition: i32) -> EmittedUpTo {
+    /// The partition's replay epoch and the highest source offset already in each output
+    /// topic for `partition` in that epoch (outputs of an earlier epoch were answers before
+    /// a replay, which asked for new ones).
+    fn emitted(&self, topic: &str, partition: i32) -> (u32, EmittedUpTo) {
+        let local = match self.store.epoch(topic, partition) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(partition, cause = %e, "cannot read the replay epoch; assuming 0");
+                0
+            }
+        };
         match read_tails(&self.tail_config, &self.output_topics, partition) {
-            Ok([scores, alerts, dead_letters]) => EmittedUpTo { scores, alerts, dead_letters },
+            Ok(tails) => {
+                let seen = tails.iter().filter_map(|t| t.keys().next_back().copied()).max().unwrap_or(0);
+                if seen > local {
+                    // Outputs of a newer epoch: the replay ran against another replica's
+                    // store (this one's snapshots may predate it). Answer in that epoch.
+                    tracing::warn!(partition, local, seen, "outputs carry a newer replay epoch than this store: run `replay` against every replica's state.path");
+                }
+                let epoch = local.max(seen);
+                let [scores, alerts, dead_letters] = tails.map(|t| t.get(&epoch).copied());
+                (epoch, EmittedUpTo { scores, alerts, dead_letters })
+            }
             Err(e) => {
                 // Without it a restart may duplicate outputs (still recognisable by their
                 // source offset header): at-least-once, never loss.
                 tracing::warn!(partition, cause = %e, "cannot read the output tails; duplicates possible");
-                EmittedUpTo::default()
+                (local, EmittedUpTo::default())
             }
         }
     }
@@ -212,13 +231,14 @@ impl StateHooks for StoreHooks {
     fn on_assign(&self, topic: &str, partition: i32, parked: Option<Models>, committed: Option<i64>) -> Resume {
         // Below the committed offset everything was delivered; from there on, what each
         // output topic already holds.
-        let emitted = self.emitted(partition);
+        let (epoch, emitted) = self.emitted(topic, partition);
         let emit_from = committed;
-        if let Some(models) = parked {
+        if let Some(mut models) = parked {
+            models.epoch = epoch;
             self.set_progress(partition, models.last_offset);
             return Resume { models, start_at: None, emit_from, emitted };
         }
-        match self.restore(topic, partition, committed) {
+        match self.restore(topic, partition, committed).map(|m| Models { epoch, ..m }) {
             Some(models) => {
                 let start = models.last_offset.map_or(0, |s| s + 1);
                 tracing::info!(partition, snapshot = ?models.last_offset, keys = models.keys.len(), ?committed, ?emitted, "restored state");
@@ -233,7 +253,7 @@ impl StateHooks for StoreHooks {
                 if start_at.is_some() {
                     tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
                 }
-                Resume { models: Models::default(), start_at, emit_from, emitted }
+                Resume { models: Models { epoch, ..Models::default() }, start_at, emit_from, emitted }
             }
         }
     }
@@ -289,9 +309,12 @@ impl StateHooks for StoreHooks {
     }
 }
 
+/// Highest source offset per replay epoch, in one output partition's tail.
+type TailOffsets = std::collections::BTreeMap<u32, i64>;
+
 /// Per topic of `topics`, the highest value of the source-offset header (for `partition`)
-/// at the end of its partition `partition`.
-fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], partition: i32) -> Result<[Option<i64>; N], String> {
+/// per replay epoch (a missing epoch header is 0) at the end of its partition `partition`.
+fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], partition: i32) -> Result<[TailOffsets; N], String> {
     let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
     for t in topics {
@@ -302,7 +325,7 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
         // High may be the first offset of the last batch + 1 (Tansu), so read on to the end.
         tpl.add_partition_offset(t, partition, Offset::Offset((high - TAIL_RECORDS).max(low))).map_err(|e| e.to_string())?;
     }
-    let mut highest = [None; N];
+    let mut highest: [TailOffsets; N] = std::array::from_fn(|_| TailOffsets::new());
     if tpl.count() == 0 {
         return Ok(highest);
     }
@@ -317,18 +340,20 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
                 last_record = Instant::now();
                 let Some(i) = topics.iter().position(|t| t == m.topic()) else { continue };
                 let Some(headers) = m.headers() else { continue };
-                let (mut p, mut o) = (None, None);
+                let (mut p, mut o, mut epoch) = (None, None, 0);
                 for h in headers.iter() {
                     let v = h.value.and_then(|v| std::str::from_utf8(v).ok());
                     match h.key {
                         HEADER_SOURCE_PARTITION => p = v.and_then(|v| v.parse::<i32>().ok()),
                         HEADER_SOURCE_OFFSET => o = v.and_then(|v| v.parse::<i64>().ok()),
+                        HEADER_REPLAY_EPOCH => epoch = v.and_then(|v| v.parse::<u32>().ok()).unwrap_or(0),
                         _ => {}
                     }
                 }
                 if let (Some(p), Some(o)) = (p, o) {
                     if p == partition {
-                        highest[i] = Some(highest[i].map_or(o, |h: i64| h.max(o)));
+                        let h = highest[i].entry(epoch).or_insert(o);
+                        *h = (*h).max(o);
                     }
                 }
             }

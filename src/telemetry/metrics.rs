@@ -133,8 +133,9 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Serve `GET /metrics` (Prometheus text format) and `GET /health` (200 when healthy, else
-/// 503) on `addr` until the returned task is aborted. Returns the bound address (port 0 picks
+/// Serve `GET /metrics` (Prometheus text format), `GET /health` (200 when healthy, else 503
+/// with the reason: not consuming, or state that cannot be saved) and `GET /live` (200 while
+/// the process serves) on `addr` until the returned task is aborted. Returns the bound address (port 0 picks
 /// one).
 pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
@@ -144,21 +145,32 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<(Socket
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                // Read up to the end of the request line (the rest is ignored).
                 let mut buf = [0u8; 1024];
-                // One read holds the request line of any scraper; the rest is ignored.
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                let mut n = 0;
+                let read_line = async {
+                    while n < buf.len() && !buf[..n].contains(&b'\n') {
+                        match stream.read(&mut buf[n..]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => n += k,
+                        }
+                    }
                 };
+                if tokio::time::timeout(std::time::Duration::from_secs(5), read_line).await.is_err() {
+                    return;
+                }
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let (status, ctype, body) = match path {
                     "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                    // Liveness: the process answers. A restart cures none of what makes
+                    // /health fail (a full disk would only turn into a crash loop).
+                    "/live" | "/livez" => ("200 OK", "text/plain", "alive\n".to_string()),
                     "/health" | "/healthz" | "/ready" => match metrics.unhealthy_reason() {
                         None => ("200 OK", "text/plain", "ok\n".to_string()),
                         Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
                     },
-                    _ => ("404 Not Found", "text/plain", "try /metrics or /health\n".to_string()),
+                    _ => ("404 Not Found", "text/plain", "try /metrics, /health or /live\n".to_string()),
                 };
                 let head =
                     format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
@@ -212,6 +224,7 @@ mod tests {
         assert!(body.starts_with("HTTP/1.1 503") && body.contains("partition 3: disk full"), "{body}");
         stats.state_failing.store(0, Ordering::Relaxed);
         assert!(get(addr, "/health").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/live").await.starts_with("HTTP/1.1 200"));
         stats.consumed.fetch_add(7, Ordering::Relaxed);
         let body = get(addr, "/metrics").await;
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");

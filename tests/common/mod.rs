@@ -195,6 +195,8 @@ pub struct Out {
     pub source_offset: Option<i64>,
     /// The `onad-source-partition` header.
     pub source_partition: Option<i32>,
+    /// The `onad-replay-epoch` header.
+    pub epoch: Option<u32>,
 }
 
 /// Reads a topic from the beginning of every partition (no group).
@@ -245,12 +247,14 @@ impl Collector {
                 Some(Ok(m)) => {
                     let mut src_off = None;
                     let mut src_part = None;
+                    let mut epoch = None;
                     if let Some(h) = m.headers() {
                         for hdr in h.iter() {
                             let v = hdr.value.and_then(|v| std::str::from_utf8(v).ok());
                             match hdr.key {
                                 "onad-source-offset" => src_off = v.and_then(|s| s.parse().ok()),
                                 "onad-source-partition" => src_part = v.and_then(|s| s.parse().ok()),
+                                "onad-replay-epoch" => epoch = v.and_then(|s| s.parse().ok()),
                                 _ => {}
                             }
                         }
@@ -261,6 +265,7 @@ impl Collector {
                         payload: m.payload().unwrap_or_default().to_vec(),
                         source_offset: src_off,
                         source_partition: src_part,
+                        epoch,
                     });
                 }
                 Some(Err(_)) | None => {}
@@ -387,4 +392,101 @@ pub fn reference(config: &onad_stream::config::Config, inputs: &BTreeMap<(i32, i
         expected.insert((p, o), scored);
     }
     expected
+}
+
+/// A tmpfs of `mb` MiB mounted on a temporary directory, unmounted on drop: a disk that can
+/// really be filled. Mounting needs root, which the test machines (and CI) run as.
+pub struct SmallDisk {
+    /// The mount point.
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mount it.
+    pub fn mount(mb: u32) -> Self {
+        let dir = tempfile::tempdir().expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Self { dir }
+    }
+
+    /// Fill the disk to the last byte with one file, and keep it full (RocksDB frees files
+    /// as it compacts; another writer takes that space at once) until [`Filler::free`].
+    pub fn fill(&self) -> Filler {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let buf = vec![7u8; 1 << 16];
+        while f.write_all(&buf).is_ok() {}
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                while f.write(&buf[..4096]).is_ok_and(|n| n > 0) {}
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Filler { path, stop, thread: Some(thread) }
+    }
+}
+
+/// Keeps a [`SmallDisk`] full.
+pub struct Filler {
+    /// The filling file.
+    path: std::path::PathBuf,
+    /// Tells the thread to stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread taking any freed space.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Filler {
+    /// Stop filling and delete the file.
+    pub fn free(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("filler thread");
+        }
+        std::fs::remove_file(&self.path).expect("delete the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// `GET path` on `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).expect("send request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read response");
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A local address with a free port (for a child's metrics endpoint).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// The group's committed offsets of `partitions` partitions of `topic` (-1: none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
+    (0..partitions).map(|p| c.find_partition(topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1)).collect()
 }

@@ -1,0 +1,122 @@
+//! A full disk under the real binary: `onad-stream run` keeps its RocksDB on a small tmpfs
+//! that the test fills mid-stream. The partitions pause (their committed offsets stand
+//! still), `/health` answers 503 naming the cause, and once space is freed the worker saves
+//! its state again, turns healthy and finishes: every input offset has exactly one output, and
+//! every score equals an uninterrupted run's. The process never exits on its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use onad_stream::proto::ScoredReading;
+use prost::Message as _;
+
+const PARTITIONS: i32 = 2;
+const SENSORS: usize = 20;
+
+fn readings(from: usize, to: usize) -> Vec<In> {
+    let mut v = Vec::new();
+    for j in from..to {
+        for i in 0..SENSORS {
+            let id = format!("dev-{i}");
+            let t = (j * 11 + i * 5) as f64;
+            v.push(In {
+                key: Some(id.clone().into_bytes()),
+                value: reading(&id, j as i64, &[("temp", 20.0 + t.sin()), ("rpm", 3.0 + (t * 0.3).cos())]),
+                partition: (i as i32) % PARTITIONS,
+            });
+        }
+    }
+    v
+}
+
+async fn send(config: &onad_stream::config::Config, inputs: &mut BTreeMap<(i32, i64), In>, records: Vec<In>) {
+    let copies: Vec<In> = records.iter().map(|r| In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }).collect();
+    for (pos, rec) in produce(config, records).await.into_iter().zip(copies) {
+        inputs.insert(pos, rec);
+    }
+}
+
+/// Poll `/health` until its status is `want` (bounded); returns the body.
+fn health_becomes(addr: &str, want: u16, limit: Duration, worker: &ChildWorker) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, body) = http_get(addr, "/health");
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/health still {status} ({body:?}) after {limit:?}, want {want}:\n{}", worker.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_the_partitions_holds_offsets_reports_unhealthy_and_recovers_without_loss() {
+    let name = unique("diskfull");
+    let config = config(&name, PARTITIONS, &[]);
+    create_topics(&config).await;
+    let disk = SmallDisk::mount(32);
+    let addr = free_addr();
+    let toml = format!("checkpoint_interval = 100\n[state]\ncheckpoint_secs = 1\n[telemetry]\nmetrics_addr = \"{addr}\"\n");
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, &toml, &disk.dir.path().join("state"));
+    worker.wait_log("serving /metrics and /health", Duration::from_secs(30));
+    let mut inputs = BTreeMap::new();
+    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
+    let wait_scores = |scores: &mut Collector, n: usize, what: &str, worker: &ChildWorker| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while scores.seen.len() < n {
+            assert!(Instant::now() < deadline, "{what}: {} of {n} scores:\n{}", scores.seen.len(), worker.log());
+            scores.read_for(Duration::from_millis(200));
+        }
+    };
+
+    // With space: processed, snapshotted, healthy.
+    send(&config, &mut inputs, readings(0, 50)).await;
+    wait_scores(&mut scores, inputs.len(), "before the disk fills", &worker);
+    assert_eq!(health_becomes(&addr, 200, Duration::from_secs(10), &worker), "ok\n");
+
+    // Disk full: the next snapshot fails; the worker stays up but says why it is unhealthy.
+    let filler = disk.fill();
+    send(&config, &mut inputs, readings(50, 550)).await;
+    let body = health_becomes(&addr, 503, Duration::from_secs(60), &worker);
+    assert!(body.contains("cannot be saved") && body.contains("No space left"), "{body}");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("onad_state_failing_partitions{") && !l.ends_with(" 0")), "{metrics}");
+
+    // Paused: once in-flight outputs settle, neither outputs nor committed offsets move.
+    scores.read_for(Duration::from_secs(3));
+    let (held_outputs, held_offsets) = (scores.seen.len(), committed(&config.kafka.group_id, &config.kafka.input_topic, PARTITIONS));
+    scores.read_for(Duration::from_secs(3));
+    assert_eq!(committed(&config.kafka.group_id, &config.kafka.input_topic, PARTITIONS), held_offsets, "offsets committed while state could not be saved");
+    assert_eq!(scores.seen.len(), held_outputs, "records taken while state could not be saved");
+    assert!(held_outputs < inputs.len(), "the worker finished ({held_outputs} of {} outputs) although no snapshot could be written:\n{}", inputs.len(), worker.log());
+    assert_eq!(http_get(&addr, "/health").0, 503, "still unhealthy while the disk is full");
+
+    // Space again: the retry writes the snapshot, the worker is healthy and finishes.
+    filler.free();
+    health_becomes(&addr, 200, Duration::from_secs(60), &worker);
+    wait_scores(&mut scores, inputs.len(), "after the disk was freed", &worker);
+    scores.read_for(Duration::from_secs(2));
+    let (status, log) = worker.terminate(Duration::from_secs(60));
+    assert!(status.success(), "worker exit {status}:\n{log}");
+    assert!(log.contains("state cannot be saved") && log.contains("state saved again"), "{log}");
+
+    let counts = by_source(&scores.seen);
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(dups.is_empty(), "duplicates: {dups:?}");
+    assert_eq!(counts.len(), inputs.len(), "an input without its score");
+    let got: BTreeMap<(i32, i64), (u64, u64)> = scores
+        .seen
+        .iter()
+        .map(|o| {
+            let s = ScoredReading::decode(&o.payload[..]).expect("decodes");
+            ((o.source_partition.expect("header"), o.source_offset.expect("header")), (s.score.to_bits(), s.raw_score.to_bits()))
+        })
+        .collect();
+    for ((p, o), want) in reference(&config, &inputs) {
+        let (score, raw, _) = want.expect("valid reading");
+        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from the uninterrupted run");
+    }
+}
