@@ -14,7 +14,9 @@
 //!   the older local snapshot and replay, silently, up to the committed offset.
 //! - 2: one key corrupt in every stored snapshot: nothing local is usable, so the worker
 //!   restores from the changelog.
-//! - 3: untouched (restored from its newest snapshot).
+//! - 3: one key corrupt in every stored snapshot and its changelog record spoiled: no state
+//!   anywhere, so the worker rebuilds the models by replaying the input from its start,
+//!   silently up to the committed offset.
 
 mod common;
 
@@ -205,20 +207,23 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
         let db = rocksdb::DB::open_cf(&opts, state.path(), ["meta", "models"]).expect("open the stopped worker's store read-write");
         damage(&db, &topic, 0, before[0][0].0.offset, &victim(0), Damage::FlipBit);
         damage(&db, &topic, 1, before[1][0].0.offset, &victim(1), Damage::Truncate);
-        for (info, _) in &before[2] {
-            damage(&db, &topic, 2, info.offset, &victim(2), Damage::FlipBit);
+        for p in [2, 3] {
+            for (info, _) in &before[p] {
+                damage(&db, &topic, p as i32, info.offset, &victim(p), Damage::FlipBit);
+            }
         }
     }
     spoil_changelog(&config, 1, &victim(1)).await;
+    spoil_changelog(&config, 3, &victim(3)).await;
     // The store itself now refuses what was damaged, and nothing else.
     {
         let store = StateStore::open_read_only(state.path()).expect("reopen the store read-only");
         let restored: Vec<_> = (0..PARTITIONS).map(|p| store.restore::<KeyModel>(&topic, p, None).expect("store readable")).collect();
         let offsets: Vec<Option<i64>> = restored.iter().map(|r| r.snapshot.as_ref().map(|s| s.info.offset)).collect();
-        let want = [Some(before[0][1].0.offset), Some(before[1][1].0.offset), None, Some(before[3][0].0.offset)];
+        let want = [Some(before[0][1].0.offset), Some(before[1][1].0.offset), None, None];
         assert_eq!(offsets, want, "usable snapshots after the damage");
         let rejected: Vec<usize> = restored.iter().map(|r| r.rejected.len()).collect();
-        assert_eq!(rejected, [1, 1, 3, 0], "rejected snapshots per partition");
+        assert_eq!(rejected, [1, 1, 3, 3], "rejected snapshots per partition");
     }
 
     // 3. Restart on the damaged store, then a second burst.
@@ -239,13 +244,15 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     };
     reported(0, before[0][0].0.offset, &victim(0), "checksum mismatch");
     reported(1, before[1][0].0.offset, &victim(1), "length mismatch");
-    for (info, _) in &before[2] {
-        reported(2, info.offset, &victim(2), "checksum mismatch");
+    for p in [2, 3] {
+        for (info, _) in &before[p] {
+            reported(p as i32, info.offset, &victim(p), "checksum mismatch");
+        }
     }
-    assert_eq!(lines_with(&log, &["skipping unusable snapshot"]).len(), 5, "no other snapshot reported:\n{log}");
+    assert_eq!(lines_with(&log, &["skipping unusable snapshot"]).len(), 8, "no other snapshot reported:\n{log}");
 
     // 4b. The fallbacks taken: the changelog for 0 and 2, the older snapshot for 1 (its
-    //     changelog record is reported), the newest snapshot for 3.
+    //     changelog record is reported), a rebuild from the input for 3.
     let restored_from_changelog = |p: i32, local: &str| {
         let needles = ["restoring from the changelog", &format!("partition={p}"), &format!("offset={}", before[p as usize][0].0.offset), local];
         assert_eq!(lines_with(&log, &needles).len(), 1, "partition {p} restored from the changelog ({needles:?}):\n{log}");
@@ -253,8 +260,10 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     restored_from_changelog(0, &format!("local_offset=Some({})", before[0][1].0.offset));
     restored_from_changelog(2, "local_offset=None");
     assert_eq!(lines_with(&log, &["restoring from the changelog"]).len(), 2, "only partitions 0 and 2 used the changelog:\n{log}");
-    let spoiled = lines_with(&log, &["changelog record unusable", "partition=1", &format!("key \"1/{}\"", victim(1))]);
-    assert_eq!(spoiled.len(), 1, "the spoiled changelog record of partition 1 is reported:\n{log}");
+    for p in [1, 3] {
+        let spoiled = lines_with(&log, &["changelog record unusable", &format!("partition={p}"), &format!("key \"{p}/{}\"", victim(p as usize))]);
+        assert_eq!(spoiled.len(), 1, "the spoiled changelog record of partition {p} is reported:\n{log}");
+    }
     let restored_at = |p: i32, offset: i64| {
         let needles = ["restored state", &format!("partition={p}"), &format!("snapshot=Some({offset})")];
         assert_eq!(lines_with(&log, &needles).len(), 1, "partition {p} resumed from offset {offset} ({needles:?}):\n{log}");
@@ -262,10 +271,12 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     restored_at(0, before[0][0].0.offset);
     restored_at(1, before[1][1].0.offset);
     restored_at(2, before[2][0].0.offset);
-    restored_at(3, before[3][0].0.offset);
     let replayed = ["partition assigned", "partition=1", &format!("committed=Some({})", before[1][0].0.offset + 1), &format!("start_at=Some({})", before[1][1].0.offset + 1)];
     assert_eq!(lines_with(&log, &replayed).len(), 1, "partition 1 replays from its older snapshot up to the committed offset ({replayed:?}):\n{log}");
-    assert!(!log.contains("rebuilding the models from the start"), "no partition rebuilt from scratch:\n{log}");
+    let rebuilt = lines_with(&log, &["rebuilding the models from the start"]);
+    assert!(rebuilt.len() == 1 && rebuilt[0].contains("partition=3"), "partition 3, and only it, rebuilds from the input:\n{log}");
+    let from_start = ["partition assigned", "partition=3", &format!("committed=Some({})", before[3][0].0.offset + 1), "start_at=Some(0)"];
+    assert_eq!(lines_with(&log, &from_start).len(), 1, "partition 3 replays from offset 0 ({from_start:?}):\n{log}");
 
     // 4c. Exactly one score per input offset, over both runs.
     let counts = by_source(&scores.seen);
