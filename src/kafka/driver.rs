@@ -96,17 +96,36 @@ impl WorkerContext {
         let new: Vec<i32> =
             tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
         let committed = offsets::committed(consumer, &topic, &new);
-        for partition in new {
-            let committed = committed.get(&partition).copied().flatten();
-            // Models kept from an earlier ownership continue only if the group resumes exactly
-            // after the last record they learned; otherwise another member has moved on.
-            let parked = self
-                .parked
-                .lock()
-                .ok()
-                .and_then(|mut p| p.remove(&partition))
-                .filter(|m| m.last_offset.map(|l| l + 1) == committed);
-            let resume = self.shared.hooks.on_assign(&topic, partition, parked, committed);
+        let committed = |p: i32| committed.get(&p).copied().flatten();
+        // Models kept from an earlier ownership continue only if the group resumes exactly
+        // after the last record they learned; otherwise another member has moved on.
+        let parked: Vec<Option<Models>> = new
+            .iter()
+            .map(|p| self.parked.lock().ok().and_then(|mut all| all.remove(p)).filter(|m| m.last_offset.map(|l| l + 1) == committed(*p)))
+            .collect();
+        // Restoring state and reading output tails take about a second per partition, mostly
+        // waiting on the broker: do the partitions side by side, not one after another.
+        let hooks = &self.shared.hooks;
+        let resumes: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = new
+                .iter()
+                .zip(parked)
+                .map(|(&p, parked)| {
+                    let topic = &topic;
+                    std::thread::Builder::new().name(format!("onad-assign-p{p}")).spawn_scoped(scope, move || hooks.on_assign(topic, p, parked, committed(p)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.map_err(|e| e.to_string()).and_then(|h| h.join().map_err(|_| "panicked".to_string()))).collect()
+        });
+        for (partition, resume) in new.into_iter().zip(resumes) {
+            let committed = committed(partition);
+            let resume = match resume {
+                Ok(r) => r,
+                Err(e) => {
+                    self.shared.fail(WorkerError::Thread(format!("restoring partition {partition}: {e}")));
+                    return;
+                }
+            };
             if let Some(start) = resume.start_at {
                 if let Err(e) = offsets::start_at(tpl, &topic, partition, start) {
                     self.shared.fail(WorkerError::Kafka(e));

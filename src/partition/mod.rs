@@ -261,7 +261,8 @@ pub trait StateHooks: Send + Sync {
     /// Called in the assign callback, before the partition is fetched. `parked` is the
     /// state this worker held when it last owned the partition, already checked to end right
     /// before `committed` (the group's committed offset: the next record to read), so it
-    /// continues exactly. Runs on the consumer's driver thread: keep it to a local read.
+    /// continues exactly. Runs inside the assign callback, on a thread of its own per
+    /// partition (the partitions assigned together are restored side by side).
     fn on_assign(&self, _topic: &str, _partition: i32, parked: Option<Models>, _committed: Option<i64>) -> Resume {
         Resume { models: parked.unwrap_or_default(), start_at: None, emit_from: None, emitted: EmittedUpTo::default() }
     }
