@@ -2,7 +2,7 @@
 # Restart-to-caught-up after a kill with 100k readings of lag (release binary, local Tansu).
 # Kept with the benches: run it by hand with the broker up (scripts/kafka-broker start).
 set -u
-B=$HOME/.cache/onad-stream/target-s/release/onad-stream
+B=${CARGO_TARGET_DIR:-$HOME/.cache/onad-stream/target}/release/onad-stream   # cargo build --release --bin onad-stream
 N=recb-$(date +%s)
 D=$(mktemp -d)
 S=(--set "kafka.input_topic=\"$N-in\"" --set "kafka.scores_topic=\"$N-scores\"" --set "kafka.alerts_topic=\"$N-alerts\""

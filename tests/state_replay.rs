@@ -126,17 +126,26 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     }
 }
 
-/// Run `onad-stream replay` for the topics of `name` with `state` as its `state.path`.
-fn replay_cmd(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path) -> String {
+/// Run `onad-stream replay` for the topics of `name` with `state` as its `state.path` and
+/// `sets` as further overrides: (success, output).
+fn try_replay(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path, sets: &[String]) -> (bool, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
     cmd.args(["replay", "--group", group, "--to-offset", targets, "--state", mode]);
     for o in overrides(name, PARTITIONS) {
         cmd.arg("--set").arg(o);
     }
     cmd.arg("--set").arg(format!("state.path={:?}", state.display().to_string()));
+    for o in sets {
+        cmd.arg("--set").arg(o);
+    }
     let out = cmd.output().expect("run replay");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "replay failed:\n{text}");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// As [`try_replay`] without extra overrides, asserting success.
+fn replay_cmd(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path) -> String {
+    let (ok, text) = try_replay(name, group, targets, mode, state, &[]);
+    assert!(ok, "replay failed:\n{text}");
     text
 }
 
@@ -201,4 +210,84 @@ async fn replay_with_state_reset_emits_fresh_scores_for_the_replayed_span_exactl
     // ... not the first run's (whose models had learned 0..600).
     let original = scores_of(&scores.seen[..first_run]);
     assert!(got.iter().any(|(k, v)| original.get(k) != Some(v)), "the replay reproduced the old scores: the state was not reset");
+}
+
+/// A backfill while the live group runs: the backfill gets its own group, output topics,
+/// changelog and store (the same `--set`s for `replay` and `run`), replays the input from
+/// offset 0 with fresh models and scores all of it into its own topics; the live worker
+/// meanwhile answers every new reading exactly once, and its changelog still hands its
+/// models over afterwards (the backfill's replay did not touch it). `replay` refuses a
+/// `--group` that is not the configuration's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
+    let name = unique("backfill");
+    let config = config(&name, PARTITIONS, &[]);
+    create_topics(&config).await;
+    let live_state = tempfile::tempdir().expect("live state dir");
+    let backfill_state = tempfile::tempdir().expect("backfill state dir");
+    let backfill: Vec<String> = ["group_id", "scores_topic", "alerts_topic", "dead_letter_topic", "changelog_topic"]
+        .iter()
+        .map(|k| format!("kafka.{k}=\"{name}-bf-{k}\""))
+        .collect();
+    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
+    let mut live_scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
+    let live = ChildWorker::start_with_state(&name, PARTITIONS, TOML, live_state.path());
+    let batch = readings(0, 200);
+    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
+        inputs.insert(pos, rec);
+    }
+    wait_outputs(&mut live_scores, inputs.len(), "the live group's scores");
+
+    // Naming the backfill group while keeping the live group's changelog and store: refused.
+    let (ok, text) = try_replay(&name, &format!("{name}-bf-group_id"), "0:0,1:0", "reset", backfill_state.path(), &[]);
+    assert!(!ok && text.contains("is not kafka.group_id"), "replay of another group with this group's state must fail:\n{text}");
+
+    // The backfill's replay, with the live worker running, then its worker.
+    let (ok, text) = try_replay(&name, &format!("{name}-bf-group_id"), "0:0,1:0", "reset", backfill_state.path(), &backfill);
+    assert!(ok, "backfill replay failed:\n{text}");
+    let bf = ChildWorker::start_with_sets(&name, PARTITIONS, TOML, backfill_state.path(), &backfill);
+    let batch = readings(200, 300);
+    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
+        inputs.insert(pos, rec);
+    }
+    let mut bf_scores = Collector::new(&format!("{name}-bf-scores_topic"), PARTITIONS);
+    bf_scores.until(Duration::from_secs(120), "the backfill's scores", |s| s.len() >= inputs.len());
+    wait_outputs(&mut live_scores, inputs.len(), "the live group's scores of the new readings");
+    bf_scores.read_for(Duration::from_secs(2));
+    live_scores.read_for(Duration::from_millis(500));
+    let (status, log) = bf.terminate(Duration::from_secs(60));
+    assert!(status.success(), "backfill worker:\n{log}");
+    let (status, log) = live.terminate(Duration::from_secs(60));
+    assert!(status.success(), "live worker:\n{log}");
+
+    // Both answered every input exactly once, with the scores of one pass from offset 0.
+    let expected = reference(&config, &inputs);
+    for (what, outs) in [("live", &live_scores.seen), ("backfill", &bf_scores.seen)] {
+        let counts = by_source(outs);
+        assert!(counts.values().all(|n| *n == 1), "{what}: duplicated scores");
+        assert_eq!(counts.len(), inputs.len(), "{what}: one score per input");
+        let got = scores_of(outs);
+        for ((p, o), want) in &expected {
+            let (score, raw, _) = want.expect("valid reading");
+            assert_eq!(got.get(&(*p, *o)), Some(&(score, raw)), "{what}: score of {p}:{o} differs from one pass over the input");
+        }
+    }
+
+    // The live changelog still holds the live models: a replica with no local state takes
+    // them over and scores new readings as one uninterrupted pass would.
+    let fresh_state = tempfile::tempdir().expect("another replica's state dir");
+    let replica = ChildWorker::start_with_state(&name, PARTITIONS, TOML, fresh_state.path());
+    let batch = readings(300, 350);
+    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
+        inputs.insert(pos, rec);
+    }
+    wait_outputs(&mut live_scores, inputs.len(), "the new replica's scores");
+    let (status, log) = replica.terminate(Duration::from_secs(60));
+    assert!(status.success(), "replica:\n{log}");
+    assert!(strip_ansi(&log).contains("restoring from the changelog"), "the replica restored the live models from the changelog:\n{log}");
+    let got = scores_of(&live_scores.seen);
+    for ((p, o), want) in reference(&config, &inputs) {
+        let (score, raw, _) = want.expect("valid reading");
+        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} after the handover differs (live models reset by the backfill?)");
+    }
 }

@@ -21,10 +21,14 @@
 //! that finds outputs of a newer epoch than its store's answers in that epoch and warns that
 //! its snapshots may predate the replay.
 //!
-//! Backfill without disturbing the live group: replay a *new* group into separate output
-//! topics and a separate store, then run a worker with those settings, e.g.
-//! `replay --group backfill --to-timestamp T --state reset --set state.path=./backfill-state`
-//! then `run --set kafka.group_id=backfill --set kafka.scores_topic=scores-backfill ...`.
+//! Backfill without disturbing the live group: give the backfill its own group, output
+//! topics, changelog topic and store, and pass the same settings to `replay` and `run`, e.g.
+//! `S="--set kafka.group_id=\"backfill\" --set kafka.changelog_topic=\"backfill-changelog\"
+//! --set kafka.scores_topic=\"scores-backfill\" ... --set state.path=\"./backfill-state\""`,
+//! then `replay $S --to-timestamp T --state reset` and `run $S`. `replay` only touches the
+//! group, changelog and store of its configuration: `--group` must be `kafka.group_id`
+//! (naming another group while keeping this configuration's changelog and store would
+//! rewrite the live group's state).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -112,6 +116,13 @@ fn parse_targets(specs: &[String]) -> anyhow::Result<BTreeMap<i32, i64>> {
 async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let topic = config.kafka.input_topic.clone();
     let group = args.group.clone().unwrap_or_else(|| config.kafka.group_id.clone());
+    if group != config.kafka.group_id {
+        bail!(
+            "--group {group:?} is not kafka.group_id ({:?}): the changelog topic and state.path of this configuration belong to that group; \
+             set kafka.group_id, kafka.changelog_topic and state.path to the ones group {group:?} runs with",
+            config.kafka.group_id
+        );
+    }
     let base = client_config(config);
     let mut cc = base.clone();
     cc.set("group.id", &group).set("enable.auto.commit", "false");
@@ -162,7 +173,14 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
 
     // State first: if it fails, the offsets are untouched and the command can be rerun.
     let store = StateStore::open(&config.state.path, config.state.snapshot_history).with_context(|| format!("opening state.path {} (is a worker still running on it?)", config.state.path.display()))?;
-    let changelog = if args.no_changelog { None } else { Some(Changelog::new(&base, &config.kafka.changelog_topic)?) };
+    let changelog = if args.no_changelog {
+        None
+    } else {
+        let cl = Changelog::new(&base, &config.kafka.changelog_topic)?;
+        // A backfill's changelog does not exist before its first worker runs.
+        cl.ensure_topic(&base, partitions.len() as i32, config.kafka.replication_factor).await?;
+        Some(cl)
+    };
     for (&p, &o) in &targets {
         let report = apply_state(&store, &topic, p, o, args.state)?;
         let published = match (&changelog, &report.models) {

@@ -310,6 +310,12 @@ impl ChildWorker {
     /// As [`ChildWorker::start`], keeping its state store in `state` (which outlives it, so
     /// that a restarted worker finds its snapshots).
     pub fn start_with_state(name: &str, partitions: i32, toml: &str, state: &std::path::Path) -> Self {
+        Self::start_with_sets(name, partitions, toml, state, &[])
+    }
+
+    /// As [`ChildWorker::start_with_state`], with `sets` as further `--set` overrides (they
+    /// win over the topic overrides).
+    pub fn start_with_sets(name: &str, partitions: i32, toml: &str, state: &std::path::Path, sets: &[String]) -> Self {
         let log = tempfile::NamedTempFile::new().expect("temp log file");
         let config = tempfile::NamedTempFile::new().expect("temp config file");
         std::fs::write(config.path(), toml).expect("write config");
@@ -319,6 +325,9 @@ impl ChildWorker {
             cmd.arg("--set").arg(o);
         }
         cmd.arg("--set").arg(format!("state.path={:?}", state.display().to_string()));
+        for s in sets {
+            cmd.arg("--set").arg(s);
+        }
         let child = cmd
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
