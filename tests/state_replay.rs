@@ -149,6 +149,12 @@ fn replay_cmd(name: &str, group: &str, targets: &str, mode: &str, state: &std::p
     text
 }
 
+/// The worker's `onad_records_consumed_total`.
+fn consumed(addr: &str) -> u64 {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines().find(|l| l.starts_with("onad_records_consumed_total{")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// Epoch of an output (its `onad-replay-epoch` header; absent = 0).
 fn epoch_of(o: &Out) -> u32 {
     o.epoch.unwrap_or(0)
@@ -160,6 +166,19 @@ fn epoch_of(o: &Out) -> u32 {
 /// fresh models started at the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_with_state_reset_emits_fresh_scores_for_the_replayed_span_exactly_once_across_a_crash() {
+    replay_reset(false).await;
+}
+
+/// As above, with the replay run against another replica's store (as an operator may, on
+/// any one machine): the worker's own store still holds snapshots from before the replay,
+/// newer than its target; the worker sees the new epoch in the changelog, ignores them and
+/// restores the reset state from the changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_with_state_reset_run_against_another_store_is_obeyed_by_the_worker() {
+    replay_reset(true).await;
+}
+
+async fn replay_reset(elsewhere: bool) {
     let name = unique("replay-reset");
     let config = config(&name, PARTITIONS, &[]);
     create_topics(&config).await;
@@ -167,7 +186,7 @@ async fn replay_with_state_reset_emits_fresh_scores_for_the_replayed_span_exactl
     let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
     let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    let batch = readings(0, 1000);
+    let batch = readings(0, 3000);
     for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
         inputs.insert(pos, rec);
     }
@@ -177,24 +196,39 @@ async fn replay_with_state_reset_emits_fresh_scores_for_the_replayed_span_exactl
     let first_run = scores.seen.len();
     assert!(scores.seen.iter().all(|o| epoch_of(o) == 0), "outputs before any replay are of epoch 0");
 
-    // 3,000 per partition were scored; replay partition 0 from 600 with fresh models.
-    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "reset", state.path());
+    // 9,000 per partition were scored; replay partition 0 from 600 with fresh models.
+    let other = tempfile::tempdir().expect("another replica's state dir");
+    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "reset", if elsewhere { other.path() } else { state.path() });
     assert!(text.contains("state reset") && text.contains("replay epoch 1"), "{text}");
-    let replayed_span = 3000 - 600;
-    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    wait_outputs(&mut scores, first_run + replayed_span / 3, "a third of the replay's scores");
+    let replayed_span = 9_000 - 600;
+    let addr = free_addr();
+    let watched = format!("{TOML}[telemetry]\nmetrics_addr = \"{addr}\"\n");
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, &watched, state.path());
+    if elsewhere {
+        worker.wait_log("this store's snapshots predate it", Duration::from_secs(60));
+    }
+    // Kill it a quarter into the replay (its own counter: the outputs lag behind).
+    worker.wait_log("serving /metrics and /health", Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while consumed(&addr) < (replayed_span / 4) as u64 {
+        assert!(std::time::Instant::now() < deadline, "the worker did not get a quarter into the replay:\n{}", worker.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     worker.crash();
+    scores.read_for(Duration::from_secs(1));
+    assert!(scores.seen.len() < first_run + replayed_span, "the kill landed after the replay was done: nothing left to prove");
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     wait_outputs(&mut scores, first_run + replayed_span, "the rest of the replay's scores");
     scores.read_for(Duration::from_secs(2));
     let (status, log) = worker.terminate(Duration::from_secs(60));
     assert!(status.success(), "{log}");
+    assert!(strip_ansi(&log).contains("restored state"), "the restarted worker resumed from its snapshot:\n{log}");
 
     // Exactly the replayed span came out again, once, in epoch 1.
     let replayed = &scores.seen[first_run..];
     assert!(replayed.iter().all(|o| epoch_of(o) == 1), "replay outputs carry epoch 1");
     let again = by_source(replayed);
-    let outside: Vec<_> = again.keys().filter(|(p, o)| *p != 0 || !(600..3000).contains(o)).take(5).collect();
+    let outside: Vec<_> = again.keys().filter(|(p, o)| *p != 0 || !(600..9_000).contains(o)).take(5).collect();
     assert!(outside.is_empty(), "outputs outside the replayed span: {outside:?}");
     let dups: Vec<_> = again.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dups.is_empty(), "replayed offsets emitted twice across the crash: {dups:?}");

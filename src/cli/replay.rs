@@ -16,10 +16,10 @@
 //! outputs of the current epoch, so the replayed offsets get their new scores exactly once
 //! (crashes included), told apart from the originals by the epoch.
 //!
-//! The local store is `state.path` (run once per replica's store) and the changelog topic
-//! is rewritten to match, so a replica without local state gets the same models. A worker
-//! that finds outputs of a newer epoch than its store's answers in that epoch and warns that
-//! its snapshots may predate the replay.
+//! The local store is `state.path` and the changelog topic is rewritten to match, with the
+//! new epoch last: a replica whose store holds an older epoch (the replay ran elsewhere)
+//! sees the newer one in the changelog's or the outputs' tail on assignment, ignores its own
+//! snapshots (they predate the replay) and restores the changelog's.
 //!
 //! Backfill without disturbing the live group: give the backfill its own group, output
 //! topics, changelog topic and store, and pass the same settings to `replay` and `run`, e.g.
@@ -42,6 +42,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::ConfigArgs;
 use crate::config::Config;
 use crate::state::changelog::Changelog;
+use crate::state::hooks::{read_tails, tail_config};
 use crate::state::StateStore;
 
 /// Broker round trips (metadata, group list, offsets for times, commit).
@@ -171,6 +172,9 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
+    crate::kafka::admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
+
     // State first: if it fails, the offsets are untouched and the command can be rerun.
     let store = StateStore::open(&config.state.path, config.state.snapshot_history).with_context(|| format!("opening state.path {} (is a worker still running on it?)", config.state.path.display()))?;
     let changelog = if args.no_changelog {
@@ -199,8 +203,15 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         let epoch = if args.state == StateMode::Rewind {
             String::new()
         } else {
-            let e = store.epoch(&topic, p)? + 1;
+            // Above every epoch in sight: this store's, and those in the outputs' and the
+            // changelog's tails (an earlier replay may have run against another store).
+            let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
+            let seen = read_tails(&tail_config(&base), &outputs, &config.kafka.changelog_topic, p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?.epoch();
+            let e = store.epoch(&topic, p)?.max(seen) + 1;
             store.set_epoch(&topic, p, e)?;
+            if let Some(cl) = &changelog {
+                cl.publish_epoch(p, e).await.with_context(|| format!("partition {p}: publishing replay epoch {e} to the changelog; rerun the command"))?;
+            }
             format!("; replay epoch {e}: outputs from offset {o} on are emitted again")
         };
         println!("{topic}[{p}] -> next offset {o}: {} ({published}){epoch}", report.summary);

@@ -11,6 +11,9 @@
 //!   part cannot contain `#`, so keys never collide whatever the sensor id).
 //! - `"<p>/"` -> [`Kind::ChangelogMarker`]: written after the chunks of a snapshot; "every key
 //!   that changed up to offset S has been published".
+//! - `"<p>#epoch/"` -> [`Kind::ReplayEpoch`]: the partition's replay epoch, written by
+//!   `replay --state keep|reset` after the state it chose; a worker reads it in the tail of
+//!   the partition on assignment, so a replica whose local snapshots predate the replay knows.
 //! - `"<p>#end/"` -> [`Kind::ChangelogMarker`] with a random nonce: written by a reader before
 //!   it reads, so it knows where the log ends. Tansu's high watermark is not the true end
 //!   (design.md), and an idle gap is a guess; a record we appended ourselves is a fact.
@@ -92,6 +95,11 @@ fn snapshot_marker_key(partition: i32) -> String {
 
 fn end_marker_key(partition: i32) -> String {
     format!("{partition}#end/")
+}
+
+/// The record key of the replay epoch of `partition`.
+pub fn epoch_key(partition: i32) -> String {
+    format!("{partition}#epoch/")
 }
 
 /// The records (key, value) that publish `models` of `partition` at `offset`, marker last.
@@ -204,9 +212,13 @@ impl Assembler {
         let mut marker = None;
         let mut chunks: HashMap<String, Vec<ChunkRecord>> = HashMap::new();
         let marker_key = snapshot_marker_key(self.partition);
+        let epoch_key = epoch_key(self.partition);
         for (k, v) in &self.latest {
             let Some(v) = v else { continue };
             let key = String::from_utf8_lossy(k).into_owned();
+            if key == epoch_key {
+                continue;
+            }
             if key == marker_key {
                 match codec::decode::<MarkerRecord>(Kind::ChangelogMarker, v) {
                     Ok(m) => marker = Some(m.offset),
@@ -338,6 +350,12 @@ impl Changelog {
         all.extend(records.into_iter().map(|(k, v)| (k, Some(v))));
         self.send(partition, &all).await?;
         Ok(Published { records: count, bytes })
+    }
+
+    /// Record the replay epoch of `partition` (after [`Changelog::replace`]).
+    pub async fn publish_epoch(&self, partition: i32, epoch: u32) -> Result<(), StateError> {
+        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode { partition, key: epoch_key(partition), source })?;
+        self.send(partition, &[(epoch_key(partition), Some(value))]).await
     }
 
     /// The record keys currently live (not deleted) in `partition`.

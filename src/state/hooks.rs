@@ -82,6 +82,8 @@ pub struct StoreHooks {
     tail_config: ClientConfig,
     /// Scores, alerts and dead-letter topics.
     output_topics: [String; 3],
+    /// The changelog topic (its tail holds the replay epoch).
+    changelog_topic: String,
     /// Per input partition.
     progress: Mutex<HashMap<i32, Progress>>,
 }
@@ -100,8 +102,7 @@ impl StoreHooks {
         let base = crate::kafka::client::admin(&config.kafka);
         let cl = Changelog::new(&base, &config.kafka.changelog_topic)?;
         cl.ensure_topic(&base, partitions, config.kafka.replication_factor).await?;
-        let mut tail_config = base.clone();
-        tail_config.set("group.id", "onad-stream-tail-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+        let tail_config = tail_config(&base);
         Ok(Self {
             store,
             changelog: Some((cl, tokio::runtime::Handle::current())),
@@ -109,6 +110,7 @@ impl StoreHooks {
             every: config.checkpoint_every,
             tail_config,
             output_topics: [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()],
+            changelog_topic: config.kafka.changelog_topic.clone(),
             progress: Mutex::new(HashMap::new()),
         })
     }
@@ -124,9 +126,11 @@ impl StoreHooks {
         }
     }
 
-    /// The newest usable state of a partition: local snapshot, or the changelog's if newer.
-    fn restore(&self, topic: &str, partition: i32, committed: Option<i64>) -> Option<Models> {
+    /// The newest usable state of a partition: local snapshot, or the changelog's if newer
+    /// (only the changelog's when the local snapshots predate a replay: `stale`).
+    fn restore(&self, topic: &str, partition: i32, committed: Option<i64>, stale: bool) -> Option<Models> {
         let local = match self.store.restore::<KeyPipeline>(topic, partition, None) {
+            _ if stale => None,
             Ok(r) => {
                 for e in &r.rejected {
                     tracing::warn!(partition, cause = %e, "skipping unusable snapshot");
@@ -170,10 +174,11 @@ impl StoreHooks {
         best.map(|(offset, models)| Models { keys: models.into_iter().collect(), last_offset: (offset >= 0).then_some(offset), epoch: 0 })
     }
 
-    /// The partition's replay epoch and the highest source offset already in each output
-    /// topic for `partition` in that epoch (outputs of an earlier epoch were answers before
-    /// a replay, which asked for new ones).
-    fn emitted(&self, topic: &str, partition: i32) -> (u32, EmittedUpTo) {
+    /// The partition's replay epoch (the newest of this store's, the changelog's and the
+    /// outputs'), whether this store's snapshots predate it, and the highest source offset
+    /// already in each output topic for `partition` in that epoch (outputs of an earlier
+    /// epoch are answers from before a replay, which asked for new ones).
+    fn emitted(&self, topic: &str, partition: i32) -> (u32, bool, EmittedUpTo) {
         let local = match self.store.epoch(topic, partition) {
             Ok(e) => e,
             Err(e) => {
@@ -181,23 +186,27 @@ impl StoreHooks {
                 0
             }
         };
-        match read_tails(&self.tail_config, &self.output_topics, partition) {
+        match read_tails(&self.tail_config, &self.output_topics, &self.changelog_topic, partition) {
             Ok(tails) => {
-                let seen = tails.iter().filter_map(|t| t.keys().next_back().copied()).max().unwrap_or(0);
-                if seen > local {
-                    // Outputs of a newer epoch: the replay ran against another replica's
-                    // store (this one's snapshots may predate it). Answer in that epoch.
-                    tracing::warn!(partition, local, seen, "outputs carry a newer replay epoch than this store: run `replay` against every replica's state.path");
+                let epoch = local.max(tails.epoch());
+                let stale = epoch > local;
+                if stale {
+                    // The replay ran against another store: this one's snapshots predate it.
+                    // They go (a later restore must not pick one up), then the epoch is
+                    // recorded; a crash in between only repeats this.
+                    tracing::warn!(partition, local, epoch, "a replay raised the epoch elsewhere: this store's snapshots predate it and are dropped");
+                    if let Err(e) = self.store.delete_after(topic, partition, None).and_then(|_| self.store.set_epoch(topic, partition, epoch)) {
+                        tracing::error!(partition, cause = %e, "cannot drop the snapshots from before the replay");
+                    }
                 }
-                let epoch = local.max(seen);
-                let [scores, alerts, dead_letters] = tails.map(|t| t.get(&epoch).copied());
-                (epoch, EmittedUpTo { scores, alerts, dead_letters })
+                let [scores, alerts, dead_letters] = tails.outputs.map(|t| t.get(&epoch).copied());
+                (epoch, stale, EmittedUpTo { scores, alerts, dead_letters })
             }
             Err(e) => {
                 // Without it a restart may duplicate outputs (still recognisable by their
                 // source offset header): at-least-once, never loss.
                 tracing::warn!(partition, cause = %e, "cannot read the output tails; duplicates possible");
-                (local, EmittedUpTo::default())
+                (local, false, EmittedUpTo::default())
             }
         }
     }
@@ -231,14 +240,13 @@ impl StateHooks for StoreHooks {
     fn on_assign(&self, topic: &str, partition: i32, parked: Option<Models>, committed: Option<i64>) -> Resume {
         // Below the committed offset everything was delivered; from there on, what each
         // output topic already holds.
-        let (epoch, emitted) = self.emitted(topic, partition);
+        let (epoch, stale, emitted) = self.emitted(topic, partition);
         let emit_from = committed;
-        if let Some(mut models) = parked {
-            models.epoch = epoch;
+        if let Some(models) = parked.filter(|m| m.epoch == epoch) {
             self.set_progress(partition, models.last_offset);
             return Resume { models, start_at: None, emit_from, emitted };
         }
-        match self.restore(topic, partition, committed).map(|m| Models { epoch, ..m }) {
+        match self.restore(topic, partition, committed, stale).map(|m| Models { epoch, ..m }) {
             Some(models) => {
                 let start = models.last_offset.map_or(0, |s| s + 1);
                 tracing::info!(partition, snapshot = ?models.last_offset, keys = models.keys.len(), ?committed, ?emitted, "restored state");
@@ -312,12 +320,37 @@ impl StateHooks for StoreHooks {
 /// Highest source offset per replay epoch, in one output partition's tail.
 type TailOffsets = std::collections::BTreeMap<u32, i64>;
 
-/// Per topic of `topics`, the highest value of the source-offset header (for `partition`)
-/// per replay epoch (a missing epoch header is 0) at the end of its partition `partition`.
-fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], partition: i32) -> Result<[TailOffsets; N], String> {
+/// What the ends of a partition's output and changelog partitions say.
+#[derive(Debug, Default)]
+pub(crate) struct Tails {
+    /// Scores, alerts, dead letters: highest source offset per replay epoch.
+    pub outputs: [TailOffsets; 3],
+    /// The newest replay epoch record in the changelog's tail.
+    pub changelog_epoch: Option<u32>,
+}
+
+impl Tails {
+    /// The highest replay epoch in sight.
+    pub fn epoch(&self) -> u32 {
+        let outputs = self.outputs.iter().filter_map(|t| t.keys().next_back().copied()).max().unwrap_or(0);
+        outputs.max(self.changelog_epoch.unwrap_or(0))
+    }
+}
+
+/// Client settings of a tail reader.
+pub(crate) fn tail_config(base: &ClientConfig) -> ClientConfig {
+    let mut c = base.clone();
+    c.set("group.id", "onad-stream-tail-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+    c
+}
+
+/// Read the last records of partition `partition` of each of `outputs` (scores, alerts, dead
+/// letters: the source-offset header per replay epoch, a missing epoch header being 0) and of
+/// `changelog` (its replay epoch record).
+pub(crate) fn read_tails(config: &ClientConfig, outputs: &[String; 3], changelog: &str, partition: i32) -> Result<Tails, String> {
     let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    for t in topics {
+    for t in outputs.iter().map(String::as_str).chain([changelog]) {
         let (low, high) = consumer.fetch_watermarks(t, partition, Duration::from_secs(10)).map_err(|e| format!("{t}[{partition}] watermarks: {e}"))?;
         if high <= low {
             continue;
@@ -325,11 +358,12 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
         // High may be the first offset of the last batch + 1 (Tansu), so read on to the end.
         tpl.add_partition_offset(t, partition, Offset::Offset((high - TAIL_RECORDS).max(low))).map_err(|e| e.to_string())?;
     }
-    let mut highest: [TailOffsets; N] = std::array::from_fn(|_| TailOffsets::new());
+    let mut tails = Tails::default();
     if tpl.count() == 0 {
-        return Ok(highest);
+        return Ok(tails);
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let epoch_key = super::changelog::epoch_key(partition);
     let started = Instant::now();
     let mut last_record = Instant::now();
     while started.elapsed() < TAIL_TIMEOUT && last_record.elapsed() < TAIL_IDLE {
@@ -338,7 +372,17 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
             Some(Err(e)) => return Err(format!("reading output tails: {e}")),
             Some(Ok(m)) => {
                 last_record = Instant::now();
-                let Some(i) = topics.iter().position(|t| t == m.topic()) else { continue };
+                if m.topic() == changelog {
+                    if m.key() == Some(epoch_key.as_bytes()) {
+                        match m.payload().map(|v| codec::decode::<u32>(Kind::ReplayEpoch, v)) {
+                            Some(Ok(e)) => tails.changelog_epoch = Some(e),
+                            Some(Err(e)) => tracing::warn!(partition, cause = %e, "unreadable replay epoch record in the changelog"),
+                            None => {}
+                        }
+                    }
+                    continue;
+                }
+                let Some(i) = outputs.iter().position(|t| t == m.topic()) else { continue };
                 let Some(headers) = m.headers() else { continue };
                 let (mut p, mut o, mut epoch) = (None, None, 0);
                 for h in headers.iter() {
@@ -352,7 +396,7 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
                 }
                 if let (Some(p), Some(o)) = (p, o) {
                     if p == partition {
-                        let h = highest[i].entry(epoch).or_insert(o);
+                        let h = tails.outputs[i].entry(epoch).or_insert(o);
                         *h = (*h).max(o);
                     }
                 }
@@ -362,5 +406,5 @@ fn read_tails<const N: usize>(config: &ClientConfig, topics: &[String; N], parti
     if started.elapsed() >= TAIL_TIMEOUT {
         return Err(format!("output tails still moving after {TAIL_TIMEOUT:?} (another writer?)"));
     }
-    Ok(highest)
+    Ok(tails)
 }
