@@ -87,6 +87,8 @@ pub struct WorkerStats {
     pub state_failing: AtomicU64,
     /// Failed snapshot writes (each retry counts).
     pub state_write_failures: AtomicU64,
+    /// Times a paused partition saved its state again and carried on.
+    pub state_recoveries: AtomicU64,
     /// The last state failure's message, while one lasts (for `/health`).
     pub state_error: Mutex<Option<String>>,
 }

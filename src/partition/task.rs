@@ -155,6 +155,7 @@ impl PartitionTask {
             (Ok(()), None) => {}
             (Ok(()), Some(_)) => {
                 self.stalled = None;
+                stats.state_recoveries.fetch_add(1, Ordering::Relaxed);
                 if stats.state_failing.fetch_sub(1, Ordering::Relaxed) == 1 {
                     if let Ok(mut e) = stats.state_error.lock() {
                         *e = None;

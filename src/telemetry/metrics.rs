@@ -69,6 +69,12 @@ const EXPOSED: &[Exposed] = &[
         read: |s| &s.state_write_failures,
     },
     Exposed {
+        name: "onad_state_recoveries_total",
+        kind: "counter",
+        help: "Times a paused partition saved its state again and carried on.",
+        read: |s| &s.state_recoveries,
+    },
+    Exposed {
         name: "onad_assigned_partitions",
         kind: "gauge",
         help: "Input partitions this worker owns now.",
