@@ -65,15 +65,6 @@ fn readings(from: usize, to: usize) -> Vec<In> {
     v
 }
 
-/// Produce `records` and remember each one under its (partition, offset) in `inputs`.
-async fn produce_into(config: &Config, records: Vec<In>, inputs: &mut BTreeMap<(i32, i64), In>) {
-    let copies: Vec<In> = records.iter().map(|r| In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }).collect();
-    let positions = produce(config, records).await;
-    for (pos, rec) in positions.into_iter().zip(copies) {
-        assert!(inputs.insert(pos, rec).is_none(), "offset {pos:?} delivered twice by the test producer");
-    }
-}
-
 /// Read `scores` until it holds at least `n` records (bounded), failing with the worker's log.
 fn wait_scores(scores: &mut Collector, n: usize, worker: &ChildWorker) {
     let deadline = Instant::now() + WAIT;
@@ -81,24 +72,6 @@ fn wait_scores(scores: &mut Collector, n: usize, worker: &ChildWorker) {
         assert!(Instant::now() < deadline, "only {} of {n} scores after {WAIT:?}:\n{}", scores.seen.len(), strip_ansi(&worker.log()));
         scores.read_for(Duration::from_millis(200));
     }
-}
-
-/// The log without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The lines of `log` containing every one of `needles`.
@@ -185,7 +158,7 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     //    its last offset on the way out).
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     for w in 0..WAVES {
-        produce_into(&config, readings(w * FIRST / WAVES, (w + 1) * FIRST / WAVES), &mut inputs).await;
+        send(&config, &mut inputs, readings(w * FIRST / WAVES, (w + 1) * FIRST / WAVES)).await;
         wait_scores(&mut scores, inputs.len(), &worker);
     }
     let (status, log) = worker.terminate(Duration::from_secs(60));
@@ -228,7 +201,7 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
 
     // 3. Restart on the damaged store, then a second burst.
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    produce_into(&config, readings(FIRST, FIRST + SECOND), &mut inputs).await;
+    send(&config, &mut inputs, readings(FIRST, FIRST + SECOND)).await;
     let total = inputs.len();
     wait_scores(&mut scores, total, &worker);
     // A duplicate would arrive now.

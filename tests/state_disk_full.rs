@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use onad_stream::proto::ScoredReading;
-use prost::Message as _;
 
 const PARTITIONS: i32 = 2;
 const SENSORS: usize = 20;
@@ -30,13 +28,6 @@ fn readings(from: usize, to: usize) -> Vec<In> {
         }
     }
     v
-}
-
-async fn send(config: &onad_stream::config::Config, inputs: &mut BTreeMap<(i32, i64), In>, records: Vec<In>) {
-    let copies: Vec<In> = records.iter().map(|r| In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }).collect();
-    for (pos, rec) in produce(config, records).await.into_iter().zip(copies) {
-        inputs.insert(pos, rec);
-    }
 }
 
 /// Poll `/health` until its status is `want` (bounded); returns the body.
@@ -131,16 +122,5 @@ async fn a_full_disk_pauses_the_partitions_holds_offsets_reports_unhealthy_and_r
     let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
     assert!(dups.is_empty(), "duplicates: {dups:?}");
     assert_eq!(counts.len(), inputs.len(), "an input without its score");
-    let got: BTreeMap<(i32, i64), (u64, u64)> = scores
-        .seen
-        .iter()
-        .map(|o| {
-            let s = ScoredReading::decode(&o.payload[..]).expect("decodes");
-            ((o.source_partition.expect("header"), o.source_offset.expect("header")), (s.score.to_bits(), s.raw_score.to_bits()))
-        })
-        .collect();
-    for ((p, o), want) in reference(&config, &inputs) {
-        let (score, raw, _) = want.expect("valid reading");
-        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from the uninterrupted run");
-    }
+    assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "the uninterrupted run");
 }

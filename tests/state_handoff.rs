@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use onad_stream::proto::ScoredReading;
-use prost::Message as _;
 
 const PARTITIONS: i32 = 4;
 const TOML: &str = "checkpoint_interval = 200\n[state]\ncheckpoint_secs = 1\n";
@@ -30,13 +28,6 @@ fn readings(from: usize, to: usize) -> Vec<In> {
         }
     }
     v
-}
-
-async fn send(config: &onad_stream::config::Config, inputs: &mut BTreeMap<(i32, i64), In>, batch: Vec<In>) {
-    let copies: Vec<In> = batch.iter().map(|r| In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }).collect();
-    for (pos, rec) in produce(config, copies).await.into_iter().zip(batch) {
-        inputs.insert(pos, rec);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,16 +68,5 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     assert!(dups.is_empty(), "duplicates: {dups:?}");
     assert_eq!(by_source(&scores.seen).len(), inputs.len());
 
-    let got: BTreeMap<(i32, i64), (u64, u64)> = scores
-        .seen
-        .iter()
-        .map(|o| {
-            let s = ScoredReading::decode(&o.payload[..]).expect("decodes");
-            ((o.source_partition.expect("header"), o.source_offset.expect("header")), (s.score.to_bits(), s.raw_score.to_bits()))
-        })
-        .collect();
-    for ((p, o), want) in reference(&config, &inputs) {
-        let (score, raw, _) = want.expect("every input is a valid reading");
-        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from one uninterrupted pass (model reset or double-learned on handoff?)");
-    }
+    assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "one uninterrupted pass (model reset or double-learned on handoff?)");
 }

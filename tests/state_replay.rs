@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use onad_stream::proto::ScoredReading;
-use prost::Message as _;
 
 const PARTITIONS: i32 = 2;
 const TOML: &str = "checkpoint_interval = 300\n[state]\ncheckpoint_secs = 1\nsnapshot_history = 8\n";
@@ -33,37 +31,6 @@ fn readings(from: usize, to: usize) -> Vec<In> {
     v
 }
 
-fn copy(v: &[In]) -> Vec<In> {
-    v.iter().map(|r| In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }).collect()
-}
-
-fn scores_of(outs: &[Out]) -> BTreeMap<(i32, i64), (u64, u64)> {
-    outs.iter()
-        .map(|o| {
-            let s = ScoredReading::decode(&o.payload[..]).expect("decodes");
-            ((o.source_partition.expect("header"), o.source_offset.expect("header")), (s.score.to_bits(), s.raw_score.to_bits()))
-        })
-        .collect()
-}
-
-/// The log without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn wait_outputs(c: &mut Collector, n: usize, what: &str) {
     c.until(Duration::from_secs(120), what, |s| s.len() >= n);
 }
@@ -80,9 +47,7 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     // Two bursts of 600 per partition, so that a snapshot lands before the replay target.
     for (from, to) in [(0, 200), (200, 400)] {
         let batch = readings(from, to);
-        for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
-            inputs.insert(pos, rec);
-        }
+        send(&config, &mut inputs, batch).await;
         wait_outputs(&mut scores, inputs.len(), "the first run's scores");
     }
     let (status, log) = worker.terminate(Duration::from_secs(60));
@@ -104,9 +69,7 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     worker.wait_log("restored state", Duration::from_secs(60));
     let second = readings(400, 500);
-    for (pos, rec) in produce(&config, copy(&second)).await.into_iter().zip(second) {
-        inputs.insert(pos, rec);
-    }
+    send(&config, &mut inputs, second).await;
     wait_outputs(&mut scores, inputs.len(), "scores of the new readings");
     scores.read_for(Duration::from_secs(2));
     let (status, log) = worker.terminate(Duration::from_secs(60));
@@ -120,10 +83,7 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
 
     // Every score, old and new, equals one uninterrupted pass over the input.
     let got = scores_of(&scores.seen);
-    for ((p, o), want) in reference(&config, &inputs) {
-        let (score, raw, _) = want.expect("every input is a valid reading");
-        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} differs from the uninterrupted run");
-    }
+    assert_scores(&got, &reference(&config, &inputs), "the uninterrupted run");
 }
 
 /// Run `onad-stream replay` for the topics of `name` with `state` as its `state.path` and
@@ -187,9 +147,7 @@ async fn replay_reset(elsewhere: bool) {
     let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     let batch = readings(0, 3000);
-    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
-        inputs.insert(pos, rec);
-    }
+    send(&config, &mut inputs, batch).await;
     wait_outputs(&mut scores, inputs.len(), "the first run's scores");
     let (status, log) = worker.terminate(Duration::from_secs(60));
     assert!(status.success(), "{log}");
@@ -267,9 +225,7 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     let mut live_scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
     let live = ChildWorker::start_with_state(&name, PARTITIONS, TOML, live_state.path());
     let batch = readings(0, 200);
-    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
-        inputs.insert(pos, rec);
-    }
+    send(&config, &mut inputs, batch).await;
     wait_outputs(&mut live_scores, inputs.len(), "the live group's scores");
 
     // Naming the backfill group while keeping the live group's changelog and store: refused.
@@ -281,9 +237,7 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     assert!(ok, "backfill replay failed:\n{text}");
     let bf = ChildWorker::start_with_sets(&name, PARTITIONS, TOML, backfill_state.path(), &backfill);
     let batch = readings(200, 300);
-    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
-        inputs.insert(pos, rec);
-    }
+    send(&config, &mut inputs, batch).await;
     let mut bf_scores = Collector::new(&format!("{name}-bf-scores_topic"), PARTITIONS);
     bf_scores.until(Duration::from_secs(120), "the backfill's scores", |s| s.len() >= inputs.len());
     wait_outputs(&mut live_scores, inputs.len(), "the live group's scores of the new readings");
@@ -312,9 +266,7 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     let fresh_state = tempfile::tempdir().expect("another replica's state dir");
     let replica = ChildWorker::start_with_state(&name, PARTITIONS, TOML, fresh_state.path());
     let batch = readings(300, 350);
-    for (pos, rec) in produce(&config, copy(&batch)).await.into_iter().zip(batch) {
-        inputs.insert(pos, rec);
-    }
+    send(&config, &mut inputs, batch).await;
     wait_outputs(&mut live_scores, inputs.len(), "the new replica's scores");
     let (status, log) = replica.terminate(Duration::from_secs(60));
     assert!(status.success(), "replica:\n{log}");

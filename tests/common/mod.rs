@@ -78,6 +78,7 @@ pub fn reading(id: &str, ts: i64, values: &[(&str, f64)]) -> Vec<u8> {
 }
 
 /// One record to produce: key, value, partition.
+#[derive(Clone)]
 pub struct In {
     /// Record key.
     pub key: Option<Vec<u8>>,
@@ -498,4 +499,48 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
     }
     let c = consumer.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
     (0..partitions).map(|p| c.find_partition(topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1)).collect()
+}
+
+/// Produce `records` and remember each under its (partition, offset) in `inputs`.
+pub async fn send(config: &Config, inputs: &mut BTreeMap<(i32, i64), In>, records: Vec<In>) {
+    let positions = produce(config, records.clone()).await;
+    for (pos, rec) in positions.into_iter().zip(records) {
+        assert!(inputs.insert(pos, rec).is_none(), "offset {pos:?} delivered twice by the test producer");
+    }
+}
+
+/// (score bits, raw score bits) of every ScoredReading in `outs`, by source (partition, offset).
+pub fn scores_of(outs: &[Out]) -> BTreeMap<(i32, i64), (u64, u64)> {
+    outs.iter()
+        .map(|o| {
+            let s = ScoredReading::decode(&o.payload[..]).expect("score decodes");
+            ((o.source_partition.expect("source partition header"), o.source_offset.expect("source offset header")), (s.score.to_bits(), s.raw_score.to_bits()))
+        })
+        .collect()
+}
+
+/// Assert that every input of `expected` (all valid readings) has the expected score in `got`.
+pub fn assert_scores(got: &BTreeMap<(i32, i64), (u64, u64)>, expected: &Expected, what: &str) {
+    for ((p, o), want) in expected {
+        let (score, raw, _) = want.expect("every input is a valid reading");
+        assert_eq!(got.get(&(*p, *o)), Some(&(score, raw)), "score of {p}:{o} differs from {what}");
+    }
+}
+
+/// A log without terminal colour codes.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
