@@ -85,7 +85,8 @@ pub struct RawConfig {
     /// Score bounds in [0, 1].
     #[serde(default)]
     pub thresholds: Thresholds,
-    /// ONAD's `memory_limit_mb`: budget for all pipelines of this worker.
+    /// ONAD's `memory_limit_mb`: budget for all pipelines of this worker. Accepted and
+    /// checked, not enforced yet (no eviction or refusal of new sensors).
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
     /// ONAD's `checkpoint_interval`: readings per partition between snapshots.
