@@ -41,6 +41,7 @@ fn snapshot_inspect_lists_partitions_keys_and_dumps_a_model() {
     let store = StateStore::open(dir.path(), 4).expect("open");
     store.write_snapshot("plant-in", 1, 120, models.iter().map(|(k, m)| (k.as_str(), m))).expect("written");
     store.write_snapshot("plant-in", 1, 240, models.iter().map(|(k, m)| (k.as_str(), m))).expect("written");
+    store.set_epoch("plant-in", 1, 2).expect("epoch written");
     // The store stays open (locked), as with a running worker.
 
     let (ok, text) = inspect(dir.path(), &["--json"]);
@@ -48,6 +49,7 @@ fn snapshot_inspect_lists_partitions_keys_and_dumps_a_model() {
     let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert_eq!(rows.len(), 2, "{text}");
     assert_eq!((rows[0]["partition"].as_i64(), rows[0]["offset"].as_i64(), rows[0]["keys"].as_u64()), (Some(1), Some(240), Some(3)));
+    assert_eq!(rows[0]["replay_epoch"].as_u64(), Some(2), "{text}");
     assert!(rows[0]["bytes"].as_u64().unwrap_or(0) > 100);
 
     let (ok, text) = inspect(dir.path(), &["--partition", "1"]);

@@ -91,16 +91,22 @@ fn inspect(config: &crate::config::Config, a: &InspectArgs) -> anyhow::Result<()
 fn list_partitions(store: &StateStore, json: bool) -> anyhow::Result<()> {
     let partitions = store.partitions()?;
     if !json {
-        println!("{:<24} {:>9} {:>12} {:>8} {:>9} {:>12} {:>10}", "TOPIC", "PARTITION", "OFFSET", "AGE", "KEYS", "BYTES", "BYTES/KEY");
+        println!("{:<24} {:>9} {:>6} {:>12} {:>8} {:>9} {:>12} {:>10}", "TOPIC", "PARTITION", "EPOCH", "OFFSET", "AGE", "KEYS", "BYTES", "BYTES/KEY");
     }
     for (topic, partition) in partitions {
+        // The replay epoch (raised by `replay --state keep|reset`).
+        let epoch = store.epoch(&topic, partition)?;
         for entry in store.snapshots(&topic, partition)? {
             match entry {
-                Ok(s) if json => println!("{}", serde_json::json!({"topic": s.topic, "partition": s.partition, "offset": s.offset, "written_at_ms": s.written_at_ms, "age": age(&s), "keys": s.keys, "bytes": s.bytes})),
+                Ok(s) if json => println!(
+                    "{}",
+                    serde_json::json!({"topic": s.topic, "partition": s.partition, "replay_epoch": epoch, "offset": s.offset, "written_at_ms": s.written_at_ms, "age": age(&s), "keys": s.keys, "bytes": s.bytes})
+                ),
                 Ok(s) => println!(
-                    "{:<24} {:>9} {:>12} {:>8} {:>9} {:>12} {:>10}",
+                    "{:<24} {:>9} {:>6} {:>12} {:>8} {:>9} {:>12} {:>10}",
                     s.topic,
                     s.partition,
+                    epoch,
                     s.offset,
                     age(&s),
                     s.keys,
