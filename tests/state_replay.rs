@@ -326,3 +326,42 @@ async fn replay_to_a_timestamp_moves_every_partition_to_the_first_record_at_or_a
     assert!(by_source(&scores.seen).values().all(|n| *n == 1), "duplicates after the replay");
     assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "the uninterrupted run");
 }
+
+/// `--state keep` run on a machine whose store has no snapshot of the partition: the replay
+/// takes the group's models from the changelog (not fresh ones), relabels them at the target,
+/// and the worker, whose own snapshots predate the replay, re-learns and re-scores the span
+/// with them: exactly the scores of models that learned everything once and then the
+/// replayed span again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changelog_models() {
+    let name = unique("replay-keep");
+    let config = config(&name, PARTITIONS, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let elsewhere = tempfile::tempdir().expect("an empty store on another machine");
+    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
+    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
+    send(&config, &mut inputs, readings(0, 500)).await;
+    wait_outputs(&mut scores, inputs.len(), "the first run's scores");
+    let (status, log) = worker.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    let first_run = scores.seen.len();
+
+    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "keep", elsewhere.path());
+    assert!(text.contains("took the changelog's state at offset 1499") && text.contains("kept the models") && text.contains("replay epoch 1"), "{text}");
+    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
+    wait_outputs(&mut scores, first_run + 900, "new scores of the replayed span");
+    scores.read_for(Duration::from_secs(2));
+    let (status, log) = worker.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    assert!(strip_ansi(&log).contains("snapshots predate it"), "{log}");
+    let replayed = &scores.seen[first_run..];
+    assert_eq!(by_source(replayed).len(), 900, "one new score per replayed record:\n{log}");
+
+    // Partition 0 learned once, then the span 600.. again.
+    let partition0: Vec<((i32, i64), In)> = inputs.iter().filter(|((p, _), _)| *p == 0).map(|(k, r)| (*k, r.clone())).collect();
+    let twice: BTreeMap<(i32, i64), In> = partition0.iter().cloned().chain(partition0.iter().filter(|((_, o), _)| *o >= 600).map(|((p, o), r)| ((*p, o + 10_000), r.clone()))).collect();
+    let expected: Expected = reference(&config, &twice).into_iter().filter(|((_, o), _)| *o >= 10_000).map(|((p, o), v)| ((p, o - 10_000), v)).collect();
+    assert_scores(&scores_of(replayed), &expected, "models that learned everything once, then the span again");
+}

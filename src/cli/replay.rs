@@ -43,7 +43,7 @@ use super::ConfigArgs;
 use crate::config::Config;
 use crate::state::changelog::Changelog;
 use crate::state::hooks::{read_tails, tail_config};
-use crate::state::StateStore;
+use crate::state::{codec, KeyModel, Kind, StateStore};
 
 /// Broker round trips (metadata, group list, offsets for times, commit).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -186,6 +186,9 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         Some(cl)
     };
     for (&p, &o) in &targets {
+        if let (StateMode::Keep, Some(cl)) = (args.state, &changelog) {
+            seed_from_changelog(&store, cl, &topic, p).await?;
+        }
         let report = apply_state(&store, &topic, p, o, args.state)?;
         let published = match (&changelog, &report.models) {
             (Some(cl), Some(models)) => {
@@ -230,6 +233,24 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
     println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+/// `--state keep` on a store without a usable snapshot of partition `p` (the replay runs on
+/// another machine than the partition's last owner): copy the changelog's state into the
+/// store, so that the models kept are the group's, not fresh ones.
+async fn seed_from_changelog(store: &StateStore, cl: &Changelog, topic: &str, p: i32) -> anyhow::Result<()> {
+    if store.restore::<KeyModel>(topic, p, None)?.snapshot.is_some() {
+        return Ok(());
+    }
+    let st = cl.restore::<KeyModel>(p, BROKER_TIMEOUT).await.with_context(|| format!("partition {p}: reading the changelog"))?;
+    let Some(marker) = st.marker else { return Ok(()) };
+    if !st.is_usable() {
+        bail!("partition {p}: no snapshot in this store and the changelog's state is unusable ({}); use --state reset or rewind", st.rejected.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
+    }
+    let models = st.models.iter().map(|m| codec::encode(Kind::Model, &m.model).map(|v| (m.key.clone(), v)).map_err(|source| crate::state::StateError::Encode { partition: p, key: m.key.clone(), source }));
+    store.write_encoded(topic, p, marker, models)?;
+    println!("{topic}[{p}]: no snapshot in this store; took the changelog's state at offset {marker} ({} keys)", st.models.len());
     Ok(())
 }
 

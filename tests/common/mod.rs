@@ -244,32 +244,29 @@ impl Collector {
     pub fn read_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
         while let Some(left) = end.checked_duration_since(Instant::now()) {
-            match self.consumer.poll(left) {
-                Some(Ok(m)) => {
-                    let mut src_off = None;
-                    let mut src_part = None;
-                    let mut epoch = None;
-                    if let Some(h) = m.headers() {
-                        for hdr in h.iter() {
-                            let v = hdr.value.and_then(|v| std::str::from_utf8(v).ok());
-                            match hdr.key {
-                                "onad-source-offset" => src_off = v.and_then(|s| s.parse().ok()),
-                                "onad-source-partition" => src_part = v.and_then(|s| s.parse().ok()),
-                                "onad-replay-epoch" => epoch = v.and_then(|s| s.parse().ok()),
-                                _ => {}
-                            }
+            if let Some(Ok(m)) = self.consumer.poll(left) {
+                let mut src_off = None;
+                let mut src_part = None;
+                let mut epoch = None;
+                if let Some(h) = m.headers() {
+                    for hdr in h.iter() {
+                        let v = hdr.value.and_then(|v| std::str::from_utf8(v).ok());
+                        match hdr.key {
+                            "onad-source-offset" => src_off = v.and_then(|s| s.parse().ok()),
+                            "onad-source-partition" => src_part = v.and_then(|s| s.parse().ok()),
+                            "onad-replay-epoch" => epoch = v.and_then(|s| s.parse().ok()),
+                            _ => {}
                         }
                     }
-                    self.seen.push(Out {
-                        partition: m.partition(),
-                        key: m.key().unwrap_or_default().to_vec(),
-                        payload: m.payload().unwrap_or_default().to_vec(),
-                        source_offset: src_off,
-                        source_partition: src_part,
-                        epoch,
-                    });
                 }
-                Some(Err(_)) | None => {}
+                self.seen.push(Out {
+                    partition: m.partition(),
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    source_offset: src_off,
+                    source_partition: src_part,
+                    epoch,
+                });
             }
         }
     }
