@@ -8,7 +8,6 @@
 //! Deterministic transforms and KNN must match within 1e-6; randomized detectors must reach a
 //! prequential ROC-AUC within 0.01 of ONAD's, or better.
 
-use std::path::Path;
 
 use onad_stream::detect::transform::{
     IncrementalPca, IncrementalPcaParams, MinMaxScaler, MinMaxScalerParams, StandardScaler, StandardScalerParams,
@@ -19,10 +18,12 @@ use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-6;
 
+/// The fixture, compiled in: the binary does not depend on where the checkout was when it
+/// was built (the shared target dir outlives clones), and cargo rebuilds it when it changes.
+const FIXTURE: &str = include_str!("fixtures/onad_parity.json");
+
 fn fixture() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onad_parity.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("fixture is JSON")
+    serde_json::from_str(FIXTURE).expect("fixture is JSON")
 }
 
 fn case<'a>(fx: &'a Value, name: &str) -> &'a Value {
