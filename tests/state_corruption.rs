@@ -252,12 +252,7 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     assert_eq!(lines_with(&log, &from_start).len(), 1, "partition 3 replays from offset 0 ({from_start:?}):\n{log}");
 
     // 4c. Exactly one score per input offset, over both runs.
-    let counts = by_source(&scores.seen);
-    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
-    assert!(dups.is_empty(), "duplicated scores (source -> count), first ones: {dups:?}");
-    let missing: Vec<_> = inputs.keys().filter(|k| !counts.contains_key(k)).take(10).collect();
-    assert!(missing.is_empty(), "inputs without a score, first ones: {missing:?}");
-    assert_eq!(counts.len(), total, "scores for offsets that were never produced");
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
 
     // 4d. Every score equals one uninterrupted pass, bit for bit: the fallbacks rebuilt the
     //     exact state the damaged snapshots held.

@@ -64,9 +64,7 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     let (sa, la) = a.terminate(Duration::from_secs(60));
     assert!(sa.success(), "{la}");
 
-    let dups: Vec<_> = by_source(&scores.seen).into_iter().filter(|(_, n)| *n > 1).take(5).collect();
-    assert!(dups.is_empty(), "duplicates: {dups:?}");
-    assert_eq!(by_source(&scores.seen).len(), inputs.len());
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
 
     assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "one uninterrupted pass (model reset or double-learned on handoff?)");
 }

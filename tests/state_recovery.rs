@@ -115,11 +115,7 @@ async fn restart_after_kill_9_at_random_points_loses_nothing_duplicates_nothing_
     for (k, n) in by_source(&dead.seen) {
         *counts.entry(k).or_default() += n;
     }
-    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
-    assert!(dups.is_empty(), "duplicated outputs (source -> count), first ones: {dups:?}");
-    let missing: Vec<_> = inputs.keys().filter(|k| !counts.contains_key(k)).take(10).collect();
-    assert!(missing.is_empty(), "inputs without an output, first ones: {missing:?}");
-    assert_eq!(counts.len(), total, "outputs for offsets that were never produced");
+    assert_exactly_once(&counts, &inputs);
 
     // Every score equals the uninterrupted reference, bit for bit.
     let expected = reference(&config, &inputs);

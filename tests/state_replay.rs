@@ -54,15 +54,7 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     assert!(status.success(), "{log}");
 
     // Move the group back to offset 700 of each partition, rewinding the models.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
-    cmd.args(["replay", "--group", &config.kafka.group_id, "--to-offset", "0:700,1:700", "--state", "rewind"]);
-    for o in overrides(&name, PARTITIONS) {
-        cmd.arg("--set").arg(o);
-    }
-    cmd.arg("--set").arg(format!("state.path={:?}", state.path().display().to_string()));
-    let out = cmd.output().expect("run replay");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "replay failed:\n{text}");
+    let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:700,1:700", "--state", "rewind"], state.path());
     assert!(text.contains("rewound to snapshot"), "replay found a snapshot to rewind to:\n{text}");
 
     // Restart on the rewound state, then send new readings.
@@ -86,11 +78,11 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     assert_scores(&got, &reference(&config, &inputs), "the uninterrupted run");
 }
 
-/// Run `onad-stream replay` for the topics of `name` with `state` as its `state.path` and
-/// `sets` as further overrides: (success, output).
-fn try_replay(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path, sets: &[String]) -> (bool, String) {
+/// Run `onad-stream replay ARGS` for the topics of `name` with `state` as its `state.path`
+/// and `sets` as further overrides: (success, output).
+fn try_replay(name: &str, args: &[&str], state: &std::path::Path, sets: &[String]) -> (bool, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
-    cmd.args(["replay", "--group", group, "--to-offset", targets, "--state", mode]);
+    cmd.arg("replay").args(args);
     for o in overrides(name, PARTITIONS) {
         cmd.arg("--set").arg(o);
     }
@@ -103,16 +95,10 @@ fn try_replay(name: &str, group: &str, targets: &str, mode: &str, state: &std::p
 }
 
 /// As [`try_replay`] without extra overrides, asserting success.
-fn replay_cmd(name: &str, group: &str, targets: &str, mode: &str, state: &std::path::Path) -> String {
-    let (ok, text) = try_replay(name, group, targets, mode, state, &[]);
+fn replay_cmd(name: &str, args: &[&str], state: &std::path::Path) -> String {
+    let (ok, text) = try_replay(name, args, state, &[]);
     assert!(ok, "replay failed:\n{text}");
     text
-}
-
-/// The worker's `onad_records_consumed_total`.
-fn consumed(addr: &str) -> u64 {
-    let (_, text) = http_get(addr, "/metrics");
-    text.lines().find(|l| l.starts_with("onad_records_consumed_total{")).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Epoch of an output (its `onad-replay-epoch` header; absent = 0).
@@ -156,7 +142,7 @@ async fn replay_reset(elsewhere: bool) {
 
     // 9,000 per partition were scored; replay partition 0 from 600 with fresh models.
     let other = tempfile::tempdir().expect("another replica's state dir");
-    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "reset", if elsewhere { other.path() } else { state.path() });
+    let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "reset"], if elsewhere { other.path() } else { state.path() });
     assert!(text.contains("state reset") && text.contains("replay epoch 1"), "{text}");
     let replayed_span = 9_000 - 600;
     let addr = free_addr();
@@ -168,7 +154,7 @@ async fn replay_reset(elsewhere: bool) {
     // Kill it a quarter into the replay (its own counter: the outputs lag behind).
     worker.wait_log("serving /metrics and /health", Duration::from_secs(30));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while consumed(&addr) < (replayed_span / 4) as u64 {
+    while metric(&addr, "onad_records_consumed_total").unwrap_or(0) < (replayed_span / 4) as u64 {
         assert!(std::time::Instant::now() < deadline, "the worker did not get a quarter into the replay:\n{}", worker.log());
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -228,12 +214,13 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     send(&config, &mut inputs, batch).await;
     wait_outputs(&mut live_scores, inputs.len(), "the live group's scores");
 
+    let bf_group = format!("{name}-bf-group_id");
     // Naming the backfill group while keeping the live group's changelog and store: refused.
-    let (ok, text) = try_replay(&name, &format!("{name}-bf-group_id"), "0:0,1:0", "reset", backfill_state.path(), &[]);
+    let (ok, text) = try_replay(&name, &["--group", &bf_group, "--to-offset", "0:0,1:0", "--state", "reset"], backfill_state.path(), &[]);
     assert!(!ok && text.contains("is not kafka.group_id"), "replay of another group with this group's state must fail:\n{text}");
 
     // The backfill's replay, with the live worker running, then its worker.
-    let (ok, text) = try_replay(&name, &format!("{name}-bf-group_id"), "0:0,1:0", "reset", backfill_state.path(), &backfill);
+    let (ok, text) = try_replay(&name, &["--group", &bf_group, "--to-offset", "0:0,1:0", "--state", "reset"], backfill_state.path(), &backfill);
     assert!(ok, "backfill replay failed:\n{text}");
     let bf = ChildWorker::start_with_sets(&name, PARTITIONS, TOML, backfill_state.path(), &backfill);
     let batch = readings(200, 300);
@@ -302,15 +289,7 @@ async fn replay_to_a_timestamp_moves_every_partition_to_the_first_record_at_or_a
     assert!(status.success(), "{log}");
     let first_run = scores.seen.len();
 
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
-    cmd.args(["replay", "--to-timestamp", &t.to_string(), "--state", "rewind"]);
-    for o in overrides(&name, PARTITIONS) {
-        cmd.arg("--set").arg(o);
-    }
-    cmd.arg("--set").arg(format!("state.path={:?}", state.path().display().to_string()));
-    let out = cmd.output().expect("run replay");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "replay failed:\n{text}");
+    let text = replay_cmd(&name, &["--to-timestamp", &t.to_string(), "--state", "rewind"], state.path());
     let moved = committed(&config.kafka.group_id, &config.kafka.input_topic, PARTITIONS);
     assert_eq!(moved, before, "every partition starts at its first record produced after T:\n{text}");
 
@@ -348,7 +327,7 @@ async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changel
     assert!(status.success(), "{log}");
     let first_run = scores.seen.len();
 
-    let text = replay_cmd(&name, &config.kafka.group_id, "0:600", "keep", elsewhere.path());
+    let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "keep"], elsewhere.path());
     assert!(text.contains("took the changelog's state at offset 1499") && text.contains("kept the models") && text.contains("replay epoch 1"), "{text}");
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     wait_outputs(&mut scores, first_run + 900, "new scores of the replayed span");

@@ -129,15 +129,15 @@ impl StoreHooks {
     /// The newest usable state of a partition: local snapshot, or the changelog's if newer
     /// (only the changelog's when the local snapshots predate a replay: `stale`).
     fn restore(&self, topic: &str, partition: i32, committed: Option<i64>, stale: bool) -> Option<Models> {
-        let local = match self.store.restore::<KeyPipeline>(topic, partition, None) {
-            _ if stale => None,
-            Ok(r) => {
+        let local = match (!stale).then(|| self.store.restore::<KeyPipeline>(topic, partition, None)) {
+            None => None,
+            Some(Ok(r)) => {
                 for e in &r.rejected {
                     tracing::warn!(partition, cause = %e, "skipping unusable snapshot");
                 }
                 r.snapshot.map(|s| (s.info.offset, s.models))
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::error!(partition, cause = %e, "state store unreadable; trying the changelog");
                 None
             }

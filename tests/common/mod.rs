@@ -541,3 +541,19 @@ pub fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Assert that `counts` (outputs per source offset) has exactly one output for every input
+/// and none for anything else.
+pub fn assert_exactly_once(counts: &BTreeMap<(i32, i64), usize>, inputs: &BTreeMap<(i32, i64), In>) {
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(dups.is_empty(), "duplicated outputs (source -> count), first ones: {dups:?}");
+    let missing: Vec<_> = inputs.keys().filter(|k| !counts.contains_key(k)).take(10).collect();
+    assert!(missing.is_empty(), "inputs without an output, first ones: {missing:?}");
+    assert_eq!(counts.len(), inputs.len(), "outputs for offsets that were never produced");
+}
+
+/// The value of metric `name` on the `/metrics` endpoint at `addr`, if it is there.
+pub fn metric(addr: &str, name: &str) -> Option<u64> {
+    let (_, text) = http_get(addr, "/metrics");
+    text.lines().find(|l| l.starts_with(&format!("{name}{{"))).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
