@@ -58,11 +58,7 @@ fn aucs(scores: &[f64], stream: &LabelledStream) -> Option<(f64, f64)> {
 }
 
 fn run_model(model: &str, streams: &[LabelledStream]) -> Result<Row, String> {
-    let steps = if SCALED.contains(&model) {
-        vec![StepSpec { kind: "scaler".into(), params: Params::new() }]
-    } else {
-        Vec::new()
-    };
+    let steps = if SCALED.contains(&model) { vec![StepSpec { kind: "scaler".into(), params: Params::new() }] } else { Vec::new() };
     let name = if steps.is_empty() { model.to_string() } else { format!("scaler \\| {model}") };
     let spec = PipelineSpec {
         model_type: model.to_string(),

@@ -47,7 +47,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn dir_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path).map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
+    std::fs::read_dir(path)
+        .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -62,7 +64,8 @@ fn main() {
         let mut bytes = 0;
         for round in 0..ROUNDS {
             let t = Instant::now();
-            let info = store.write_snapshot("bench", 0, (round as i64 + 1) * 1000, m.iter().map(|(k, p)| (k.as_str(), p))).expect("written");
+            let info =
+                store.write_snapshot("bench", 0, (round as i64 + 1) * 1000, m.iter().map(|(k, p)| (k.as_str(), p))).expect("written");
             writes.push(t.elapsed());
             bytes = info.bytes;
         }

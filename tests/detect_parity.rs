@@ -8,11 +8,10 @@
 //! Deterministic transforms and KNN must match within 1e-6; randomized detectors must reach a
 //! prequential ROC-AUC within 0.01 of ONAD's, or better.
 
-
+use onad_stream::detect::metrics::roc_auc;
 use onad_stream::detect::transform::{
     IncrementalPca, IncrementalPcaParams, MinMaxScaler, MinMaxScalerParams, StandardScaler, StandardScalerParams,
 };
-use onad_stream::detect::metrics::roc_auc;
 use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec, Thresholds, Transformer};
 use serde_json::Value;
 
@@ -72,11 +71,7 @@ fn stream(desc: &Value) -> (Vec<Vec<f64>>, Vec<bool>) {
             (rows, vec![false; n])
         }
         "latent" => {
-            let loadings = [
-                [0.5, 0.5, 0.5, 0.5, 0.0, 0.0],
-                [0.5, -0.5, 0.0, 0.0, 0.5, -0.5],
-                [0.0, 0.0, 0.5, -0.5, 0.5, 0.5],
-            ];
+            let loadings = [[0.5, 0.5, 0.5, 0.5, 0.0, 0.0], [0.5, -0.5, 0.0, 0.0, 0.5, -0.5], [0.0, 0.0, 0.5, -0.5, 0.5, 0.5]];
             let scales = [3.0, 2.0, 1.0];
             let rows = (0..n)
                 .map(|_| {

@@ -51,7 +51,12 @@ fn stderr(o: &Output) -> String {
 fn summary_value(stderr: &str, line_suffix: &str, metric: &str) -> f64 {
     let line = stderr.lines().find(|l| l.ends_with(line_suffix)).unwrap_or_else(|| panic!("no `{line_suffix}` line in:\n{stderr}"));
     let after = line.split(metric).nth(1).unwrap_or_else(|| panic!("no {metric} in `{line}`"));
-    after.trim_start_matches(':').split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad {metric} in `{line}`"))
+    after
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("bad {metric} in `{line}`"))
 }
 
 #[test]
@@ -77,11 +82,8 @@ fn csv_with_key_and_label_scores_every_row_per_sensor_and_reports_auc() {
     ]);
     let err = stderr(&o);
     assert!(o.status.success(), "score failed:\n{err}");
-    let lines: Vec<Value> = std::fs::read_to_string(&out_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each output line is JSON"))
-        .collect();
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).expect("each output line is JSON")).collect();
     assert_eq!(lines.len(), 4000, "one score line per row");
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["row"], i + 1);

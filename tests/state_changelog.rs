@@ -112,8 +112,10 @@ async fn replace_rewrites_the_partition_state_and_deletes_other_keys() {
 
     // Rewind to a state with only 2 keys at offset 200.
     let older = models(2, 10);
-    let encoded: Vec<(String, Vec<u8>)> =
-        older.iter().map(|(k, p)| (k.clone(), onad_stream::state::codec::encode(onad_stream::state::Kind::Model, p).expect("encodes"))).collect();
+    let encoded: Vec<(String, Vec<u8>)> = older
+        .iter()
+        .map(|(k, p)| (k.clone(), onad_stream::state::codec::encode(onad_stream::state::Kind::Model, p).expect("encodes")))
+        .collect();
     cl.replace(0, 200, encoded, WAIT).await.expect("replaced");
     let st = cl.restore::<Pipeline>(0, WAIT).await.expect("restored");
     assert!(st.is_usable(), "{:?}", st.rejected);

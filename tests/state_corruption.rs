@@ -57,7 +57,11 @@ fn readings(from: usize, to: usize) -> Vec<In> {
             let spike = if (j + i) % 97 == 0 { 8.0 } else { 0.0 };
             v.push(In {
                 key: Some(id.clone().into_bytes()),
-                value: reading(&id, j as i64, &[("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)]),
+                value: reading(
+                    &id,
+                    j as i64,
+                    &[("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)],
+                ),
                 partition: (i as i32) % PARTITIONS,
             });
         }
@@ -123,7 +127,10 @@ fn damage(db: &rocksdb::DB, topic: &str, partition: i32, offset: i64, key: &str,
     let models = db.cf_handle("models").expect("models column family");
     let mut k = snapshot_key(topic, partition, offset);
     k.extend_from_slice(key.as_bytes());
-    let mut value = db.get_cf(models, &k).expect("read model").unwrap_or_else(|| panic!("no model of {key:?} in snapshot {offset} of partition {partition}"));
+    let mut value = db
+        .get_cf(models, &k)
+        .expect("read model")
+        .unwrap_or_else(|| panic!("no model of {key:?} in snapshot {offset} of partition {partition}"));
     match how {
         Damage::FlipBit => {
             let mid = value.len() / 2;
@@ -140,7 +147,10 @@ fn damage(db: &rocksdb::DB, topic: &str, partition: i32, offset: i64, key: &str,
 async fn spoil_changelog(config: &Config, partition: i32, key: &str) {
     let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("changelog producer");
     let record_key = format!("{partition}/{key}");
-    let rec = FutureRecord::<str, [u8]>::to(&config.kafka.changelog_topic).partition(partition).key(record_key.as_str()).payload(b"not an envelope");
+    let rec = FutureRecord::<str, [u8]>::to(&config.kafka.changelog_topic)
+        .partition(partition)
+        .key(record_key.as_str())
+        .payload(b"not an envelope");
     producer.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("garbage changelog record delivered");
 }
 
@@ -167,9 +177,18 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     let before = snapshots(state.path(), &topic);
     for (p, snaps) in before.iter().enumerate() {
         let last = inputs.keys().filter(|(q, _)| *q == p as i32).map(|(_, o)| *o).max().expect("inputs on every partition");
-        assert_eq!(snaps.len(), 3, "partition {p} keeps a full history of 3 snapshots: {:?}", snaps.iter().map(|(i, _)| i.offset).collect::<Vec<_>>());
+        assert_eq!(
+            snaps.len(),
+            3,
+            "partition {p} keeps a full history of 3 snapshots: {:?}",
+            snaps.iter().map(|(i, _)| i.offset).collect::<Vec<_>>()
+        );
         assert_eq!(snaps[0].0.offset, last, "partition {p}: the newest snapshot is the one at shutdown");
-        assert!(snaps.iter().all(|(_, keys)| keys.len() == SENSORS / PARTITIONS as usize), "partition {p}: every snapshot holds its {} sensors", SENSORS / PARTITIONS as usize);
+        assert!(
+            snaps.iter().all(|(_, keys)| keys.len() == SENSORS / PARTITIONS as usize),
+            "partition {p}: every snapshot holds its {} sensors",
+            SENSORS / PARTITIONS as usize
+        );
     }
 
     // 2. Damage, with the worker stopped. The key in the middle of each partition's key order.
@@ -212,7 +231,13 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
 
     // 4a. Each damaged snapshot is reported with its partition, offset, key and cause.
     let reported = |p: i32, offset: i64, key: &str, cause: &str| {
-        let needles = ["skipping unusable snapshot", &format!("partition={p}"), &format!("{topic}[{p}] at offset {offset}"), &format!("key {key:?}"), cause];
+        let needles = [
+            "skipping unusable snapshot",
+            &format!("partition={p}"),
+            &format!("{topic}[{p}] at offset {offset}"),
+            &format!("key {key:?}"),
+            cause,
+        ];
         assert_eq!(lines_with(&log, &needles).len(), 1, "one report of snapshot {offset} of partition {p} ({needles:?}):\n{log}");
     };
     reported(0, before[0][0].0.offset, &victim(0), "checksum mismatch");
@@ -227,14 +252,16 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     // 4b. The fallbacks taken: the changelog for 0 and 2, the older snapshot for 1 (its
     //     changelog record is reported), a rebuild from the input for 3.
     let restored_from_changelog = |p: i32, local: &str| {
-        let needles = ["restoring from the changelog", &format!("partition={p}"), &format!("offset={}", before[p as usize][0].0.offset), local];
+        let needles =
+            ["restoring from the changelog", &format!("partition={p}"), &format!("offset={}", before[p as usize][0].0.offset), local];
         assert_eq!(lines_with(&log, &needles).len(), 1, "partition {p} restored from the changelog ({needles:?}):\n{log}");
     };
     restored_from_changelog(0, &format!("local_offset=Some({})", before[0][1].0.offset));
     restored_from_changelog(2, "local_offset=None");
     assert_eq!(lines_with(&log, &["restoring from the changelog"]).len(), 2, "only partitions 0 and 2 used the changelog:\n{log}");
     for p in [1, 3] {
-        let spoiled = lines_with(&log, &["changelog record unusable", &format!("partition={p}"), &format!("key \"{p}/{}\"", victim(p as usize))]);
+        let spoiled =
+            lines_with(&log, &["changelog record unusable", &format!("partition={p}"), &format!("key \"{p}/{}\"", victim(p as usize))]);
         assert_eq!(spoiled.len(), 1, "the spoiled changelog record of partition {p} is reported:\n{log}");
     }
     let restored_at = |p: i32, offset: i64| {
@@ -244,8 +271,17 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     restored_at(0, before[0][0].0.offset);
     restored_at(1, before[1][1].0.offset);
     restored_at(2, before[2][0].0.offset);
-    let replayed = ["partition assigned", "partition=1", &format!("committed=Some({})", before[1][0].0.offset + 1), &format!("start_at=Some({})", before[1][1].0.offset + 1)];
-    assert_eq!(lines_with(&log, &replayed).len(), 1, "partition 1 replays from its older snapshot up to the committed offset ({replayed:?}):\n{log}");
+    let replayed = [
+        "partition assigned",
+        "partition=1",
+        &format!("committed=Some({})", before[1][0].0.offset + 1),
+        &format!("start_at=Some({})", before[1][1].0.offset + 1),
+    ];
+    assert_eq!(
+        lines_with(&log, &replayed).len(),
+        1,
+        "partition 1 replays from its older snapshot up to the committed offset ({replayed:?}):\n{log}"
+    );
     let rebuilt = lines_with(&log, &["rebuilding the models from the start"]);
     assert!(rebuilt.len() == 1 && rebuilt[0].contains("partition=3"), "partition 3, and only it, rebuilds from the input:\n{log}");
     let from_start = ["partition assigned", "partition=3", &format!("committed=Some({})", before[3][0].0.offset + 1), "start_at=Some(0)"];

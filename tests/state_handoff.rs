@@ -66,5 +66,9 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
 
     assert_exactly_once(&by_source(&scores.seen), &inputs);
 
-    assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "one uninterrupted pass (model reset or double-learned on handoff?)");
+    assert_scores(
+        &scores_of(&scores.seen),
+        &reference(&config, &inputs),
+        "one uninterrupted pass (model reset or double-learned on handoff?)",
+    );
 }

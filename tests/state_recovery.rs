@@ -44,7 +44,11 @@ fn burst(b: usize) -> Vec<In> {
             let spike = if (j + i) % 97 == 0 { 8.0 } else { 0.0 };
             v.push(In {
                 key: Some(id.clone().into_bytes()),
-                value: reading(&id, j as i64, &[("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)]),
+                value: reading(
+                    &id,
+                    j as i64,
+                    &[("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)],
+                ),
                 partition: (i as i32) % PARTITIONS,
             });
         }
@@ -99,7 +103,12 @@ async fn restart_after_kill_9_at_random_points_loses_nothing_duplicates_nothing_
     let want = |s: &[Out], d: &[Out]| s.len() + d.len() >= total;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !want(&scores.seen, &dead.seen) {
-        assert!(std::time::Instant::now() < deadline, "only {} of {total} outputs after 120 s:\n{}", scores.seen.len() + dead.seen.len(), worker.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {total} outputs after 120 s:\n{}",
+            scores.seen.len() + dead.seen.len(),
+            worker.log()
+        );
         scores.read_for(Duration::from_millis(200));
         dead.read_for(Duration::from_millis(50));
     }

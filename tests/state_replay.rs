@@ -67,7 +67,10 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     let (status, log) = worker.terminate(Duration::from_secs(60));
     assert!(status.success(), "{log}");
     let plain = strip_ansi(&log);
-    assert!(plain.contains("committed=Some(700) start_at=Some(600)"), "the worker resumed after its snapshot 599, not at the committed 700:\n{plain}");
+    assert!(
+        plain.contains("committed=Some(700) start_at=Some(600)"),
+        "the worker resumed after its snapshot 599, not at the committed 700:\n{plain}"
+    );
 
     // No offset was emitted twice (the replayed span was already in the scores topic).
     let dups: Vec<_> = by_source(&scores.seen).into_iter().filter(|(_, n)| *n > 1).take(5).collect();
@@ -142,7 +145,11 @@ async fn replay_reset(elsewhere: bool) {
 
     // 9,000 per partition were scored; replay partition 0 from 600 with fresh models.
     let other = tempfile::tempdir().expect("another replica's state dir");
-    let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "reset"], if elsewhere { other.path() } else { state.path() });
+    let text = replay_cmd(
+        &name,
+        &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "reset"],
+        if elsewhere { other.path() } else { state.path() },
+    );
     assert!(text.contains("state reset") && text.contains("replay epoch 1"), "{text}");
     let replayed_span = 9_000 - 600;
     let addr = free_addr();
@@ -179,7 +186,11 @@ async fn replay_reset(elsewhere: bool) {
     assert_eq!(again.len(), replayed_span, "one new score per replayed record");
 
     // They are the scores of fresh models fed partition 0 from offset 600 ...
-    let fresh: BTreeMap<(i32, i64), In> = inputs.iter().filter(|((p, o), _)| *p == 0 && *o >= 600).map(|(k, r)| (*k, In { key: r.key.clone(), value: r.value.clone(), partition: r.partition })).collect();
+    let fresh: BTreeMap<(i32, i64), In> = inputs
+        .iter()
+        .filter(|((p, o), _)| *p == 0 && *o >= 600)
+        .map(|(k, r)| (*k, In { key: r.key.clone(), value: r.value.clone(), partition: r.partition }))
+        .collect();
     let got = scores_of(replayed);
     for ((p, o), want) in reference(&config, &fresh) {
         let (score, raw, _) = want.expect("valid reading");
@@ -220,7 +231,8 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     assert!(!ok && text.contains("is not kafka.group_id"), "replay of another group with this group's state must fail:\n{text}");
 
     // The backfill's replay, with the live worker running, then its worker.
-    let (ok, text) = try_replay(&name, &["--group", &bf_group, "--to-offset", "0:0,1:0", "--state", "reset"], backfill_state.path(), &backfill);
+    let (ok, text) =
+        try_replay(&name, &["--group", &bf_group, "--to-offset", "0:0,1:0", "--state", "reset"], backfill_state.path(), &backfill);
     assert!(ok, "backfill replay failed:\n{text}");
     let bf = ChildWorker::start_with_sets(&name, PARTITIONS, TOML, backfill_state.path(), &backfill);
     let batch = readings(200, 300);
@@ -261,7 +273,11 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     let got = scores_of(&live_scores.seen);
     for ((p, o), want) in reference(&config, &inputs) {
         let (score, raw, _) = want.expect("valid reading");
-        assert_eq!(got.get(&(p, o)), Some(&(score, raw)), "score of {p}:{o} after the handover differs (live models reset by the backfill?)");
+        assert_eq!(
+            got.get(&(p, o)),
+            Some(&(score, raw)),
+            "score of {p}:{o} after the handover differs (live models reset by the backfill?)"
+        );
     }
 }
 
@@ -328,7 +344,10 @@ async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changel
     let first_run = scores.seen.len();
 
     let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "keep"], elsewhere.path());
-    assert!(text.contains("took the changelog's state at offset 1499") && text.contains("kept the models") && text.contains("replay epoch 1"), "{text}");
+    assert!(
+        text.contains("took the changelog's state at offset 1499") && text.contains("kept the models") && text.contains("replay epoch 1"),
+        "{text}"
+    );
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     wait_outputs(&mut scores, first_run + 900, "new scores of the replayed span");
     scores.read_for(Duration::from_secs(2));
@@ -340,7 +359,12 @@ async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changel
 
     // Partition 0 learned once, then the span 600.. again.
     let partition0: Vec<((i32, i64), In)> = inputs.iter().filter(|((p, _), _)| *p == 0).map(|(k, r)| (*k, r.clone())).collect();
-    let twice: BTreeMap<(i32, i64), In> = partition0.iter().cloned().chain(partition0.iter().filter(|((_, o), _)| *o >= 600).map(|((p, o), r)| ((*p, o + 10_000), r.clone()))).collect();
-    let expected: Expected = reference(&config, &twice).into_iter().filter(|((_, o), _)| *o >= 10_000).map(|((p, o), v)| ((p, o - 10_000), v)).collect();
+    let twice: BTreeMap<(i32, i64), In> = partition0
+        .iter()
+        .cloned()
+        .chain(partition0.iter().filter(|((_, o), _)| *o >= 600).map(|((p, o), r)| ((*p, o + 10_000), r.clone())))
+        .collect();
+    let expected: Expected =
+        reference(&config, &twice).into_iter().filter(|((_, o), _)| *o >= 10_000).map(|((p, o), v)| ((p, o - 10_000), v)).collect();
     assert_scores(&scores_of(replayed), &expected, "models that learned everything once, then the span again");
 }

@@ -21,7 +21,6 @@ use onad_stream::proto::{AnomalyAlert, DeadLetter, ErrorKind, ScoredReading, Sen
 const BIN: &str = env!("CARGO_BIN_EXE_onad-stream");
 const WAIT: Duration = Duration::from_secs(30);
 
-
 fn create_topic(partitions: i32) -> String {
     let name = unique("tools");
     let admin: AdminClient<DefaultClientContext> =
@@ -190,7 +189,10 @@ fn tail_prints_scores_alerts_and_dead_letters_as_json_lines() {
 
     let (out, _) = run(&[&["tail", "--topic", &alerts, "--type", "alert", "--count", "1"][..], &timeout].concat());
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((v["alert_id"].as_str(), v["severity"].as_str(), v["score"].as_f64()), (Some("in/0/3"), Some("SEVERITY_CRITICAL"), Some(0.97)));
+    assert_eq!(
+        (v["alert_id"].as_str(), v["severity"].as_str(), v["score"].as_f64()),
+        (Some("in/0/3"), Some("SEVERITY_CRITICAL"), Some(0.97))
+    );
 
     // The configured aliases work too: `dead-letters` means kafka.dead_letter_topic.
     let set = format!("kafka.dead_letter_topic={dead}");

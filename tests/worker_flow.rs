@@ -22,8 +22,7 @@ async fn every_reading_yields_exactly_one_score_and_spikes_raise_alerts() {
     let keys: Vec<Vec<u8>> = records.iter().map(|r| r.key.clone().unwrap_or_default()).collect();
     let spikes: Vec<bool> = (0..records.len()).map(|i| i / sensors == spike).collect();
     let positions = produce(&config, records).await;
-    let expected: BTreeMap<(i32, i64), (Vec<u8>, bool)> =
-        positions.iter().zip(keys).zip(spikes).map(|((p, k), s)| (*p, (k, s))).collect();
+    let expected: BTreeMap<(i32, i64), (Vec<u8>, bool)> = positions.iter().zip(keys).zip(spikes).map(|((p, k), s)| (*p, (k, s))).collect();
 
     let worker = RunningWorker::start(config.clone());
     let mut scores = Collector::new(&config.kafka.scores_topic, 4);
@@ -35,7 +34,11 @@ async fn every_reading_yields_exactly_one_score_and_spikes_raise_alerts() {
     });
     let counts = by_source(&scores.seen);
     assert_eq!(scores.seen.len(), n, "more scores than readings: duplicates");
-    assert_eq!(counts.keys().copied().collect::<Vec<_>>(), expected.keys().copied().collect::<Vec<_>>(), "scores do not answer exactly the produced offsets");
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        expected.keys().copied().collect::<Vec<_>>(),
+        "scores do not answer exactly the produced offsets"
+    );
     for out in &scores.seen {
         let s = ScoredReading::decode(&out.payload[..]).expect("scores topic holds ScoredReadings");
         let src = s.source.expect("score has a source position");
@@ -137,9 +140,20 @@ struct ResumeAt {
 
 impl onad_stream::partition::StateHooks for ResumeAt {
     fn on_assign(&self, _: &str, _: i32, _: Option<onad_stream::partition::Models>, _: Option<i64>) -> onad_stream::partition::Resume {
-        onad_stream::partition::Resume { models: Default::default(), start_at: Some(self.start_at), emit_from: Some(self.emit_from), emitted: Default::default() }
+        onad_stream::partition::Resume {
+            models: Default::default(),
+            start_at: Some(self.start_at),
+            emit_from: Some(self.emit_from),
+            emitted: Default::default(),
+        }
     }
-    fn after_batch(&self, _: &str, _: i32, m: &onad_stream::partition::Models, _: Option<i64>) -> Result<(), onad_stream::partition::StateFailure> {
+    fn after_batch(
+        &self,
+        _: &str,
+        _: i32,
+        m: &onad_stream::partition::Models,
+        _: Option<i64>,
+    ) -> Result<(), onad_stream::partition::StateFailure> {
         *self.last_seen.lock().unwrap() = m.last_offset;
         Ok(())
     }
@@ -170,7 +184,11 @@ async fn state_hooks_choose_the_start_offset_and_suppress_replayed_outputs() {
     assert_eq!(*hooks.last_seen.lock().unwrap(), Some(19), "after_batch sees the state through the last record");
     let _ = tx.send(());
     let summary = handle.await.expect("worker task").expect("worker run");
-    assert_eq!((summary.consumed, stats.replayed.load(std::sync::atomic::Ordering::Relaxed)), (15, 7), "read from start_at; 5..12 replayed silently");
+    assert_eq!(
+        (summary.consumed, stats.replayed.load(std::sync::atomic::Ordering::Relaxed)),
+        (15, 7),
+        "read from start_at; 5..12 replayed silently"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +196,9 @@ async fn worker_refuses_an_output_topic_with_fewer_partitions_than_the_input() {
     let name = unique("narrow");
     let config = config(&name, 4, &[]);
     let admin = onad_stream::kafka::admin::client(&config.kafka).expect("admin client");
-    onad_stream::kafka::admin::create(&admin, &config.kafka, &[(config.kafka.alerts_topic.as_str(), 2)]).await.expect("create alerts topic");
+    onad_stream::kafka::admin::create(&admin, &config.kafka, &[(config.kafka.alerts_topic.as_str(), 2)])
+        .await
+        .expect("create alerts topic");
     // Creates the input; refuses the narrow alerts topic just as the worker will.
     assert!(try_create_topics(&config).await.is_err());
     let err = tokio::time::timeout(WAIT, onad_stream::run(config.clone(), std::future::pending()))

@@ -83,12 +83,18 @@ async fn graceful_shutdown_commits_so_a_restarted_worker_does_not_reemit() {
     let b = RunningWorker::start(config.clone());
     let want: BTreeSet<(i32, i64)> = first.iter().chain(&second).copied().collect();
     tokio::task::block_in_place(|| {
-        scores.until(WAIT, "scores of the readings produced after the restart", |s| want.is_subset(&by_source(s).keys().copied().collect()));
+        scores
+            .until(WAIT, "scores of the readings produced after the restart", |s| want.is_subset(&by_source(s).keys().copied().collect()));
         scores.read_for(Duration::from_secs(1));
     });
     let counts = by_source(&scores.seen);
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(k, _)| *k).collect();
-    assert!(repeated.is_empty(), "the restarted worker re-emitted {} committed readings, e.g. {:?}", repeated.len(), &repeated[..repeated.len().min(5)]);
+    assert!(
+        repeated.is_empty(),
+        "the restarted worker re-emitted {} committed readings, e.g. {:?}",
+        repeated.len(),
+        &repeated[..repeated.len().min(5)]
+    );
     assert_eq!(counts.len(), want.len());
     let summary = b.stop().await;
     assert_eq!(summary.consumed, second.len() as u64, "the restarted worker read only what was not committed");

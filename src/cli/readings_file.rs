@@ -78,16 +78,7 @@ impl ReadingsFile {
                 None => ts = DEFAULT_TIMESTAMP_COLUMNS.iter().find(|c| header.iter().any(|h| h == *c)).map(|c| (*c).to_string()),
             }
         }
-        Ok(Self {
-            name,
-            format,
-            lines,
-            line_no,
-            header,
-            key: key.to_string(),
-            timestamp_required: timestamp.is_some(),
-            timestamp: ts,
-        })
+        Ok(Self { name, format, lines, line_no, header, key: key.to_string(), timestamp_required: timestamp.is_some(), timestamp: ts })
     }
 
     /// The next reading; `None` at the end of the file. Blank lines are skipped. Errors name
@@ -136,8 +127,7 @@ impl ReadingsFile {
     }
 
     fn parse_json(&self, line: &str) -> anyhow::Result<SensorReading> {
-        let obj: BTreeMap<String, serde_json::Value> =
-            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not a JSON object: {e}"))?;
+        let obj: BTreeMap<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("not a JSON object: {e}"))?;
         let mut r = SensorReading { source: "onad-stream-produce".into(), ..Default::default() };
         let mut has_key = false;
         let mut has_ts = false;
@@ -339,7 +329,8 @@ mod tests {
     fn json_lines_become_readings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.jsonl");
-        std::fs::write(&path, "{\"id\": 7, \"ts\": \"1970-01-01T00:00:01Z\", \"x\": 1.5, \"unit\": \"a\", \"y\": null}\n{\"x\": 2}\n").unwrap();
+        std::fs::write(&path, "{\"id\": 7, \"ts\": \"1970-01-01T00:00:01Z\", \"x\": 1.5, \"unit\": \"a\", \"y\": null}\n{\"x\": 2}\n")
+            .unwrap();
         let mut f = ReadingsFile::open(&path, FileFormat::JsonLines, "id", Some("ts")).unwrap();
         let a = f.next_reading().unwrap().unwrap();
         assert_eq!((a.sensor_id.as_str(), a.timestamp_ms, a.values.len()), ("7", 1000, 1));

@@ -70,7 +70,14 @@ pub struct ReplayArgs {
     pub group: Option<String>,
     /// Target as PARTITION:OFFSET, the next offset to read (repeatable; other partitions
     /// are left alone).
-    #[arg(long = "to-offset", value_name = "P:O", env = "ONAD_REPLAY_TO_OFFSET", value_delimiter = ',', conflicts_with = "to_timestamp", required_unless_present = "to_timestamp")]
+    #[arg(
+        long = "to-offset",
+        value_name = "P:O",
+        env = "ONAD_REPLAY_TO_OFFSET",
+        value_delimiter = ',',
+        conflicts_with = "to_timestamp",
+        required_unless_present = "to_timestamp"
+    )]
     pub to_offset: Vec<String>,
     /// Target as a time (ms since the epoch), for every partition: the first record at or
     /// after it. On Tansu this is the broker's append time, not the record's CreateTime.
@@ -134,7 +141,10 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         Ok(list) => {
             if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
                 if !g.members().is_empty() {
-                    bail!("group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)", g.members().len());
+                    bail!(
+                        "group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)",
+                        g.members().len()
+                    );
                 }
             }
         }
@@ -142,7 +152,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     }
 
     let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT).context("fetching topic metadata")?;
-    let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let partitions: Vec<i32> =
+        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     if partitions.is_empty() {
         bail!("input topic {topic:?} not found");
     }
@@ -176,7 +187,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     crate::kafka::admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
     // State first: if it fails, the offsets are untouched and the command can be rerun.
-    let store = StateStore::open(&config.state.path, config.state.snapshot_history).with_context(|| format!("opening state.path {} (is a worker still running on it?)", config.state.path.display()))?;
+    let store = StateStore::open(&config.state.path, config.state.snapshot_history)
+        .with_context(|| format!("opening state.path {} (is a worker still running on it?)", config.state.path.display()))?;
     let changelog = if args.no_changelog {
         None
     } else {
@@ -209,11 +221,15 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             // Above every epoch in sight: this store's, and those in the outputs' and the
             // changelog's tails (an earlier replay may have run against another store).
             let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
-            let seen = read_tails(&tail_config(&base), &outputs, &config.kafka.changelog_topic, p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?.epoch();
+            let seen = read_tails(&tail_config(&base), &outputs, &config.kafka.changelog_topic, p)
+                .map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?
+                .epoch();
             let e = store.epoch(&topic, p)?.max(seen) + 1;
             store.set_epoch(&topic, p, e)?;
             if let Some(cl) = &changelog {
-                cl.publish_epoch(p, e).await.with_context(|| format!("partition {p}: publishing replay epoch {e} to the changelog; rerun the command"))?;
+                cl.publish_epoch(p, e)
+                    .await
+                    .with_context(|| format!("partition {p}: publishing replay epoch {e} to the changelog; rerun the command"))?;
             }
             format!("; replay epoch {e}: outputs from offset {o} on are emitted again")
         };
@@ -246,9 +262,18 @@ async fn seed_from_changelog(store: &StateStore, cl: &Changelog, topic: &str, p:
     let st = cl.restore::<KeyModel>(p, BROKER_TIMEOUT).await.with_context(|| format!("partition {p}: reading the changelog"))?;
     let Some(marker) = st.marker else { return Ok(()) };
     if !st.is_usable() {
-        bail!("partition {p}: no snapshot in this store and the changelog's state is unusable ({}); use --state reset or rewind", st.rejected.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
+        bail!(
+            "partition {p}: no snapshot in this store and the changelog's state is unusable ({}); use --state reset or rewind",
+            st.rejected.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+        );
     }
-    let models = st.models.iter().map(|m| codec::encode(Kind::Model, &m.model).map(|v| (m.key.clone(), v)).map_err(|source| crate::state::StateError::Encode { partition: p, key: m.key.clone(), source }));
+    let models = st.models.iter().map(|m| {
+        codec::encode(Kind::Model, &m.model).map(|v| (m.key.clone(), v)).map_err(|source| crate::state::StateError::Encode {
+            partition: p,
+            key: m.key.clone(),
+            source,
+        })
+    });
     store.write_encoded(topic, p, marker, models)?;
     println!("{topic}[{p}]: no snapshot in this store; took the changelog's state at offset {marker} ({} keys)", st.models.len());
     Ok(())
@@ -291,21 +316,33 @@ fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode)
             Some((from, models)) => {
                 store.write_encoded(topic, p, target, models.iter().cloned().map(Ok))?;
                 store.delete_after(topic, p, Some(target))?;
-                StateReport { summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()), offset: target, models: Some(models) }
+                StateReport {
+                    summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()),
+                    offset: target,
+                    models: Some(models),
+                }
             }
             None => StateReport { summary: "no snapshot to keep: the worker starts fresh".into(), offset: target, models: None },
         },
         StateMode::Rewind => match newest(&|off| off <= target)? {
             Some((at, models)) => {
                 store.delete_after(topic, p, Some(at))?;
-                StateReport { summary: format!("rewound to snapshot {at} ({} keys); the worker replays {}..{target} silently", models.len(), at + 1), offset: at, models: Some(models) }
+                StateReport {
+                    summary: format!("rewound to snapshot {at} ({} keys); the worker replays {}..{target} silently", models.len(), at + 1),
+                    offset: at,
+                    models: Some(models),
+                }
             }
             None => {
                 // An empty state at -1 = "nothing applied": the worker replays the input from
                 // its start (silently up to the target), which is the rewound state.
                 store.delete_after(topic, p, None)?;
                 store.write_encoded(topic, p, -1, std::iter::empty())?;
-                StateReport { summary: format!("no snapshot at or before {target}: the worker rebuilds from the start of the input"), offset: -1, models: Some(Vec::new()) }
+                StateReport {
+                    summary: format!("no snapshot at or before {target}: the worker rebuilds from the start of the input"),
+                    offset: -1,
+                    models: Some(Vec::new()),
+                }
             }
         },
     })

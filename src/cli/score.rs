@@ -276,10 +276,15 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
         }
         let mut values = Vec::with_capacity(features.len());
         for &i in &features {
-            values.push(parse_feature(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], fields[i]))?);
+            values.push(
+                parse_feature(&fields[i])
+                    .ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], fields[i]))?,
+            );
         }
         let label = match label_col {
-            Some(i) => Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), fields[i]))?),
+            Some(i) => {
+                Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), fields[i]))?)
+            }
             None => None,
         };
         let key = key_col.map(|i| fields[i].clone()).unwrap_or_default();

@@ -80,7 +80,11 @@ fn inspect(config: &crate::config::Config, a: &InspectArgs) -> anyhow::Result<()
     let snapshots = store.snapshots(&topic, partition)?;
     let chosen = snapshots.iter().filter_map(|s| s.as_ref().ok()).find(|s| a.offset.is_none_or(|o| s.offset == o));
     let Some(info) = chosen else {
-        anyhow::bail!("no readable snapshot of {topic}[{partition}]{} in {}", a.offset.map(|o| format!(" at offset {o}")).unwrap_or_default(), path.display());
+        anyhow::bail!(
+            "no readable snapshot of {topic}[{partition}]{} in {}",
+            a.offset.map(|o| format!(" at offset {o}")).unwrap_or_default(),
+            path.display()
+        );
     };
     match &a.key {
         Some(key) => dump_key(&store, info, key),
@@ -91,7 +95,10 @@ fn inspect(config: &crate::config::Config, a: &InspectArgs) -> anyhow::Result<()
 fn list_partitions(store: &StateStore, json: bool) -> anyhow::Result<()> {
     let partitions = store.partitions()?;
     if !json {
-        println!("{:<24} {:>9} {:>6} {:>12} {:>8} {:>9} {:>12} {:>10}", "TOPIC", "PARTITION", "EPOCH", "OFFSET", "AGE", "KEYS", "BYTES", "BYTES/KEY");
+        println!(
+            "{:<24} {:>9} {:>6} {:>12} {:>8} {:>9} {:>12} {:>10}",
+            "TOPIC", "PARTITION", "EPOCH", "OFFSET", "AGE", "KEYS", "BYTES", "BYTES/KEY"
+        );
     }
     for (topic, partition) in partitions {
         // The replay epoch (raised by `replay --state keep|reset`).
@@ -128,7 +135,15 @@ fn list_keys(store: &StateStore, info: &SnapshotInfo, json: bool) -> anyhow::Res
             println!("{}", serde_json::json!({"key": k, "bytes": b, "offset": info.offset}));
         }
     } else {
-        println!("{}[{}] snapshot at offset {} ({} ago): {} keys, {} bytes", info.topic, info.partition, info.offset, age(info), info.keys, info.bytes);
+        println!(
+            "{}[{}] snapshot at offset {} ({} ago): {} keys, {} bytes",
+            info.topic,
+            info.partition,
+            info.offset,
+            age(info),
+            info.keys,
+            info.bytes
+        );
         println!("{:<40} {:>10}", "KEY", "BYTES");
         for (k, b) in keys {
             println!("{k:<40} {b:>10}");

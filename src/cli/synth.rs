@@ -109,9 +109,8 @@ impl Fleet {
     /// A fleet as `spec` describes (call [`FleetSpec::check`] first).
     pub fn new(spec: FleetSpec) -> Self {
         let mut rng = Pcg64Mcg::seed_from_u64(spec.seed);
-        let names: Vec<String> = (0..spec.features)
-            .map(|k| FEATURE_NAMES.get(k).map_or_else(|| format!("f{k}"), |n| (*n).to_string()))
-            .collect();
+        let names: Vec<String> =
+            (0..spec.features).map(|k| FEATURE_NAMES.get(k).map_or_else(|| format!("f{k}"), |n| (*n).to_string())).collect();
         let width = (spec.sensors - 1).max(1).to_string().len().max(3);
         let sensors = (0..spec.sensors)
             .map(|i| {

@@ -123,10 +123,9 @@ impl IsolationForestParams {
             return Err(r.error("subsample", format!("{subsample} is not in (0, 1]")));
         }
         if window_size <= max_leaf_samples || window_size > 1 << 24 {
-            return Err(r.error(
-                "window_size",
-                format!("{window_size} must exceed max_leaf_samples ({max_leaf_samples}) and be at most 16777216"),
-            ));
+            return Err(
+                r.error("window_size", format!("{window_size} must exceed max_leaf_samples ({max_leaf_samples}) and be at most 16777216"))
+            );
         }
         if !(2..=64).contains(&branching_factor) {
             return Err(r.error("branching_factor", format!("{branching_factor} is not in 2..=64")));

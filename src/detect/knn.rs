@@ -240,7 +240,8 @@ mod tests {
     fn snapshot_restore_continues_bit_identically() {
         use crate::detect::testutil::{assert_restore_continues_bit_identically, spec};
         use crate::detect::ParamValue;
-        let spec = spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(200))], &[("scaler", &[] as &[(&str, ParamValue)])]);
+        let spec =
+            spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(200))], &[("scaler", &[] as &[(&str, ParamValue)])]);
         assert_restore_continues_bit_identically(&spec, 6, 700, 300);
     }
 
@@ -264,7 +265,8 @@ mod tests {
         use crate::detect::testutil::{spec, stream};
         use crate::detect::ParamValue;
         let none: &[(&str, ParamValue)] = &[];
-        let factory = spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(300))], &[("scaler", none)]).check().unwrap();
+        let factory =
+            spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(300))], &[("scaler", none)]).check().unwrap();
         let mut p = factory.try_build(4, "s").unwrap();
         for x in stream(1000, 4).iter().filter(|x| x[0] < 3.0) {
             p.process(x);

@@ -56,11 +56,7 @@ impl Default for Thresholds {
 impl Thresholds {
     /// Check that every bound is in [0, 1] and that medium <= high <= critical.
     pub fn check(&self) -> Result<(), SpecError> {
-        let bad = |key: &str, reason: String| SpecError::InvalidParam {
-            model: "thresholds".into(),
-            key: key.into(),
-            reason,
-        };
+        let bad = |key: &str, reason: String| SpecError::InvalidParam { model: "thresholds".into(), key: key.into(), reason };
         for (key, v) in [("anomaly", self.anomaly), ("medium", self.medium), ("high", self.high), ("critical", self.critical)] {
             if !(0.0..=1.0).contains(&v) {
                 return Err(bad(key, format!("{v} is outside [0, 1]")));
@@ -196,19 +192,10 @@ impl PipelineSpec {
             "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
             "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
             "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
-            other => {
-                return Err(SpecError::UnknownName {
-                    what: "model_type",
-                    name: other.to_string(),
-                    known: MODEL_TYPES.join(", "),
-                })
-            }
+            other => return Err(SpecError::UnknownName { what: "model_type", name: other.to_string(), known: MODEL_TYPES.join(", ") }),
         };
-        let steps = self
-            .preprocessing_steps
-            .iter()
-            .map(|step| TransformParams::check(&step.kind, &step.params))
-            .collect::<Result<Vec<_>, _>>()?;
+        let steps =
+            self.preprocessing_steps.iter().map(|step| TransformParams::check(&step.kind, &step.params)).collect::<Result<Vec<_>, _>>()?;
         Ok(PipelineFactory {
             detector,
             steps,

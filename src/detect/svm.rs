@@ -302,7 +302,11 @@ impl AdaptiveSvm {
     /// The scale the running statistics call for now.
     fn target_scale(&self, i: usize) -> f64 {
         let std = if self.n > 0 { (self.m2[i] / self.n as f64).sqrt() } else { 0.0 };
-        if std > 0.0 { 1.0 / (std + STD_EPS) } else { 1.0 }
+        if std > 0.0 {
+            1.0 / (std + STD_EPS)
+        } else {
+            1.0
+        }
     }
 
     /// ONAD's heuristic: 1/(2·median²) of distances between sampled, buffer-standardised points.
@@ -365,7 +369,8 @@ impl AdaptiveSvm {
             let target = self.estimate_gamma();
             let diff = target - self.gamma;
             if diff.abs() > 0.01 * self.gamma {
-                self.gamma = (self.gamma + self.params.adaptation_rate * diff).clamp(self.params.gamma_bounds.0, self.params.gamma_bounds.1);
+                self.gamma =
+                    (self.gamma + self.params.adaptation_rate * diff).clamp(self.params.gamma_bounds.0, self.params.gamma_bounds.1);
                 changed = true;
             }
         }

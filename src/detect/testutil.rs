@@ -16,7 +16,11 @@ pub fn stream(n: usize, dim: usize) -> Vec<Vec<f64>> {
             (0..dim)
                 .map(|_| {
                     let z = (0..12).map(|_| uniform()).sum::<f64>() - 6.0;
-                    if i % 97 == 96 { z + 6.0 } else { z }
+                    if i % 97 == 96 {
+                        z + 6.0
+                    } else {
+                        z
+                    }
                 })
                 .collect()
         })

@@ -129,13 +129,29 @@ impl MovingStat {
         let n = s.len() + 1;
         let pos = s.partition_point(|v| *v < x);
         // Element i of the merged sequence.
-        let at = |i: usize| if i < pos { s[i] } else if i == pos { x } else { s[i - 1] };
-        if n % 2 == 1 { at(n / 2) } else { (at(n / 2 - 1) + at(n / 2)) / 2.0 }
+        let at = |i: usize| {
+            if i < pos {
+                s[i]
+            } else if i == pos {
+                x
+            } else {
+                s[i - 1]
+            }
+        };
+        if n % 2 == 1 {
+            at(n / 2)
+        } else {
+            (at(n / 2 - 1) + at(n / 2)) / 2.0
+        }
     }
 
     fn median(s: &[f64]) -> f64 {
         let n = s.len();
-        if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+        if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        }
     }
 
     fn feature_score(&self, j: usize, x: f64) -> f64 {
@@ -228,7 +244,11 @@ impl Detector for MovingStat {
                 best = s;
             }
         }
-        if self.params.abs_diff { best.abs() } else { best }
+        if self.params.abs_diff {
+            best.abs()
+        } else {
+            best
+        }
     }
 }
 

@@ -62,7 +62,11 @@ impl ZScore {
         let n = self.n as f64;
         out.extend(x.iter().zip(&self.stats).map(|(v, s)| {
             let std = (s.m2 / n).sqrt();
-            if std > 0.0 { ((v - s.mean) / std).abs() } else { 0.0 }
+            if std > 0.0 {
+                ((v - s.mean) / std).abs()
+            } else {
+                0.0
+            }
         }));
     }
 }
@@ -87,7 +91,11 @@ impl Detector for ZScore {
             .zip(&self.stats)
             .map(|(v, s)| {
                 let std = (s.m2 / n).sqrt();
-                if std > 0.0 { ((v - s.mean) / std).abs() } else { 0.0 }
+                if std > 0.0 {
+                    ((v - s.mean) / std).abs()
+                } else {
+                    0.0
+                }
             })
             .fold(0.0, f64::max)
     }

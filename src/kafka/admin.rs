@@ -69,10 +69,8 @@ pub async fn create(admin: &Admin, k: &KafkaConfig, topics: &[(&str, usize)]) ->
     if topics.is_empty() {
         return Ok(());
     }
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, n)| NewTopic::new(name, *n as i32, TopicReplication::Fixed(k.replication_factor)))
-        .collect();
+    let new: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, n)| NewTopic::new(name, *n as i32, TopicReplication::Fixed(k.replication_factor))).collect();
     let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
     for r in admin.create_topics(&new, &opts).await? {
         match r {

@@ -93,8 +93,7 @@ impl WorkerContext {
         let Some(me) = self.consumer.get().and_then(Weak::upgrade) else { return };
         let topic = self.shared.topic.clone();
         let Ok(mut running) = self.running.lock() else { return };
-        let new: Vec<i32> =
-            tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
+        let new: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
         let committed = offsets::committed(consumer, &topic, &new);
         let committed = |p: i32| committed.get(&p).copied().flatten();
         // Models kept from an earlier ownership continue only if the group resumes exactly
@@ -112,7 +111,9 @@ impl WorkerContext {
                 .zip(parked)
                 .map(|(&p, parked)| {
                     let topic = &topic;
-                    std::thread::Builder::new().name(format!("onad-assign-p{p}")).spawn_scoped(scope, move || hooks.on_assign(topic, p, parked, committed(p)))
+                    std::thread::Builder::new()
+                        .name(format!("onad-assign-p{p}"))
+                        .spawn_scoped(scope, move || hooks.on_assign(topic, p, parked, committed(p)))
                 })
                 .collect();
             handles.into_iter().map(|h| h.map_err(|e| e.to_string()).and_then(|h| h.join().map_err(|_| "panicked".to_string()))).collect()
@@ -249,7 +250,9 @@ pub fn drive(config: rdkafka::ClientConfig, shared: Arc<Shared>) -> Result<(), W
                 use rdkafka::Message as _;
                 shared.fail(WorkerError::MainQueueRecord { partition: m.partition(), offset: m.offset() });
             }
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => shared.fail(WorkerError::Kafka(KafkaError::MessageConsumptionFatal(code))),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                shared.fail(WorkerError::Kafka(KafkaError::MessageConsumptionFatal(code)))
+            }
             Some(Err(e)) => tracing::warn!(cause = %e, "consumer error"),
         }
     }

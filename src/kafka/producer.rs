@@ -52,11 +52,8 @@ impl OutputProducer {
         for (key, value) in src.headers() {
             headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
         }
-        let mut record = FutureRecord::to(self.topic(rec.dest))
-            .partition(src.partition)
-            .key(&rec.key[..])
-            .payload(&rec.payload[..])
-            .headers(headers);
+        let mut record =
+            FutureRecord::to(self.topic(rec.dest)).partition(src.partition).key(&rec.key[..]).payload(&rec.payload[..]).headers(headers);
         loop {
             match self.producer.send_result(record) {
                 Ok(f) => return Ok(f),

@@ -31,10 +31,7 @@ impl Rejection {
 /// Reject a raw record before decoding: too large to be a sane reading.
 pub fn check_record_size(len: usize, limits: &ValidationConfig) -> Result<(), Rejection> {
     if len > limits.max_record_bytes {
-        return Err(Rejection::invalid(format!(
-            "record is {len} bytes, above validation.max_record_bytes = {}",
-            limits.max_record_bytes
-        )));
+        return Err(Rejection::invalid(format!("record is {len} bytes, above validation.max_record_bytes = {}", limits.max_record_bytes)));
     }
     Ok(())
 }
@@ -89,11 +86,7 @@ mod tests {
     use super::*;
 
     fn reading(id: &str, values: &[(&str, f64)]) -> SensorReading {
-        SensorReading {
-            sensor_id: id.into(),
-            values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            ..Default::default()
-        }
+        SensorReading { sensor_id: id.into(), values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(), ..Default::default() }
     }
 
     fn check(r: &SensorReading, key: Option<&[u8]>) -> Result<(), Rejection> {

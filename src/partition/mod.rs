@@ -140,13 +140,11 @@ impl Processor {
     fn score(&mut self, src: Source<'_>, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Result<bool, Rejection> {
         let bytes = rec.value.ok_or_else(|| Rejection::new(ErrorKind::Decode, "record has no value"))?;
         validate::check_record_size(bytes.len(), &self.config.limits)?;
-        let reading = SensorReading::decode(bytes)
-            .map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
+        let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
         let kp = match self.models.keys.get_mut(&reading.sensor_id) {
             Some(kp) => {
-                let same = kp.features.len() == reading.values.len()
-                    && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);
+                let same = kp.features.len() == reading.values.len() && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);
                 if !same {
                     return Err(Rejection::new(
                         ErrorKind::SchemaMismatch,
@@ -162,10 +160,7 @@ impl Processor {
             None => {
                 let features: Vec<String> = reading.values.keys().cloned().collect();
                 let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
-                self.models
-                    .keys
-                    .entry(reading.sensor_id.clone())
-                    .or_insert(KeyPipeline { features, pipeline, processed: 0, anomalies: 0 })
+                self.models.keys.entry(reading.sensor_id.clone()).or_insert(KeyPipeline { features, pipeline, processed: 0, anomalies: 0 })
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
@@ -288,10 +283,7 @@ impl StateHooks for NoState {}
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -139,7 +139,12 @@ impl PartitionTask {
             // Every round, idle ones too: a time-based snapshot is due without new records,
             // and a due one is written once its outputs are delivered.
             if self.stalled.is_none() || retry_due {
-                let saved = self.shared.hooks.after_batch(&self.shared.topic, self.processor.partition(), self.processor.models(), self.acks.stored());
+                let saved = self.shared.hooks.after_batch(
+                    &self.shared.topic,
+                    self.processor.partition(),
+                    self.processor.models(),
+                    self.acks.stored(),
+                );
                 self.state_saved(saved);
             }
         }

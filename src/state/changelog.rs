@@ -103,7 +103,12 @@ pub fn epoch_key(partition: i32) -> String {
 }
 
 /// The records (key, value) that publish `models` of `partition` at `offset`, marker last.
-pub fn encode_snapshot<'a, K, T, I>(partition: i32, offset: i64, models: I, max_chunk_bytes: usize) -> Result<Vec<(String, Vec<u8>)>, StateError>
+pub fn encode_snapshot<'a, K, T, I>(
+    partition: i32,
+    offset: i64,
+    models: I,
+    max_chunk_bytes: usize,
+) -> Result<Vec<(String, Vec<u8>)>, StateError>
 where
     K: AsRef<str>,
     T: Serialize + 'a,
@@ -111,7 +116,11 @@ where
 {
     let encoded = models.into_iter().map(|(key, model)| {
         let key = key.as_ref();
-        codec::encode(Kind::Model, model).map(|v| (key.to_string(), v)).map_err(|source| StateError::Encode { partition, key: key.into(), source })
+        codec::encode(Kind::Model, model).map(|v| (key.to_string(), v)).map_err(|source| StateError::Encode {
+            partition,
+            key: key.into(),
+            source,
+        })
     });
     encode_encoded(partition, offset, encoded, max_chunk_bytes)
 }
@@ -135,7 +144,8 @@ where
         keys += 1;
     }
     let marker = MarkerRecord { partition, offset, keys, nonce: 0 };
-    let value = codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
+    let value =
+        codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
     out.push((snapshot_marker_key(partition), value));
     Ok(out)
 }
@@ -207,7 +217,13 @@ impl Assembler {
 
     /// Decode what was collected.
     pub fn finish<T: DeserializeOwned>(self) -> ChangelogState<T> {
-        let corrupt = |key: String, source: CodecError| StateError::Corrupt { topic: self.topic.clone(), partition: self.partition, offset: -1, key: Some(key), source };
+        let corrupt = |key: String, source: CodecError| StateError::Corrupt {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: -1,
+            key: Some(key),
+            source,
+        };
         let mut rejected = Vec::new();
         let mut marker = None;
         let mut chunks: HashMap<String, Vec<ChunkRecord>> = HashMap::new();
@@ -228,7 +244,10 @@ impl Assembler {
             }
             match codec::decode::<ChunkRecord>(Kind::ChangelogChunk, v) {
                 Ok(rec) if rec.partition == self.partition => chunks.entry(rec.key.clone()).or_default().push(rec),
-                Ok(rec) => rejected.push(corrupt(key, CodecError::Payload(format!("record of partition {} in partition {}", rec.partition, self.partition)))),
+                Ok(rec) => rejected.push(corrupt(
+                    key,
+                    CodecError::Payload(format!("record of partition {} in partition {}", rec.partition, self.partition)),
+                )),
                 Err(source) => rejected.push(corrupt(key, source)),
             }
         }
@@ -238,15 +257,25 @@ impl Assembler {
             let head = (parts[0].offset, parts[0].count);
             // Stale higher chunks of a model that later shrank are ignored (count says so).
             parts.retain(|c| c.index < head.1);
-            let whole = parts.len() == head.1 as usize && parts.iter().enumerate().all(|(i, c)| c.index == i as u32 && (c.offset, c.count) == head);
+            let whole =
+                parts.len() == head.1 as usize && parts.iter().enumerate().all(|(i, c)| c.index == i as u32 && (c.offset, c.count) == head);
             if !whole {
-                rejected.push(corrupt(key, CodecError::Payload(format!("torn model: chunks of different snapshots (chunk 0 at offset {})", head.0))));
+                rejected.push(corrupt(
+                    key,
+                    CodecError::Payload(format!("torn model: chunks of different snapshots (chunk 0 at offset {})", head.0)),
+                ));
                 continue;
             }
             let bytes: Vec<u8> = parts.into_iter().flat_map(|c| c.bytes).collect();
             match codec::decode::<T>(Kind::Model, &bytes) {
                 Ok(model) => models.push(RestoredModel { key, offset: head.0, model }),
-                Err(source) => rejected.push(StateError::Corrupt { topic: self.topic.clone(), partition: self.partition, offset: head.0, key: Some(key), source }),
+                Err(source) => rejected.push(StateError::Corrupt {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: head.0,
+                    key: Some(key),
+                    source,
+                }),
             }
         }
         models.sort_by(|a, b| a.key.cmp(&b.key));
@@ -289,7 +318,11 @@ impl Changelog {
         let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("linger.ms", "5").create().map_err(err)?;
         let mut consumer_config = base.clone();
         // librdkafka wants a group id even for `assign`; the reader never joins or commits.
-        consumer_config.set("group.id", "onad-stream-changelog-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+        consumer_config
+            .set("group.id", "onad-stream-changelog-reader")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.queue.backoff.ms", "10");
         Ok(Self { producer, consumer_config, topic: topic.into(), max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES })
     }
 
@@ -339,7 +372,13 @@ impl Changelog {
     /// Make the changelog of `partition` say exactly `models` at `offset` (`replay`: state
     /// rewound, relabelled or reset): publish them, then delete (tombstone) every other key
     /// the changelog holds for the partition.
-    pub async fn replace(&self, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>, timeout: Duration) -> Result<Published, StateError> {
+    pub async fn replace(
+        &self,
+        partition: i32,
+        offset: i64,
+        models: Vec<(String, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<Published, StateError> {
         let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
         let keep: std::collections::HashSet<String> = records.iter().map(|(k, _)| k.clone()).collect();
         let keys_now = self.record_keys(partition, timeout).await?;
@@ -354,7 +393,11 @@ impl Changelog {
 
     /// Record the replay epoch of `partition` (after [`Changelog::replace`]).
     pub async fn publish_epoch(&self, partition: i32, epoch: u32) -> Result<(), StateError> {
-        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode { partition, key: epoch_key(partition), source })?;
+        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode {
+            partition,
+            key: epoch_key(partition),
+            source,
+        })?;
         self.send(partition, &[(epoch_key(partition), Some(value))]).await
     }
 
@@ -371,7 +414,11 @@ impl Changelog {
 
     async fn send_end_marker(&self, partition: i32, nonce: u64) -> Result<(), StateError> {
         let marker = MarkerRecord { partition, offset: -1, keys: 0, nonce };
-        let value = codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode { partition, key: end_marker_key(partition), source })?;
+        let value = codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode {
+            partition,
+            key: end_marker_key(partition),
+            source,
+        })?;
         self.send(partition, &[(end_marker_key(partition), Some(value))]).await
     }
 
@@ -409,7 +456,11 @@ impl Changelog {
     /// Read `partition` of the changelog from the beginning and assemble its latest state.
     /// Appends an end marker first and reads up to it, so the end is known exactly; fails
     /// if the marker is not read back within `timeout`.
-    pub async fn restore<T: DeserializeOwned + Send + 'static>(&self, partition: i32, timeout: Duration) -> Result<ChangelogState<T>, StateError> {
+    pub async fn restore<T: DeserializeOwned + Send + 'static>(
+        &self,
+        partition: i32,
+        timeout: Duration,
+    ) -> Result<ChangelogState<T>, StateError> {
         let nonce = nonce();
         self.send_end_marker(partition, nonce).await?;
         let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
@@ -427,7 +478,13 @@ fn nonce() -> u64 {
 }
 
 /// Blocking read of one changelog partition from the beginning up to the end marker `nonce`.
-fn read_to_marker<T: DeserializeOwned>(config: &ClientConfig, topic: &str, partition: i32, nonce: u64, timeout: Duration) -> Result<ChangelogState<T>, StateError> {
+fn read_to_marker<T: DeserializeOwned>(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    nonce: u64,
+    timeout: Duration,
+) -> Result<ChangelogState<T>, StateError> {
     Ok(read_to_marker_raw(config, topic, partition, nonce, timeout)?.finish())
 }
 
@@ -478,7 +535,10 @@ mod tests {
         assert!(st.is_usable(), "{:?}", st.rejected);
         assert_eq!(st.marker, Some(200));
         assert_eq!(st.resume_at(), 201);
-        assert_eq!(st.models, vec![RestoredModel { key: "s1".into(), offset: 200, model: 10 }, RestoredModel { key: "s2".into(), offset: 100, model: 2 }]);
+        assert_eq!(
+            st.models,
+            vec![RestoredModel { key: "s1".into(), offset: 200, model: 10 }, RestoredModel { key: "s2".into(), offset: 100, model: 2 }]
+        );
     }
 
     #[test]
@@ -511,7 +571,11 @@ mod tests {
         feed_all(&mut asm, &torn);
         let st = asm.finish::<Vec<u32>>();
         assert_eq!(st.marker, Some(50), "the snapshot-90 marker never landed");
-        assert_eq!(st.models.iter().map(|m| (m.key.as_str(), m.offset)).collect::<Vec<_>>(), vec![("j", 90)], "j is ahead of the marker and says so");
+        assert_eq!(
+            st.models.iter().map(|m| (m.key.as_str(), m.offset)).collect::<Vec<_>>(),
+            vec![("j", 90)],
+            "j is ahead of the marker and says so"
+        );
         assert_eq!(st.rejected.len(), 1);
         assert!(st.rejected[0].to_string().contains("torn"), "{}", st.rejected[0]);
         assert!(!st.is_usable());

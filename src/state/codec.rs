@@ -191,8 +191,8 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{Params, PipelineSpec, Thresholds};
     use crate::detect::Pipeline;
+    use crate::detect::{Params, PipelineSpec, Thresholds};
 
     fn pipeline() -> Pipeline {
         let spec = PipelineSpec {
@@ -229,10 +229,7 @@ mod tests {
         let bytes = encode(Kind::Model, &pipeline()).expect("encodes");
         for cut in 0..bytes.len() {
             let err = decode::<Pipeline>(Kind::Model, &bytes[..cut]).expect_err("truncated must fail");
-            assert!(
-                matches!(err, CodecError::TooShort { .. } | CodecError::Length { .. }),
-                "cut at {cut}: unexpected {err:?}"
-            );
+            assert!(matches!(err, CodecError::TooShort { .. } | CodecError::Length { .. }), "cut at {cut}: unexpected {err:?}");
         }
     }
 

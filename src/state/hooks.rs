@@ -194,8 +194,15 @@ impl StoreHooks {
                     // The replay ran against another store: this one's snapshots predate it.
                     // They go (a later restore must not pick one up), then the epoch is
                     // recorded; a crash in between only repeats this.
-                    tracing::warn!(partition, local, epoch, "a replay raised the epoch elsewhere: this store's snapshots predate it and are dropped");
-                    if let Err(e) = self.store.delete_after(topic, partition, None).and_then(|_| self.store.set_epoch(topic, partition, epoch)) {
+                    tracing::warn!(
+                        partition,
+                        local,
+                        epoch,
+                        "a replay raised the epoch elsewhere: this store's snapshots predate it and are dropped"
+                    );
+                    if let Err(e) =
+                        self.store.delete_after(topic, partition, None).and_then(|_| self.store.set_epoch(topic, partition, epoch))
+                    {
                         tracing::error!(partition, cause = %e, "cannot drop the snapshots from before the replay");
                     }
                 }
@@ -216,7 +223,13 @@ impl StoreHooks {
         models
             .keys
             .iter()
-            .map(|(k, m)| codec::encode(Kind::Model, m).map(|v| (k.clone(), v)).map_err(|source| StateError::Encode { partition, key: k.clone(), source }))
+            .map(|(k, m)| {
+                codec::encode(Kind::Model, m).map(|v| (k.clone(), v)).map_err(|source| StateError::Encode {
+                    partition,
+                    key: k.clone(),
+                    source,
+                })
+            })
             .collect()
     }
 
@@ -312,7 +325,9 @@ impl StateHooks for StoreHooks {
         let result = Self::encode(partition, models).and_then(|m| self.write(topic, partition, applied, &m));
         match result {
             Ok(()) => tracing::info!(partition, offset = applied, keys = models.keys.len(), "snapshot on revoke"),
-            Err(e) => tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one"),
+            Err(e) => {
+                tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one")
+            }
         }
     }
 }
@@ -340,7 +355,10 @@ impl Tails {
 /// Client settings of a tail reader.
 pub(crate) fn tail_config(base: &ClientConfig) -> ClientConfig {
     let mut c = base.clone();
-    c.set("group.id", "onad-stream-tail-reader").set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("fetch.queue.backoff.ms", "10");
+    c.set("group.id", "onad-stream-tail-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.queue.backoff.ms", "10");
     c
 }
 
@@ -351,7 +369,8 @@ pub(crate) fn read_tails(config: &ClientConfig, outputs: &[String; 3], changelog
     let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
     for t in outputs.iter().map(String::as_str).chain([changelog]) {
-        let (low, high) = consumer.fetch_watermarks(t, partition, Duration::from_secs(10)).map_err(|e| format!("{t}[{partition}] watermarks: {e}"))?;
+        let (low, high) =
+            consumer.fetch_watermarks(t, partition, Duration::from_secs(10)).map_err(|e| format!("{t}[{partition}] watermarks: {e}"))?;
         if high <= low {
             continue;
         }

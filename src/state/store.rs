@@ -38,7 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+    DB,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -222,7 +225,8 @@ impl StateStore {
     /// Open the database read-only, for inspection while a worker may be running (no lock
     /// is taken). Every write fails with [`StateError::Write`].
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
-        let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false).map_err(|source| StateError::Open { path: path.into(), source })?;
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false)
+            .map_err(|source| StateError::Open { path: path.into(), source })?;
         Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
     }
 
@@ -304,7 +308,11 @@ impl StateStore {
     {
         let encoded = models.into_iter().map(|(key, model)| {
             let key = key.as_ref();
-            codec::encode(Kind::Model, model).map(|v| (key.to_string(), v)).map_err(|source| StateError::Encode { partition, key: key.into(), source })
+            codec::encode(Kind::Model, model).map(|v| (key.to_string(), v)).map_err(|source| StateError::Encode {
+                partition,
+                key: key.into(),
+                source,
+            })
         });
         self.write_encoded(topic, partition, offset, encoded)
     }
@@ -337,7 +345,8 @@ impl StateStore {
             bytes += value.len() as u64;
         }
         let meta = MetaRecord { written_at_ms: now_ms(), keys, bytes };
-        let meta_value = codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
+        let meta_value =
+            codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
         batch.put_cf(meta_cf, &prefix, &meta_value);
         // History: keep the `history` largest offsets, counting this one.
         let mut offsets = Self::offsets_in(db, topic, partition)?;
@@ -357,14 +366,26 @@ impl StateStore {
     pub fn encoded_models(&self, info: &SnapshotInfo) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let raw = self.raw_models(info)?;
         if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete { topic: info.topic.clone(), partition: info.partition, offset: info.offset, expected: info.keys, found: raw.len() as u64 });
+            return Err(StateError::Incomplete {
+                topic: info.topic.clone(),
+                partition: info.partition,
+                offset: info.offset,
+                expected: info.keys,
+                found: raw.len() as u64,
+            });
         }
         raw.into_iter()
             .map(|(k, v)| {
                 let key = String::from_utf8_lossy(&k).into_owned();
                 match codec::open(Kind::Model, &v) {
                     Ok(_) => Ok((key, v.into_vec())),
-                    Err(source) => Err(StateError::Corrupt { topic: info.topic.clone(), partition: info.partition, offset: info.offset, key: Some(key), source }),
+                    Err(source) => Err(StateError::Corrupt {
+                        topic: info.topic.clone(),
+                        partition: info.partition,
+                        offset: info.offset,
+                        key: Some(key),
+                        source,
+                    }),
                 }
             })
             .collect()
@@ -421,7 +442,14 @@ impl StateStore {
                 }
                 let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
                 out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
-                    Ok(m) => Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: m.written_at_ms, keys: m.keys, bytes: m.bytes }),
+                    Ok(m) => Ok(SnapshotInfo {
+                        topic: topic.into(),
+                        partition,
+                        offset,
+                        written_at_ms: m.written_at_ms,
+                        keys: m.keys,
+                        bytes: m.bytes,
+                    }),
                     Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
                 });
             }
@@ -455,7 +483,13 @@ impl StateStore {
     pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
         k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source }))
+        self.with_db(|db| {
+            db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read {
+                topic: info.topic.clone(),
+                partition: info.partition,
+                source,
+            })
+        })
     }
 
     /// Decode every model of a snapshot. Any bad value (or a key count that differs from
@@ -464,14 +498,31 @@ impl StateStore {
     pub fn load<T: DeserializeOwned>(&self, info: &SnapshotInfo) -> Result<Snapshot<T>, StateError> {
         let raw = self.raw_models(info)?;
         if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete { topic: info.topic.clone(), partition: info.partition, offset: info.offset, expected: info.keys, found: raw.len() as u64 });
+            return Err(StateError::Incomplete {
+                topic: info.topic.clone(),
+                partition: info.partition,
+                offset: info.offset,
+                expected: info.keys,
+                found: raw.len() as u64,
+            });
         }
         let mut models = Vec::with_capacity(raw.len());
         for (k, v) in raw {
-            let corrupt = |key: String, source| StateError::Corrupt { topic: info.topic.clone(), partition: info.partition, offset: info.offset, key: Some(key), source };
+            let corrupt = |key: String, source| StateError::Corrupt {
+                topic: info.topic.clone(),
+                partition: info.partition,
+                offset: info.offset,
+                key: Some(key),
+                source,
+            };
             let key = match String::from_utf8(k) {
                 Ok(key) => key,
-                Err(e) => return Err(corrupt(String::from_utf8_lossy(e.as_bytes()).into_owned(), codec::CodecError::Payload("key is not UTF-8".into()))),
+                Err(e) => {
+                    return Err(corrupt(
+                        String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                        codec::CodecError::Payload("key is not UTF-8".into()),
+                    ))
+                }
             };
             match codec::decode::<T>(Kind::Model, &v) {
                 Ok(model) => models.push((key, model)),
@@ -509,16 +560,28 @@ impl StateStore {
     /// The partition's replay epoch (0 until a `replay --state keep|reset`).
     pub fn epoch(&self, topic: &str, partition: i32) -> Result<u32, StateError> {
         let key = epoch_key(topic, partition);
-        let raw = self.with_db(|db| db.get_cf(Self::cf(db, CF_META), &key).map_err(|source| StateError::Read { topic: topic.into(), partition, source }))?;
+        let raw = self.with_db(|db| {
+            db.get_cf(Self::cf(db, CF_META), &key).map_err(|source| StateError::Read { topic: topic.into(), partition, source })
+        })?;
         match raw {
             None => Ok(0),
-            Some(v) => codec::decode::<u32>(Kind::ReplayEpoch, &v).map_err(|source| StateError::Corrupt { topic: topic.into(), partition, offset: -1, key: Some("(replay epoch)".into()), source }),
+            Some(v) => codec::decode::<u32>(Kind::ReplayEpoch, &v).map_err(|source| StateError::Corrupt {
+                topic: topic.into(),
+                partition,
+                offset: -1,
+                key: Some("(replay epoch)".into()),
+                source,
+            }),
         }
     }
 
     /// Record the partition's replay epoch.
     pub fn set_epoch(&self, topic: &str, partition: i32, epoch: u32) -> Result<(), StateError> {
-        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode { partition, key: "(replay epoch)".into(), source })?;
+        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode {
+            partition,
+            key: "(replay epoch)".into(),
+            source,
+        })?;
         let mut batch = WriteBatch::default();
         self.recover()?;
         self.with_db(|db| {
@@ -533,7 +596,8 @@ impl StateStore {
     pub fn delete_after(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<usize, StateError> {
         self.recover()?;
         let (batch, doomed) = self.with_db(|db| {
-            let doomed: Vec<i64> = Self::offsets_in(db, topic, partition)?.into_iter().filter(|o| offset.is_none_or(|limit| *o > limit)).collect();
+            let doomed: Vec<i64> =
+                Self::offsets_in(db, topic, partition)?.into_iter().filter(|o| offset.is_none_or(|limit| *o > limit)).collect();
             let mut batch = WriteBatch::default();
             for o in &doomed {
                 Self::delete_snapshot_in(db, &mut batch, topic, partition, *o);

@@ -30,19 +30,9 @@ struct Exposed {
 /// Every worker metric. Names say what they count.
 const EXPOSED: &[Exposed] = &[
     Exposed { name: "onad_records_consumed_total", kind: "counter", help: "Input records taken from Kafka.", read: |s| &s.consumed },
-    Exposed {
-        name: "onad_readings_scored_total",
-        kind: "counter",
-        help: "Readings scored (one ScoredReading each).",
-        read: |s| &s.scored,
-    },
+    Exposed { name: "onad_readings_scored_total", kind: "counter", help: "Readings scored (one ScoredReading each).", read: |s| &s.scored },
     Exposed { name: "onad_alerts_total", kind: "counter", help: "Anomaly alerts emitted.", read: |s| &s.alerts },
-    Exposed {
-        name: "onad_dead_letters_total",
-        kind: "counter",
-        help: "Records sent to the dead-letter topic.",
-        read: |s| &s.dead_letters,
-    },
+    Exposed { name: "onad_dead_letters_total", kind: "counter", help: "Records sent to the dead-letter topic.", read: |s| &s.dead_letters },
     Exposed {
         name: "onad_records_acknowledged_total",
         kind: "counter",
@@ -74,12 +64,7 @@ const EXPOSED: &[Exposed] = &[
         help: "Times a paused partition saved its state again and carried on.",
         read: |s| &s.state_recoveries,
     },
-    Exposed {
-        name: "onad_assigned_partitions",
-        kind: "gauge",
-        help: "Input partitions this worker owns now.",
-        read: |s| &s.partitions,
-    },
+    Exposed { name: "onad_assigned_partitions", kind: "gauge", help: "Input partitions this worker owns now.", read: |s| &s.partitions },
 ];
 
 /// What `/metrics` and `/health` report.
@@ -129,7 +114,8 @@ impl Metrics {
                 let _ = writeln!(out, "# HELP {n} {h}\n# TYPE {n} {k}\n{n}{{topic=\"{topic}\"}} {v}", n = e.name, h = e.help, k = e.kind);
             }
         }
-        let _ = writeln!(out, "# HELP onad_up 1 when the worker is consuming.\n# TYPE onad_up gauge\nonad_up {}", u8::from(self.is_healthy()));
+        let _ =
+            writeln!(out, "# HELP onad_up 1 when the worker is consuming.\n# TYPE onad_up gauge\nonad_up {}", u8::from(self.is_healthy()));
         out
     }
 }

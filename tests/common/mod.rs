@@ -276,7 +276,10 @@ impl Collector {
 pub fn by_source(outs: &[Out]) -> BTreeMap<(i32, i64), usize> {
     let mut m = BTreeMap::new();
     for o in outs {
-        let key = (o.source_partition.expect("output without source partition header"), o.source_offset.expect("output without source offset header"));
+        let key = (
+            o.source_partition.expect("output without source partition header"),
+            o.source_offset.expect("output without source offset header"),
+        );
         *m.entry(key).or_default() += 1;
     }
     m
@@ -389,7 +392,8 @@ pub fn reference(config: &onad_stream::config::Config, inputs: &BTreeMap<(i32, i
     let mut out = Vec::new();
     let mut expected = BTreeMap::new();
     for (&(p, o), rec) in inputs {
-        let proc = procs.entry(p).or_insert_with(|| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default()));
+        let proc =
+            procs.entry(p).or_insert_with(|| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default()));
         out.clear();
         proc.process(InputRecord { key: rec.key.as_deref(), value: Some(&rec.value), offset: o }, 0, &mut out);
         let scored = out.iter().find(|r| r.dest == Dest::Scores).map(|r| {
@@ -489,7 +493,8 @@ pub fn free_addr() -> String {
 
 /// The group's committed offsets of `partitions` partitions of `topic` (-1: none).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().expect("consumer");
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).set("group.id", group).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -511,7 +516,10 @@ pub fn scores_of(outs: &[Out]) -> BTreeMap<(i32, i64), (u64, u64)> {
     outs.iter()
         .map(|o| {
             let s = ScoredReading::decode(&o.payload[..]).expect("score decodes");
-            ((o.source_partition.expect("source partition header"), o.source_offset.expect("source offset header")), (s.score.to_bits(), s.raw_score.to_bits()))
+            (
+                (o.source_partition.expect("source partition header"), o.source_offset.expect("source offset header")),
+                (s.score.to_bits(), s.raw_score.to_bits()),
+            )
         })
         .collect()
 }

@@ -171,10 +171,13 @@ fn same_seed_same_scores_other_seed_other_scores() {
     let s = generate(&StreamSpec { len: 1_000, ..StreamSpec::benchmark(StreamKind::ShiftAll, 1) });
     let run = |seed| {
         let mut f = forest(10, 256, 1.0, seed, 10);
-        s.points.iter().map(|x| {
-            f.learn_one(x);
-            f.score_one(x).to_bits()
-        }).collect::<Vec<_>>()
+        s.points
+            .iter()
+            .map(|x| {
+                f.learn_one(x);
+                f.score_one(x).to_bits()
+            })
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));

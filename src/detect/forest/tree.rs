@@ -292,11 +292,8 @@ impl Tree {
         }
         scratch.list.clear();
         scratch.list.extend((0..dim as u32).filter(|f| scratch.hi[*f as usize] > scratch.lo[*f as usize]));
-        let feature = if scratch.list.is_empty() {
-            rng.random_range(0..dim) as u32
-        } else {
-            scratch.list[rng.random_range(0..scratch.list.len())]
-        };
+        let feature =
+            if scratch.list.is_empty() { rng.random_range(0..dim) as u32 } else { scratch.list[rng.random_range(0..scratch.list.len())] };
         let (lo, hi) = (scratch.lo[feature as usize], scratch.hi[feature as usize]);
         let b = p.branching_factor;
         let mut splits = [0.0f64; 64];

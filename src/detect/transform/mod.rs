@@ -41,11 +41,7 @@ impl TransformParams {
             "pca" => Self::Pca(IncrementalPcaParams::check(params)?),
             "random_projection" => Self::Projection(RandomProjectionParams::check(params)?),
             other => {
-                return Err(SpecError::UnknownName {
-                    what: "preprocessing step",
-                    name: other.to_string(),
-                    known: STEP_TYPES.join(", "),
-                })
+                return Err(SpecError::UnknownName { what: "preprocessing step", name: other.to_string(), known: STEP_TYPES.join(", ") })
             }
         })
     }
@@ -134,7 +130,11 @@ mod tests {
         let none: &[(&str, ParamValue)] = &[];
         let pca: &[(&str, ParamValue)] = &[("n_components", ParamValue::Int(3)), ("n0", ParamValue::Int(20))];
         let rp: &[(&str, ParamValue)] = &[("n_components", ParamValue::Int(4))];
-        let spec = spec("knn", &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(100))], &[("minmax", none), ("scaler", none), ("random_projection", rp), ("pca", pca)]);
+        let spec = spec(
+            "knn",
+            &[("k", ParamValue::Int(5)), ("window_size", ParamValue::Int(100))],
+            &[("minmax", none), ("scaler", none), ("random_projection", rp), ("pca", pca)],
+        );
         assert_restore_continues_bit_identically(&spec, 6, 500, 200);
     }
 

@@ -54,7 +54,9 @@ impl IncrementalPcaParams {
             return Err(r.error("n_components", "must be at least 1"));
         }
         if n0 < n_components {
-            return Err(r.error("n0", format!("{n0} is below n_components ({n_components}): the warm-up SVD needs at least that many points")));
+            return Err(
+                r.error("n0", format!("{n0} is below n_components ({n_components}): the warm-up SVD needs at least that many points"))
+            );
         }
         if tol < 0.0 {
             return Err(r.error("tol", "must be >= 0"));

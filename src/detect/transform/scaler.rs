@@ -77,7 +77,11 @@ impl Transformer for StandardScaler {
         out.extend(x.iter().zip(&self.mean).zip(&self.m2).map(|((v, m), m2)| {
             let var = if self.n > 0 { m2 / n } else { 0.0 };
             let std = var.sqrt();
-            if std != 0.0 { (v - m) / std } else { 0.0 }
+            if std != 0.0 {
+                (v - m) / std
+            } else {
+                0.0
+            }
         }));
     }
 }
@@ -176,7 +180,10 @@ mod tests {
     #[test]
     fn minmax_rejects_empty_range() {
         let mut p = Params::new();
-        p.insert("feature_range".into(), crate::detect::ParamValue::List(vec![crate::detect::ParamValue::Int(1), crate::detect::ParamValue::Int(1)]));
+        p.insert(
+            "feature_range".into(),
+            crate::detect::ParamValue::List(vec![crate::detect::ParamValue::Int(1), crate::detect::ParamValue::Int(1)]),
+        );
         let err = MinMaxScalerParams::check(&p).unwrap_err().to_string();
         assert!(err.contains("feature_range"), "{err}");
     }

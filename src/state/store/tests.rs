@@ -39,7 +39,9 @@ fn models(n: usize, steps: usize) -> Vec<(String, Pipeline)> {
 /// Same keys and same model state (by bytes: Pipeline's PartialEq also compares scratch
 /// buffers that are not state).
 fn assert_same(a: &[(String, Pipeline)], b: &[(String, Pipeline)]) {
-    let bytes = |m: &[(String, Pipeline)]| -> Vec<(String, Vec<u8>)> { m.iter().map(|(k, p)| (k.clone(), postcard::to_stdvec(p).expect("encodes"))).collect() };
+    let bytes = |m: &[(String, Pipeline)]| -> Vec<(String, Vec<u8>)> {
+        m.iter().map(|(k, p)| (k.clone(), postcard::to_stdvec(p).expect("encodes"))).collect()
+    };
     assert!(bytes(a) == bytes(b), "models differ");
 }
 
@@ -163,7 +165,10 @@ fn truncated_missing_and_bad_metadata_snapshots_are_all_skipped() {
     assert_eq!(restored.snapshot.expect("fell back").info.offset, base.offset);
     let kinds: Vec<String> = restored.rejected.iter().map(|e| e.to_string()).collect();
     assert_eq!(kinds.len(), 3, "{kinds:?}");
-    assert!(matches!(restored.rejected[0], StateError::Corrupt { offset: 40, key: None, source: CodecError::BadMagic { .. }, .. }), "{kinds:?}");
+    assert!(
+        matches!(restored.rejected[0], StateError::Corrupt { offset: 40, key: None, source: CodecError::BadMagic { .. }, .. }),
+        "{kinds:?}"
+    );
     assert!(matches!(restored.rejected[1], StateError::Incomplete { offset: 30, expected: 3, found: 2, .. }), "{kinds:?}");
     assert!(matches!(restored.rejected[2], StateError::Corrupt { offset: 20, source: CodecError::Length { .. }, .. }), "{kinds:?}");
 
@@ -213,7 +218,6 @@ fn offsets_below_minus_one_are_refused() {
     let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
     assert_eq!(offsets, vec![0, -1]);
 }
-
 
 /// A tmpfs of `mb` MiB mounted on a temporary directory (the tests run as root, as CI does),
 /// unmounted on drop: a disk that can really be filled.
