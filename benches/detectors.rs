@@ -6,6 +6,10 @@
 //!   the same parameters (trees, window 2048, max_leaf_samples 32): ours in ONAD's
 //!   learn-then-score order (fused) and in score-then-learn order, rcf3's `update_and_score`.
 //!
+//! - `timeseries_d4/<model>`: `Pipeline::process_at` (with the reading's timestamp, as the
+//!   worker calls it) of the time-series detectors and of `zscore` for scale, at 4 features on
+//!   the seasonal stream (e), a reading every 5 minutes; `_season288` = `season_length = 288`.
+//!
 //! Every model first learns 20,000 points of stream (a), so windows are full, then the
 //! benchmark cycles through 4,096 further points. Before the benchmarks the state size of each
 //! model (postcard bytes, what a snapshot stores) is printed.
@@ -22,8 +26,8 @@ use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use onad_stream::detect::forest::{IsolationForestParams, OnlineIsolationForest};
 use onad_stream::detect::pipeline::MODEL_TYPES;
-use onad_stream::detect::synthetic::{generate, StreamKind, StreamSpec};
-use onad_stream::detect::{Detector, Params, PipelineSpec, Thresholds};
+use onad_stream::detect::synthetic::{generate, StreamKind, StreamSpec, START_MS};
+use onad_stream::detect::{Detector, ParamValue, Params, PipelineSpec, Thresholds};
 
 const DIM: usize = 10;
 const WARM: usize = 20_000;
@@ -210,6 +214,44 @@ fn benches(c: &mut Criterion<CpuTime>) {
             b.iter(|| {
                 i = (i + 1) % CYCLE;
                 black_box(peer.update_and_score(&pts32[WARM + i]).unwrap_or(0.0))
+            })
+        });
+    }
+    group.finish();
+
+    timeseries(c);
+}
+
+/// The time-series detectors at 4 features, fed timestamps that keep increasing.
+fn timeseries(c: &mut Criterion<CpuTime>) {
+    let s = generate(&StreamSpec { len: WARM + CYCLE, ..StreamSpec::benchmark(StreamKind::SeasonalSpikes, 99) });
+    let dim = s.points[0].len();
+    let daily = || Params::from([("season_length".to_string(), ParamValue::Int(288))]);
+    let runs = [
+        ("holt_winters", "holt_winters", Params::new()),
+        ("holt_winters_season288", "holt_winters", daily()),
+        ("arima", "arima", Params::new()),
+        ("arima_season288", "arima", daily()),
+        ("mad", "mad", Params::new()),
+        ("zscore", "zscore", Params::new()),
+    ];
+    let mut group = c.benchmark_group("timeseries_d4");
+    group.throughput(Throughput::Elements(1));
+    for (name, model, params) in runs {
+        let Ok(factory) = PipelineSpec { model_params: params, ..spec(model) }.check() else { continue };
+        let mut p = factory.build(dim, "bench");
+        let mut t: i64 = 0;
+        let ts = |t: i64| START_MS + t * 300_000;
+        for x in &s.points[..WARM] {
+            p.process_at(x, Some(ts(t)));
+            t += 1;
+        }
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % CYCLE;
+                t += 1;
+                black_box(p.process_at(&s.points[WARM + i], Some(ts(t))).score)
             })
         });
     }

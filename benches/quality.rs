@@ -1,5 +1,11 @@
 //! Quality benchmark: prequential ROC-AUC / PR-AUC of every registered detector on the
-//! synthetic streams (a)-(d) of `detect::synthetic`, printed as a markdown table.
+//! synthetic streams (a)-(g) of `detect::synthetic` and on a public labelled series (UCR
+//! anomaly archive no. 135, `tests/fixtures/ucr_135_internal_bleeding16_test.csv`, vendored
+//! from the aeon wheel with its licence), printed as a markdown table.
+//!
+//! Every point is processed with its timestamp (`Pipeline::process_at`), as the worker does;
+//! the time-series detectors also run configured with the synthetic streams' season (288
+//! readings, one day).
 //!
 //! Protocol (as ONAD's reference numbers were measured): 20,000 points per stream, learn then
 //! score each point (`learn_first = true`), AUC over the raw scores after the first 2,048
@@ -9,14 +15,15 @@
 //! Points/s is the whole pipeline (transforms, detector, calibrator), one core, per second of
 //! the thread's CPU time (the development machine is shared; descheduled time is not counted).
 //!
-//! Run: `cargo bench --bench quality` (env `QUALITY_POINTS` overrides the stream length;
+//! Run: `cargo bench --bench quality` (`QUALITY_ORDER=score_then_learn` runs our detectors
+//! in the worker's default order instead; the rcf3 rows are always update-and-score) (env `QUALITY_POINTS` overrides the stream length;
 //! `QUALITY_DUMP_DIR=dir` also writes each stream as `dir/<stream>.csv`, features then label,
 //! for `benches/onad_oifor.py`, which runs ONAD 0.3.0's forest on the same streams).
 
 use onad_stream::detect::metrics::{pr_auc, roc_auc};
 use onad_stream::detect::pipeline::MODEL_TYPES;
 use onad_stream::detect::synthetic::{generate, LabelledStream, StreamKind, StreamSpec};
-use onad_stream::detect::{Params, PipelineSpec, StepSpec, Thresholds};
+use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec, Thresholds};
 
 /// Points scored before AUC is counted.
 const SKIP: usize = 2_048;
@@ -24,6 +31,23 @@ const SKIP: usize = 2_048;
 const SEED: u64 = 20_240_721;
 /// Detectors that are configured behind a StandardScaler.
 const SCALED: &[&str] = &["knn", "adaptive_svm"];
+/// The public series (timestamp = reading index, one value, label), compiled in.
+const UCR_135: &str = include_str!("../tests/fixtures/ucr_135_internal_bleeding16_test.csv");
+/// Name of the public series in the table.
+const UCR_NAME: &str = "ucr_135 (public)";
+
+/// The UCR series as a stream: one feature, a reading a second.
+fn ucr_135() -> LabelledStream {
+    let (mut points, mut labels, mut timestamps_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, line) in UCR_135.lines().skip(1).enumerate() {
+        let f: Vec<&str> = line.trim().split(',').collect();
+        let value: f64 = f[1].parse().expect("UCR fixture: numeric value");
+        points.push(vec![value]);
+        labels.push(f[2].trim() == "1");
+        timestamps_ms.push(onad_stream::detect::synthetic::START_MS + i as i64 * 1_000);
+    }
+    LabelledStream { points, labels, timestamps_ms }
+}
 
 #[repr(C)]
 struct Timespec {
@@ -57,15 +81,24 @@ fn aucs(scores: &[f64], stream: &LabelledStream) -> Option<(f64, f64)> {
     Some((roc_auc(&scores[skip..], &stream.labels[skip..])?, pr_auc(&scores[skip..], &stream.labels[skip..])?))
 }
 
-fn run_model(model: &str, streams: &[LabelledStream]) -> Result<Row, String> {
+/// ONAD's learn-then-score order, unless `QUALITY_ORDER=score_then_learn` (the worker's).
+fn learn_first() -> bool {
+    std::env::var("QUALITY_ORDER").map_or(true, |v| v != "score_then_learn")
+}
+
+fn run_model(model: &str, params: &[(&str, ParamValue)], streams: &[LabelledStream]) -> Result<Row, String> {
     let steps = if SCALED.contains(&model) { vec![StepSpec { kind: "scaler".into(), params: Params::new() }] } else { Vec::new() };
-    let name = if steps.is_empty() { model.to_string() } else { format!("scaler \\| {model}") };
+    let mut name = if steps.is_empty() { model.to_string() } else { format!("scaler \\| {model}") };
+    if !params.is_empty() {
+        let given: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        name = format!("{name} ({})", given.join(", ").replace("Int(", "").replace(')', ""));
+    }
     let spec = PipelineSpec {
         model_type: model.to_string(),
-        model_params: Params::new(),
+        model_params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         preprocessing_steps: steps,
         thresholds: Thresholds::default(),
-        learn_first: true,
+        learn_first: learn_first(),
         learn_anomalies: true,
         seed: 1,
     };
@@ -76,8 +109,8 @@ fn run_model(model: &str, streams: &[LabelledStream]) -> Result<Row, String> {
         let mut pipeline = factory.build(stream.points[0].len(), "bench");
         let mut scores = Vec::with_capacity(stream.points.len());
         let start = thread_cpu_secs();
-        for x in &stream.points {
-            scores.push(pipeline.process(x).raw_score);
+        for (x, ts) in stream.points.iter().zip(&stream.timestamps_ms) {
+            scores.push(pipeline.process_at(x, Some(*ts)).raw_score);
         }
         secs += thread_cpu_secs() - start;
         points += stream.points.len();
@@ -107,7 +140,7 @@ fn run_rcf3(num_trees: usize, streams: &[LabelledStream]) -> Row {
 
 fn main() {
     let len = std::env::var("QUALITY_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let streams: Vec<LabelledStream> =
+    let mut streams: Vec<LabelledStream> =
         StreamKind::ALL.iter().map(|kind| generate(&StreamSpec { len, ..StreamSpec::benchmark(*kind, SEED) })).collect();
     if let Ok(dir) = std::env::var("QUALITY_DUMP_DIR") {
         for (kind, stream) in StreamKind::ALL.iter().zip(&streams) {
@@ -122,9 +155,13 @@ fn main() {
             }
         }
     }
+    streams.push(ucr_135());
     let mut rows = Vec::new();
-    for model in MODEL_TYPES {
-        match run_model(model, &streams) {
+    let daily = [("season_length", ParamValue::Int(288))];
+    let configured: [(&str, &[(&str, ParamValue)]); 2] = [("holt_winters", &daily), ("arima", &daily)];
+    let runs = MODEL_TYPES.iter().map(|m| (*m, &[][..])).chain(configured);
+    for (model, params) in runs {
+        match run_model(model, params, &streams) {
             Ok(row) => rows.push(row),
             Err(e) => eprintln!("skipped {e}"),
         }
@@ -132,8 +169,10 @@ fn main() {
     rows.push(run_rcf3(32, &streams));
     rows.push(run_rcf3(100, &streams));
 
-    println!("Prequential (learn, then score), {len} points per stream, AUC after the first {SKIP}; ROC-AUC / PR-AUC.\n");
-    let header: Vec<String> = StreamKind::ALL.iter().map(|k| k.name().to_string()).collect();
+    let order = if learn_first() { "learn, then score" } else { "score, then learn" };
+    println!("Prequential ({order}), {len} points per stream, AUC after the first {SKIP}; ROC-AUC / PR-AUC.\n");
+    let mut header: Vec<String> = StreamKind::ALL.iter().map(|k| k.name().to_string()).collect();
+    header.push(UCR_NAME.to_string());
     println!("| detector | {} | points/s |", header.join(" | "));
     println!("|---|{}---:|", "---|".repeat(header.len()));
     for row in rows {

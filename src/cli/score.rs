@@ -6,7 +6,10 @@
 //! than the key, label and timestamp columns, in header order (JSON: the first row's key order,
 //! fixed from then on). One JSON line per row goes to `--output` (or stdout):
 //! `{"row", "key", "score", "raw_score", "is_anomaly", "severity"}`, `row` counting data rows
-//! from 1. With `--label`, a summary (ROC-AUC and PR-AUC of the calibrated and of the raw
+//! from 1, plus `"bands"` (`expected`, `lower`, `upper`, `deviation` per feature) for the
+//! time-series detectors. The first timestamp column present (ms since the epoch or a UTC
+//! date-time such as `2014-04-10 00:00:00`) is the reading's time, as `timestamp_ms` is in
+//! the worker. With `--label`, a summary (ROC-AUC and PR-AUC of the calibrated and of the raw
 //! score, points/s, state bytes) goes to stderr. A row that cannot be read (a missing or
 //! non-numeric feature, NaN, a bad label) stops the run with an error naming the row and
 //! column; nothing is silently skipped.
@@ -58,6 +61,8 @@ struct Row {
     values: Vec<f64>,
     /// Ground truth, when `--label` is given.
     label: Option<bool>,
+    /// The reading's time in ms since the epoch, from the first timestamp column present.
+    ts: Option<i64>,
 }
 
 /// Which columns play which role.
@@ -127,7 +132,7 @@ impl<'a> Run<'a> {
                 self.pipelines.entry(row.key.clone()).or_insert(p)
             }
         };
-        let s = pipeline.process(&row.values);
+        let s = pipeline.process_at(&row.values, row.ts);
         if s.is_anomaly {
             self.anomalies += 1;
         }
@@ -142,6 +147,14 @@ impl<'a> Run<'a> {
             "is_anomaly": s.is_anomaly,
             "severity": severity_name(s.severity),
         });
+        let mut line = line;
+        if !s.bands.is_empty() {
+            line["bands"] = s
+                .bands
+                .iter()
+                .map(|b| serde_json::json!({"expected": b.expected, "lower": b.lower, "upper": b.upper, "deviation": b.deviation}))
+                .collect();
+        }
         writeln!(out, "{line}")?;
         Ok(())
     }
@@ -196,6 +209,37 @@ fn severity_name(s: Severity) -> &'static str {
         Severity::High => "high",
         Severity::Critical => "critical",
     }
+}
+
+/// Parse a timestamp: integer ms since the epoch, or a UTC date-time
+/// `YYYY-MM-DD[ T]HH:MM:SS[.fff][Z]` (NAB's and TimeEval's layouts).
+fn parse_timestamp(text: &str) -> Option<i64> {
+    let t = text.trim();
+    if let Ok(ms) = t.parse::<i64>() {
+        return Some(ms);
+    }
+    if let Ok(ms) = t.parse::<f64>() {
+        return ms.is_finite().then_some(ms as i64);
+    }
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    let (date, time) = t.split_once([' ', 'T'])?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut h = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mi, ss) = (h.next()??, h.next()??, h.next().unwrap_or(Some(0))?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || hh > 23 || mi > 59 || ss > 60 {
+        return None;
+    }
+    let ms: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}")[..3].parse().ok()? };
+    // Days from the civil date (Howard Hinnant's algorithm), proleptic Gregorian.
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mi) * 60_000 + ss * 1_000 + ms)
 }
 
 /// Parse a label value.
@@ -257,6 +301,7 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
     };
     let key_col = col(&roles.key)?;
     let label_col = col(&roles.label)?;
+    let ts_col = roles.skip.iter().find_map(|name| header.iter().position(|h| h == name));
     let features: Vec<usize> = (0..header.len()).filter(|i| roles.is_feature(&header[*i])).collect();
     if features.is_empty() {
         bail!("no feature columns in the header {header:?}");
@@ -288,7 +333,14 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
             None => None,
         };
         let key = key_col.map(|i| fields[i].clone()).unwrap_or_default();
-        f(Row { key, values, label })?;
+        let ts = match ts_col {
+            Some(i) => Some(
+                parse_timestamp(&fields[i])
+                    .ok_or_else(|| anyhow::anyhow!("{}: timestamp `{}` is not ms since the epoch or a date-time", at(), fields[i]))?,
+            ),
+            None => None,
+        };
+        f(Row { key, values, label, ts })?;
     }
     Ok(())
 }
@@ -347,7 +399,18 @@ fn read_jsonl(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> any
                 _ => bail!("{}: key `{name}` is missing", at()),
             },
         };
-        f(Row { key, values, label })?;
+        let ts = match roles.skip.iter().find_map(|name| obj.get(name)) {
+            None => None,
+            Some(v) => Some(
+                match v {
+                    Value::Number(n) => n.as_f64().filter(|t| t.is_finite()).map(|t| t as i64),
+                    Value::String(s) => parse_timestamp(s),
+                    _ => None,
+                }
+                .ok_or_else(|| anyhow::anyhow!("{}: timestamp {v} is not ms since the epoch or a date-time", at()))?,
+            ),
+        };
+        f(Row { key, values, label, ts })?;
     }
     if row_no == 0 {
         bail!("the input has no rows");
@@ -358,6 +421,15 @@ fn read_jsonl(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> any
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_parse_as_ms_or_utc_date_times() {
+        assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
+        assert_eq!(parse_timestamp("1970-01-01 00:04:40.000"), Some(280_000));
+        assert_eq!(parse_timestamp("2014-04-10 00:00:00"), Some(1_397_088_000_000));
+        assert_eq!(parse_timestamp("2026-01-01T00:00:00.5Z"), Some(1_767_225_600_500));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
 
     #[test]
     fn csv_split_handles_quotes() {

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::tools::{client_config, partition_count, stop_on_signal};
 use super::ConfigArgs;
 use crate::config::KafkaConfig;
-use crate::proto::{AnomalyAlert, DeadLetter, ErrorKind, ScoredReading, SensorReading, Severity};
+use crate::proto::{AnomalyAlert, DeadLetter, ErrorKind, FeatureBand, ScoredReading, SensorReading, Severity};
 
 /// Arguments of `onad-stream tail`.
 #[derive(Debug, Args)]
@@ -92,12 +92,14 @@ pub fn record_json(kind: RecordKind, bytes: &[u8]) -> Result<Value, prost::Decod
             let m = ScoredReading::decode(bytes)?;
             let mut v = to_value(&m);
             v["severity"] = severity_name(m.severity);
+            explain(&mut v, &m.bands);
             v
         }
         RecordKind::Alert => {
             let m = AnomalyAlert::decode(bytes)?;
             let mut v = to_value(&m);
             v["severity"] = severity_name(m.severity);
+            explain(&mut v, &m.bands);
             v
         }
         RecordKind::DeadLetter => {
@@ -112,6 +114,37 @@ pub fn record_json(kind: RecordKind, bytes: &[u8]) -> Result<Value, prost::Decod
             v
         }
     })
+}
+
+/// Add `"explained"`: one readable line per feature band, e.g.
+/// `"temp 98.3, expected 71.2 (band 66.0 to 76.4), 15.6 sigma above"`.
+fn explain(v: &mut Value, bands: &[FeatureBand]) {
+    if !bands.is_empty() {
+        v["explained"] = json!(bands.iter().map(band_text).collect::<Vec<_>>());
+    }
+}
+
+/// One feature band as text, to 4 significant digits.
+pub fn band_text(b: &FeatureBand) -> String {
+    let side = if b.deviation >= 0.0 { "above" } else { "below" };
+    format!(
+        "{} {}, expected {} (band {} to {}), {:.1} sigma {side}",
+        b.feature,
+        num(b.value),
+        num(b.expected),
+        num(b.lower),
+        num(b.upper),
+        b.deviation.abs()
+    )
+}
+
+/// A number to 4 significant digits, without a trailing exponent for everyday magnitudes.
+fn num(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    format!("{v:.digits$}")
 }
 
 fn to_value<T: serde::Serialize>(m: &T) -> Value {
@@ -248,6 +281,19 @@ mod tests {
         let v = record_json(RecordKind::DeadLetter, &d.encode_to_vec()).unwrap();
         assert_eq!(v["error_kind"], "ERROR_KIND_DECODE");
         assert_eq!(v["original_value"], "Zm9v");
+    }
+
+    #[test]
+    fn alerts_with_bands_print_expected_values_readably() {
+        let band = FeatureBand { feature: "temp".into(), value: 98.3, expected: 71.2, lower: 66.0, upper: 76.4, deviation: 15.62 };
+        let a = AnomalyAlert { bands: vec![band.clone()], ..Default::default() };
+        let v = record_json(RecordKind::Alert, &a.encode_to_vec()).unwrap();
+        assert_eq!(v["explained"][0], "temp 98.30, expected 71.20 (band 66.00 to 76.40), 15.6 sigma above");
+        assert_eq!(v["bands"][0]["expected"], 71.2);
+        let low = FeatureBand { deviation: -4.0, value: 0.001234, ..band };
+        assert!(band_text(&low).starts_with("temp 0.001234, ") && band_text(&low).ends_with("4.0 sigma below"), "{}", band_text(&low));
+        let plain = record_json(RecordKind::Scored, &ScoredReading::default().encode_to_vec()).unwrap();
+        assert!(plain.get("explained").is_none(), "no bands, no explanation");
     }
 
     #[test]

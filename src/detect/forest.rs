@@ -487,6 +487,20 @@ impl OnlineIsolationForest {
 }
 
 impl Detector for OnlineIsolationForest {
+    /// The mean of the window of learned points.
+    fn reference(&self, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        if self.window_len == 0 {
+            return false;
+        }
+        out.resize(self.dim, 0.0);
+        for row in self.window.chunks_exact(self.dim.max(1)).take(self.window_len) {
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        out.iter_mut().for_each(|o| *o /= self.window_len as f64);
+        true
+    }
+
     // A point of the wrong width (or a forest over no features) is not learned and scores 0:
     // the pipeline fixes the width, so this only guards against misuse of the library.
     fn learn_one(&mut self, x: &[f64]) {

@@ -229,6 +229,30 @@ impl HalfSpaceTrees {
 }
 
 impl Detector for HalfSpaceTrees {
+    /// Per feature, the mean of the split values of the top levels of the trees, weighted by
+    /// the reference window's mass through each node: where the learned data sits.
+    fn reference(&self, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        if !self.has_reference || self.dim == 0 {
+            return false;
+        }
+        let per_tree = self.nodes_per_tree();
+        // Internal nodes of depth <= 4 (heap order: the first 31), never the leaves.
+        let top = per_tree.min(31).min((1 << self.params.height) - 1);
+        let mut weight = vec![0.0; self.dim];
+        out.resize(self.dim, 0.0);
+        for tree in self.nodes.chunks_exact(per_tree) {
+            for node in &tree[..top] {
+                let w = node.r_mass as f64 + 1.0;
+                out[node.feature as usize] += w * node.split;
+                weight[node.feature as usize] += w;
+            }
+        }
+        // A feature no top node splits on has no estimate: NaN tells occlusion to leave it.
+        out.iter_mut().zip(&weight).for_each(|(o, w)| *o = if *w > 0.0 { *o / w } else { f64::NAN });
+        true
+    }
+
     fn learn_one(&mut self, x: &[f64]) {
         if x.len() != self.dim || self.dim == 0 {
             return;

@@ -8,14 +8,19 @@
 //! (detectors) and `transform_one` (transforms) read it. Points are dense `&[f64]` in the
 //! feature order a pipeline fixed on its first reading.
 
+pub mod arima;
+pub mod explain;
 pub mod forest;
+pub mod holt_winters;
 pub mod hst;
 pub mod knn;
+pub mod mad;
 pub mod mahalanobis;
 pub mod metrics;
 pub mod params;
 pub mod pipeline;
 pub mod rshash;
+pub mod series;
 pub mod svm;
 pub mod synthetic;
 #[cfg(test)]
@@ -26,6 +31,7 @@ pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
 pub use pipeline::{Pipeline, PipelineFactory, PipelineSpec, Scored, Severity, StepSpec, Thresholds};
+pub use series::Band;
 
 /// An online feature transform (scaler, projection).
 pub trait Transformer {
@@ -47,6 +53,27 @@ pub trait Detector {
     fn learn_score_one(&mut self, x: &[f64]) -> f64 {
         self.learn_one(x);
         self.score_one(x)
+    }
+    /// The timestamp (ms since epoch) of the reading the next `score_one` / `learn_one` calls
+    /// are about; `None` when it has none. Called by [`Pipeline::process_at`] before them.
+    /// Only the time-series detectors use it (see `series`); the default ignores it.
+    fn set_time(&mut self, _ts_ms: Option<i64>) {}
+    /// Expected value and band of each feature of `x` before `x` is learned, written into
+    /// `out` (cleared first); false when the detector has none (the default) or not yet.
+    fn bands(&self, _x: &[f64], _out: &mut Vec<Band>) -> bool {
+        false
+    }
+    /// How much each feature of `x` makes it anomalous (larger = more responsible), written
+    /// into `out` (cleared first); false when the detector cannot attribute its score (the
+    /// default: the pipeline then measures it by occlusion, see `explain`).
+    fn contributions(&self, _x: &[f64], _out: &mut Vec<f64>) -> bool {
+        false
+    }
+    /// A typical point of what the model has learned (in its input coordinates), written into
+    /// `out`: the values occlusion puts in place of a feature to measure how much that
+    /// feature made a point anomalous (see `explain`). False when the model has none yet.
+    fn reference(&self, _out: &mut Vec<f64>) -> bool {
+        false
     }
 }
 

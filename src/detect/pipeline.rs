@@ -8,12 +8,17 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::arima::{Arima, ArimaParams};
+use super::explain;
 use super::forest::{IsolationForestParams, OnlineIsolationForest};
+use super::holt_winters::{HoltWinters, HoltWintersParams};
 use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
 use super::knn::{Knn, KnnParams};
+use super::mad::{Mad, MadParams};
 use super::mahalanobis::{Mahalanobis, MahalanobisParams};
 use super::params::{Params, SpecError};
 use super::rshash::{RsHash, RsHashParams};
+use super::series::Band;
 use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
 use super::transform::{AnyTransform, TransformParams};
 use super::univariate::{MovingKind, MovingStat, MovingStatParams};
@@ -131,6 +136,9 @@ enum AnyDetector {
     IsolationForest(OnlineIsolationForest),
     HalfSpaceTrees(HalfSpaceTrees),
     RsHash(RsHash),
+    HoltWinters(HoltWinters),
+    Arima(Arima),
+    Mad(Mad),
 }
 
 /// Checked detector parameters.
@@ -144,6 +152,9 @@ enum DetectorParams {
     IsolationForest(IsolationForestParams),
     HalfSpaceTrees(HalfSpaceTreesParams),
     RsHash(RsHashParams),
+    HoltWinters(HoltWintersParams),
+    Arima(ArimaParams),
+    Mad(MadParams),
 }
 
 /// A checked [`PipelineSpec`]: builds pipelines without re-validating.
@@ -175,6 +186,9 @@ pub const MODEL_TYPES: &[&str] = &[
     "moving_average",
     "moving_variance",
     "moving_median",
+    "holt_winters",
+    "arima",
+    "mad",
 ];
 
 impl PipelineSpec {
@@ -192,6 +206,9 @@ impl PipelineSpec {
             "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
             "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
             "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
+            "holt_winters" => DetectorParams::HoltWinters(HoltWintersParams::check(&self.model_params)?),
+            "arima" => DetectorParams::Arima(ArimaParams::check(&self.model_params)?),
+            "mad" => DetectorParams::Mad(MadParams::check(&self.model_params)?),
             other => return Err(SpecError::UnknownName { what: "model_type", name: other.to_string(), known: MODEL_TYPES.join(", ") }),
         };
         let steps =
@@ -234,6 +251,9 @@ impl PipelineFactory {
             DetectorParams::IsolationForest(p) => AnyDetector::IsolationForest(OnlineIsolationForest::new(p.clone(), dim, seed)),
             DetectorParams::HalfSpaceTrees(p) => AnyDetector::HalfSpaceTrees(HalfSpaceTrees::new(p.clone(), dim, seed)),
             DetectorParams::RsHash(p) => AnyDetector::RsHash(RsHash::new(p.clone(), dim, seed)),
+            DetectorParams::HoltWinters(p) => AnyDetector::HoltWinters(HoltWinters::new(p.clone(), dim)),
+            DetectorParams::Arima(p) => AnyDetector::Arima(Arima::new(p.clone(), dim)),
+            DetectorParams::Mad(p) => AnyDetector::Mad(Mad::new(p.clone(), dim)),
         };
         let bufs = vec![Vec::new(); steps.len()];
         Pipeline {
@@ -275,6 +295,9 @@ impl PipelineFactory {
             DetectorParams::IsolationForest(_) => "isolation_forest",
             DetectorParams::HalfSpaceTrees(_) => "half_space_trees",
             DetectorParams::RsHash(_) => "rshash",
+            DetectorParams::HoltWinters(_) => "holt_winters",
+            DetectorParams::Arima(_) => "arima",
+            DetectorParams::Mad(_) => "mad",
         }
     }
 }
@@ -295,8 +318,13 @@ pub struct Scored {
     pub is_anomaly: bool,
     /// Severity band of `score`.
     pub severity: Severity,
-    /// (feature index, weight) of the features that contributed most, largest first.
+    /// (feature index, weight) of the features that made this reading anomalous, largest
+    /// first (see `explain`); empty when it is not an anomaly.
     pub top_features: Vec<(usize, f64)>,
+    /// Per feature, in the pipeline's feature order: the expected value and band before this
+    /// reading was learned, for detectors that have them (`holt_winters`, `arima`, `mad`) and
+    /// no preprocessing steps (a band in scaled units would not be the sensor's); else empty.
+    pub bands: Vec<Band>,
 }
 
 /// Raw scores remembered by the calibrator; also the smallest tail probability it can tell.
@@ -387,6 +415,9 @@ impl Pipeline {
             AnyDetector::IsolationForest(d) => d,
             AnyDetector::HalfSpaceTrees(d) => d,
             AnyDetector::RsHash(d) => d,
+            AnyDetector::HoltWinters(d) => d,
+            AnyDetector::Arima(d) => d,
+            AnyDetector::Mad(d) => d,
         }
     }
 
@@ -452,6 +483,20 @@ impl Pipeline {
     /// Half-Space Trees put typical points near 0.99, so neither means the same as a
     /// threshold of 0.7 on a calibrated score.
     pub fn process(&mut self, x: &[f64]) -> Scored {
+        self.process_at(x, None)
+    }
+
+    /// [`Self::process`] for a reading taken at `ts_ms` (ms since the epoch; `None` when
+    /// unknown). The time-series detectors forecast for that time (gaps, late readings: see
+    /// `series`); the others ignore it. The timestamp goes to the detector through
+    /// [`Detector::set_time`] before it scores and learns, so `score_one` / `learn_one` keep
+    /// their signatures and every other detector is untouched.
+    pub fn process_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Scored {
+        self.detector().set_time(ts_ms);
+        let mut bands = Vec::new();
+        if self.steps.is_empty() && !self.detector().bands(x, &mut bands) {
+            bands.clear();
+        }
         let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
         let score = self.calibrator.score(raw);
         self.calibrator.learn(raw);
@@ -461,19 +506,16 @@ impl Pipeline {
         if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
             self.learn(x);
         }
-        Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features }
+        Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features, bands }
     }
 
-    /// Up to three (feature index, contribution) pairs, largest first, for detectors that can
-    /// attribute their score to features: z-score (|z| per feature), KNN (mean squared
-    /// difference to the k nearest, per feature) and Mahalanobis (each feature's term of
-    /// (x − μ)ᵀΣ⁻¹(x − μ)). Empty for other detectors and behind steps that mix features
-    /// (PCA, random projection), where indices would not name input features.
+    /// The features that made `x` anomalous, largest first (see `explain`): the detector's own
+    /// per-feature terms where it has them (z-score, KNN, Mahalanobis, the moving statistics,
+    /// the time-series detectors), otherwise occlusion against the detector's typical point.
+    /// In the detector's coordinates, so empty behind steps that mix features (PCA, random
+    /// projection), where indices would not name input features.
     fn explain(&mut self, x: &[f64]) -> Vec<(usize, f64)> {
         if !self.steps.iter().all(AnyTransform::keeps_features) {
-            return Vec::new();
-        }
-        if !matches!(self.detector, AnyDetector::ZScore(_) | AnyDetector::Knn(_) | AnyDetector::Mahalanobis(_)) {
             return Vec::new();
         }
         // Explain in the detector's own (scaled) coordinates, same features as `x`.
@@ -483,15 +525,26 @@ impl Pipeline {
             self.transform(x, false);
             self.bufs[self.steps.len() - 1].clone()
         };
-        match &mut self.detector {
-            AnyDetector::ZScore(z) => z.feature_z(&xt, &mut self.scratch),
-            AnyDetector::Knn(k) => k.feature_contributions(&xt, &mut self.scratch),
-            AnyDetector::Mahalanobis(m) => m.feature_contributions(&xt, &mut self.scratch),
-            _ => return Vec::new(),
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let native = match &mut self.detector {
+            AnyDetector::ZScore(z) => Some(z.feature_z(&xt, &mut scratch)),
+            AnyDetector::Knn(k) => Some(k.feature_contributions(&xt, &mut scratch)),
+            AnyDetector::Mahalanobis(m) => Some(m.feature_contributions(&xt, &mut scratch)),
+            _ => None,
+        };
+        let native = native.is_some() || self.detector().contributions(&xt, &mut scratch);
+        if !native {
+            let mut reference = Vec::new();
+            let det = self.detector();
+            if det.reference(&mut reference) {
+                let raw = det.score_one(&xt);
+                explain::occlusion(&xt, raw, &reference, |p| det.score_one(p), &mut scratch);
+            } else {
+                scratch.clear();
+            }
         }
-        let mut top: Vec<(usize, f64)> = self.scratch.iter().copied().enumerate().collect();
-        top.sort_by(|a, b| b.1.total_cmp(&a.1));
-        top.truncate(3);
+        let top = explain::top(&scratch);
+        self.scratch = scratch;
         top
     }
 

@@ -361,6 +361,16 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Detector for RsHash {
+    /// The middle of each feature's range.
+    fn reference(&self, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        if self.scale.len() != self.dim {
+            return false;
+        }
+        out.extend(self.scale.iter().map(|(lo, inv)| if *inv > 0.0 { lo + 0.5 / inv } else { *lo }));
+        true
+    }
+
     fn learn_one(&mut self, x: &[f64]) {
         if x.len() != self.dim {
             return;

@@ -410,6 +410,16 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 impl Detector for AdaptiveSvm {
+    /// The running mean of the learned points.
+    fn reference(&self, out: &mut Vec<f64>) -> bool {
+        out.clear();
+        if self.n == 0 {
+            return false;
+        }
+        out.extend_from_slice(&self.mean);
+        true
+    }
+
     fn learn_one(&mut self, x: &[f64]) {
         if x.len() != self.dim {
             return;

@@ -169,8 +169,8 @@ impl Processor {
         let s = if self.config.scoring {
             // A detector bug must not become a crash loop on the same record: the record goes
             // to dead letters and the sensor's model, possibly half-updated, starts over.
-            let (pipeline, x) = (&mut kp.pipeline, &self.x);
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process(x))) {
+            let (pipeline, x, ts) = (&mut kp.pipeline, &self.x, Some(reading.timestamp_ms));
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process_at(x, ts))) {
                 Ok(s) => s,
                 Err(cause) => {
                     let cause = cause
@@ -186,7 +186,7 @@ impl Processor {
                 }
             }
         } else {
-            Scored { score: 0.0, raw_score: 0.0, is_anomaly: false, severity: Severity::Low, top_features: Vec::new() }
+            Scored { score: 0.0, raw_score: 0.0, is_anomaly: false, severity: Severity::Low, top_features: Vec::new(), bands: Vec::new() }
         };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);

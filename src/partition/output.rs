@@ -9,7 +9,9 @@ use prost::Message;
 
 use crate::detect::{Scored, Severity};
 use crate::ops::validate::Rejection;
-use crate::proto::{self, AnomalyAlert, DeadLetter, FeatureContribution, PipelineCounters, ScoredReading, SensorReading, SourcePosition};
+use crate::proto::{
+    self, AnomalyAlert, DeadLetter, FeatureBand, FeatureContribution, PipelineCounters, ScoredReading, SensorReading, SourcePosition,
+};
 
 /// Header carrying the input topic of the record an output answers.
 pub const HEADER_SOURCE_TOPIC: &str = "onad-source-topic";
@@ -109,6 +111,7 @@ pub struct ScoreContext<'a> {
 pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreContext<'_>, out: &mut Vec<OutRecord>) {
     let key = reading.sensor_id.as_bytes().to_vec();
     let rate = if cx.processed == 0 { 0.0 } else { cx.anomalies as f64 / cx.processed as f64 };
+    let bands = feature_bands(reading, s, cx.features);
     let scored = ScoredReading {
         sensor_id: reading.sensor_id.clone(),
         timestamp_ms: reading.timestamp_ms,
@@ -122,6 +125,7 @@ pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreCo
         source: Some(src.position()),
         processed_at_ms: cx.now_ms,
         counters: Some(PipelineCounters { processed: cx.processed, anomalies: cx.anomalies, anomaly_rate: rate }),
+        bands: bands.clone(),
     };
     out.push(OutRecord { dest: Dest::Scores, key: key.clone(), payload: scored.encode_to_vec() });
     if s.is_anomaly {
@@ -141,9 +145,27 @@ pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreCo
             source: Some(src.position()),
             degraded: false,
             detected_at_ms: cx.now_ms,
+            bands,
         };
         out.push(OutRecord { dest: Dest::Alerts, key, payload: alert.encode_to_vec() });
     }
+}
+
+/// The wire form of the score's bands, named by the pipeline's features (values from the
+/// reading); empty when the detector has none.
+fn feature_bands(reading: &SensorReading, s: &Scored, features: &[String]) -> Vec<FeatureBand> {
+    s.bands
+        .iter()
+        .zip(features)
+        .map(|(b, f)| FeatureBand {
+            feature: f.clone(),
+            value: reading.values.get(f).copied().unwrap_or(f64::NAN),
+            expected: b.expected,
+            lower: b.lower,
+            upper: b.upper,
+            deviation: b.deviation,
+        })
+        .collect()
 }
 
 /// The `DeadLetter` of a record that could not be processed: original key and bytes kept.
