@@ -70,7 +70,7 @@ impl ArimaParams {
     pub fn check(params: &Params) -> Result<Self, SpecError> {
         let mut r = ParamReader::new("arima", params);
         let p = r.usize("p", 2)?;
-        let d = r.usize("d", 1)?;
+        let d = r.usize("d", 0)?;
         let q = r.usize("q", 1)?;
         let season_length = r.usize("season_length", 0)?;
         let forgetting = r.f64("forgetting", 0.999)?;
@@ -149,7 +149,7 @@ impl Ring {
 /// One feature's model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Feature {
-    /// Raw (cleaned) values, newest first: d + season_length of them.
+    /// Raw (cleaned) values, newest first: d + season_length of them (at least 1).
     y: Ring,
     /// Differenced (cleaned) values, newest first: p of them.
     z: Ring,
@@ -196,7 +196,8 @@ impl Arima {
             cov[i * n + i] = P0;
         }
         let feature = Feature {
-            y: Ring::new(params.d + params.season_length),
+            // At least the last value, which a late reading is compared with.
+            y: Ring::new((params.d + params.season_length).max(1)),
             z: Ring::new(params.p),
             e: Ring::new(params.q),
             coef: vec![0.0; n],
@@ -302,8 +303,8 @@ fn rls(f: &mut Feature, phi: &[f64], p_phi: &mut Vec<f64>, lambda: f64, err: f64
     if !(denom.is_finite() && denom > 0.0) {
         return;
     }
-    for i in 0..n {
-        f.coef[i] += p_phi[i] / denom * err;
+    for (c, k) in f.coef.iter_mut().zip(p_phi.iter()) {
+        *c += k / denom * err;
     }
     let trace: f64 = (0..n).map(|i| f.cov[i * n + i]).sum();
     let forget = if trace > MAX_TRACE { 1.0 } else { lambda };
@@ -461,7 +462,7 @@ mod tests {
 
     #[test]
     fn differencing_follows_a_trend_and_a_spike_does_not_echo() {
-        let mut m = arima(&[]);
+        let mut m = arima(&[("d", ParamValue::Int(1))]);
         let line = |t: usize| 3.0 * t as f64 + ((t * 31 % 7) as f64 - 3.0) * 0.1;
         for t in 0..500 {
             m.learn_one(&[line(t)]);

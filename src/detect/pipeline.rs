@@ -527,12 +527,21 @@ impl Pipeline {
         };
         let mut scratch = std::mem::take(&mut self.scratch);
         let native = match &mut self.detector {
-            AnyDetector::ZScore(z) => Some(z.feature_z(&xt, &mut scratch)),
-            AnyDetector::Knn(k) => Some(k.feature_contributions(&xt, &mut scratch)),
-            AnyDetector::Mahalanobis(m) => Some(m.feature_contributions(&xt, &mut scratch)),
-            _ => None,
+            AnyDetector::ZScore(z) => {
+                z.feature_z(&xt, &mut scratch);
+                true
+            }
+            AnyDetector::Knn(k) => {
+                k.feature_contributions(&xt, &mut scratch);
+                true
+            }
+            AnyDetector::Mahalanobis(m) => {
+                m.feature_contributions(&xt, &mut scratch);
+                true
+            }
+            _ => false,
         };
-        let native = native.is_some() || self.detector().contributions(&xt, &mut scratch);
+        let native = native || self.detector().contributions(&xt, &mut scratch);
         if !native {
             let mut reference = Vec::new();
             let det = self.detector();
