@@ -148,3 +148,36 @@ fn unknown_label_column_is_an_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no column `truth`"), "{}", stderr(&o));
 }
+
+#[test]
+fn arima_finds_the_anomaly_of_the_public_ucr_series_and_prints_bands() {
+    // UCR anomaly archive no. 135 (vendored from aeon's wheel, see its LICENSE file):
+    // `timestamp,value,is_anomaly`, 12 anomalous readings of 7,501.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "arima.toml", "model_type = \"arima\"\n");
+    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ucr_135_internal_bleeding16_test.csv");
+    let out_path = dir.path().join("scores.jsonl");
+    let o = run(&[
+        "score",
+        "--config",
+        config.to_str().unwrap(),
+        "--input",
+        input,
+        "--label",
+        "is_anomaly",
+        "--eval-after",
+        "2048",
+        "-o",
+        out_path.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(summary_value(&err, "(raw_score)", "ROC-AUC") > 0.95, "{err}");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&out_path).unwrap().lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert_eq!(lines.len(), 7_501);
+    let last = &lines[7_500]["bands"][0];
+    let (lower, expected, upper) = (last["lower"].as_f64().unwrap(), last["expected"].as_f64().unwrap(), last["upper"].as_f64().unwrap());
+    assert!(lower < expected && expected < upper, "{last}");
+    assert!(lines[10].get("bands").is_none(), "no band while the model warms up");
+}

@@ -13,8 +13,10 @@
 //!   so no phase reset is needed); a gap above `max_gap_steps` resets level/history (keeping
 //!   the seasonal profile, coefficients and scale) and scores that reading 0.
 //! - A reading at or before the last learned timestamp (out of order or duplicate) is scored
-//!   against the forecast for the next step but not learned, so a late reading never rewinds
-//!   the model.
+//!   but not learned, so a late reading never rewinds the model: it is compared with the
+//!   model's estimate at the last learned step (Holt–Winters: level + trend + that step's
+//!   seasonal offset; ARIMA: the last learned, cleaned value), one step's band wide. (This is
+//!   also what a learn-then-score pipeline, `learn_first = true`, scores a reading against.)
 //! - Without a timestamp (`None`, or a value <= 0, which producers send when they have none)
 //!   every reading is one step: the clock counts readings.
 
@@ -53,8 +55,10 @@ pub struct StepClock {
     interval_ms: i64,
     /// Positive gaps seen while inferring the interval.
     gaps: Vec<i64>,
-    /// Timestamp and step of the last learned reading.
+    /// Timestamp (or reading count) and step of the last learned reading.
     last: Option<(i64, i64)>,
+    /// The last learned reading had a timestamp (its `last.0` is one, not a count).
+    last_real: bool,
     /// Readings seen (the step of a reading without a timestamp).
     seen: i64,
     /// Step of the current reading (set by [`Self::set_time`]).
@@ -91,6 +95,8 @@ impl StepClock {
         self.cur_step = match (ts, self.last) {
             (None, _) => self.seen,
             (Some(_), None) => 0,
+            // The first timestamp after readings without one: the next step.
+            (Some(_), Some((_, ls))) if !self.last_real => ls + 1,
             (Some(t), Some((lt, ls))) => {
                 if t <= lt {
                     ls
@@ -118,7 +124,7 @@ impl StepClock {
             None => Step::First,
             Some((lt, ls)) => {
                 let late = match self.cur_ts {
-                    Some(t) => t <= lt,
+                    Some(t) => self.last_real && t <= lt,
                     None => self.cur_step <= ls,
                 };
                 if late {
@@ -139,7 +145,7 @@ impl StepClock {
     pub fn learned(&mut self) {
         self.fresh = false;
         let ts = self.cur_ts.unwrap_or(self.cur_step);
-        if let (Some(t), Some((lt, _))) = (self.cur_ts, self.last) {
+        if let (Some(t), Some((lt, _)), true) = (self.cur_ts, self.last, self.last_real) {
             if self.interval_ms == 0 && t > lt {
                 self.gaps.push(t - lt);
                 if self.gaps.len() >= INTERVAL_SAMPLES {
@@ -150,6 +156,7 @@ impl StepClock {
             }
         }
         self.last = Some((ts, self.cur_step));
+        self.last_real = self.cur_ts.is_some();
     }
 
     /// The current reading was scored but not learned.
@@ -255,6 +262,15 @@ mod tests {
         c.set_time(Some(12_000));
         assert_eq!(c.step(), Step::Late, "a duplicate timestamp is not learned twice");
         c.set_time(Some(13_100));
+        assert_eq!(c.step(), Step::Ahead(1));
+    }
+
+    #[test]
+    fn a_first_reading_at_time_zero_does_not_hide_the_next_one() {
+        let mut c = StepClock::new(true, 0);
+        c.set_time(Some(0));
+        c.learned();
+        c.set_time(Some(1));
         assert_eq!(c.step(), Step::Ahead(1));
     }
 
