@@ -41,6 +41,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::ConfigArgs;
 use crate::config::Config;
+use crate::partition::replay_plan::{self, Bounds, Lookup, PlanLine};
 use crate::state::changelog::Changelog;
 use crate::state::hooks::{read_tails, tail_config};
 use crate::state::{codec, KeyModel, Kind, StateStore};
@@ -89,6 +90,9 @@ pub struct ReplayArgs {
     /// Do not touch the changelog topic (e.g. it is not used).
     #[arg(long, env = "ONAD_REPLAY_NO_CHANGELOG")]
     pub no_changelog: bool,
+    /// Print the plan (per partition: from, to, state action, replay epoch) and change nothing.
+    #[arg(long, env = "ONAD_REPLAY_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 /// Run the subcommand.
@@ -140,7 +144,9 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     match consumer.fetch_group_list(Some(&group), BROKER_TIMEOUT) {
         Ok(list) => {
             if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
-                if !g.members().is_empty() {
+                if !g.members().is_empty() && args.dry_run {
+                    eprintln!("warning: group {group:?} has {} active member(s); a real replay would be refused", g.members().len());
+                } else if !g.members().is_empty() {
                     bail!(
                         "group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)",
                         g.members().len()
@@ -157,32 +163,24 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     if partitions.is_empty() {
         bail!("input topic {topic:?} not found");
     }
-    let targets = match args.to_timestamp {
-        Some(ts) => {
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition_offset(&topic, *p, Offset::Offset(ts))?;
-            }
-            let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
-            let mut out = BTreeMap::new();
-            for e in found.elements() {
-                match e.offset() {
-                    Offset::Offset(o) => {
-                        out.insert(e.partition(), o);
-                    }
-                    other => eprintln!("partition {}: no record at or after {ts} ({other:?}); left alone", e.partition()),
-                }
-            }
-            out
-        }
-        None => parse_targets(&args.to_offset)?,
-    };
-    for p in targets.keys() {
-        if !partitions.contains(p) {
+    for p in args.to_offset.iter().filter_map(|s| s.split_once(':')).filter_map(|(p, _)| p.trim().parse::<i32>().ok()) {
+        if !partitions.contains(&p) {
             bail!("partition {p} is not a partition of {topic:?} (it has {})", partitions.len());
         }
     }
-
+    // Every target is checked against what the partition holds before anything is written.
+    let tail = tail_config(&base);
+    let bounds = crate::kafka::bounds::bounds(&tail, &topic, &partitions).context("reading the bounds of the input partitions")?;
+    let targets = match args.to_timestamp {
+        Some(ts) => timestamp_targets(&consumer, &tail, &topic, &partitions, &bounds, ts)?,
+        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &bounds).map_err(|refused| {
+            let lines: Vec<String> = refused.iter().map(|r| format!("  {r}")).collect();
+            anyhow::anyhow!("refused, nothing changed:\n{}", lines.join("\n"))
+        })?,
+    };
+    if args.dry_run {
+        return dry_run(config, args, &consumer, &tail, &targets);
+    }
     // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
     crate::kafka::admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
@@ -252,6 +250,76 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--to-timestamp T`: per partition, the broker's answer, verified by reading the record it
+/// points at. Partitions without a record at or after T are left alone (and say so); an error
+/// when none has one.
+fn timestamp_targets(
+    consumer: &BaseConsumer,
+    tail: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    bounds: &BTreeMap<i32, Bounds>,
+    ts: i64,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(ts))?;
+    }
+    let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
+    let answered: BTreeMap<i32, i64> =
+        found.elements().iter().filter_map(|e| if let Offset::Offset(o) = e.offset() { Some((e.partition(), o)) } else { None }).collect();
+    let record_ts = crate::kafka::bounds::timestamps_at(tail, topic, &answered).context("reading the records the lookup points at")?;
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let Some(&b) = bounds.get(&p) else { continue };
+        let lookup = Lookup { offset: answered.get(&p).copied(), record_ts: record_ts.get(&p).copied().flatten() };
+        match replay_plan::check_timestamp(p, ts, lookup, b) {
+            Ok(o) => {
+                out.insert(p, o);
+            }
+            Err(why) => eprintln!("{why}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("no partition of {topic:?} has a record at or after {ts}: nothing changed");
+    }
+    Ok(out)
+}
+
+/// `--dry-run`: what the replay would do, per partition; nothing is written.
+fn dry_run(
+    config: &Config,
+    args: &ReplayArgs,
+    consumer: &BaseConsumer,
+    tail: &ClientConfig,
+    targets: &BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let topic = &config.kafka.input_topic;
+    let mut tpl = TopicPartitionList::new();
+    for p in targets.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT).context("reading the group's committed offsets")?;
+    let from = |p: i32| committed.elements().iter().find(|e| e.partition() == p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+    // Read-only: a dry run may look at the store of a running worker.
+    let store = StateStore::open_read_only(&config.state.path).ok();
+    let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
+    let action = match args.state {
+        StateMode::Keep => "keep",
+        StateMode::Rewind => "rewind",
+        StateMode::Reset => "reset",
+    };
+    println!("dry run: nothing is changed");
+    for (&p, &to) in targets {
+        let local = store.as_ref().and_then(|s| s.epoch(topic, p).ok()).unwrap_or(0);
+        let seen = read_tails(tail, &outputs, &config.kafka.changelog_topic, p).map(|t| t.epoch()).unwrap_or(0);
+        let now = local.max(seen);
+        let after = if args.state == StateMode::Rewind { now } else { now + 1 };
+        println!("{}", PlanLine { partition: p, from: from(p), to, action, epoch: (now, after) });
+    }
+    Ok(())
+}
+
 /// `--state keep` on a store without a usable snapshot of partition `p` (the replay runs on
 /// another machine than the partition's last owner): copy the changelog's state into the
 /// store, so that the models kept are the group's, not fresh ones.
@@ -314,8 +382,9 @@ fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode)
         }
         StateMode::Keep => match newest(&|_| true)? {
             Some((from, models)) => {
+                // Written as the partition's state now: the newer snapshots go in the same batch,
+                // and this one is not pruned as the "oldest" (the store orders by meaning).
                 store.write_encoded(topic, p, target, models.iter().cloned().map(Ok))?;
-                store.delete_after(topic, p, Some(target))?;
                 StateReport {
                     summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()),
                     offset: target,

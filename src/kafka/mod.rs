@@ -21,6 +21,7 @@
 //!   broker transactions would fence it, but neither development broker honours them.
 
 pub mod admin;
+pub mod bounds;
 pub mod client;
 pub mod driver;
 pub mod offsets;

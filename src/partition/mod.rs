@@ -8,6 +8,7 @@
 //! after each batch (snapshot when due) and on revocation (final snapshot).
 
 pub mod output;
+pub mod replay_plan;
 pub mod task;
 
 use std::collections::BTreeMap;
