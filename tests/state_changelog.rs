@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use onad_stream::config::KafkaConfig;
 use onad_stream::detect::{Params, Pipeline, PipelineSpec, Thresholds};
-use onad_stream::state::changelog::Changelog;
-use rdkafka::config::ClientConfig;
+use onad_stream::kafka::changelog::Changelog;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -14,10 +14,8 @@ fn bootstrap() -> String {
     std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-fn base() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap());
-    c
+fn base() -> KafkaConfig {
+    KafkaConfig { bootstrap: bootstrap(), ..KafkaConfig::default() }
 }
 
 fn unique(prefix: &str) -> String {
@@ -58,7 +56,7 @@ fn bytes(p: &Pipeline) -> Vec<u8> {
 async fn another_replica_restores_the_published_models_from_the_changelog() {
     let topic = unique("changelog");
     let writer = Changelog::new(&base(), &topic).expect("producer");
-    writer.ensure_topic(&base(), 4, 1).await.expect("topic created");
+    writer.ensure_topic(4).await.expect("topic created");
 
     let first = models(40, 50);
     let second = models(10, 80); // keys dev/0..dev/9 learned more
@@ -89,7 +87,7 @@ async fn another_replica_restores_the_published_models_from_the_changelog() {
 async fn models_larger_than_a_record_are_chunked_through_the_broker() {
     let topic = unique("changelog-chunks");
     let cl = Changelog::new(&base(), &topic).expect("producer").with_max_chunk_bytes(700);
-    cl.ensure_topic(&base(), 1, 1).await.expect("topic created");
+    cl.ensure_topic(1).await.expect("topic created");
     let m = models(5, 400); // a few KB each: several chunks per model
     let published = cl.publish(0, 77, m.iter().map(|(k, p)| (k.as_str(), p))).await.expect("published");
     assert!(published.records > 5 * 3, "chunked into {} records", published.records);
@@ -106,7 +104,7 @@ async fn models_larger_than_a_record_are_chunked_through_the_broker() {
 async fn replace_rewrites_the_partition_state_and_deletes_other_keys() {
     let topic = unique("changelog-replace");
     let cl = Changelog::new(&base(), &topic).expect("producer");
-    cl.ensure_topic(&base(), 1, 1).await.expect("topic created");
+    cl.ensure_topic(1).await.expect("topic created");
     let m = models(6, 30);
     cl.publish(0, 500, m.iter().map(|(k, p)| (k.as_str(), p))).await.expect("published");
 

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::readings_file::{FileFormat, ReadingsFile};
 use super::synth::{Fleet, FleetSpec};
-use super::tools::{client_config, now_ms, stop_on_signal, Pacer, ReadingSender};
+use super::tools::{now_ms, stop_on_signal, Pacer, ReadingSender};
 use super::ConfigArgs;
 use crate::proto::SensorReading;
 
@@ -120,7 +120,7 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
             (Source::Fleet(Box::new(Fleet::new(spec))), Some(args.rate.unwrap_or(DEFAULT_SYNTHETIC_RATE)))
         }
     };
-    let mut sender = ReadingSender::new(client_config(&config.kafka), &topic)?;
+    let mut sender = ReadingSender::new(&config.kafka, &topic)?;
     let stop = stop_on_signal();
     let pacer = Pacer::new(rate);
     let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));

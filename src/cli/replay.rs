@@ -35,16 +35,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Offset;
 
 use super::ConfigArgs;
 use crate::config::Config;
+use crate::kafka::changelog::Changelog;
+use crate::kafka::tails::TailReader;
+use crate::kafka::{admin, bounds, client, offsets};
 use crate::partition::replay_plan::{self, Bounds, Lookup, PlanLine};
-use crate::state::changelog::Changelog;
-use crate::state::hooks::{read_tails, tail_config};
-use crate::state::{codec, KeyModel, Kind, StateStore};
+use crate::partition::resume;
+use crate::state::{encode_models, KeyModel, StateStore};
 
 /// Broker round trips (metadata, group list, offsets for times, commit).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -102,15 +103,6 @@ pub fn main(args: ReplayArgs) -> anyhow::Result<()> {
     rt.block_on(replay(&config, &args))
 }
 
-fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.bootstrap);
-    for (k, v) in &config.kafka.settings {
-        c.set(k, v);
-    }
-    c
-}
-
 fn parse_targets(specs: &[String]) -> anyhow::Result<BTreeMap<i32, i64>> {
     let mut out = BTreeMap::new();
     for s in specs {
@@ -135,10 +127,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             config.kafka.group_id
         );
     }
-    let base = client_config(config);
-    let mut cc = base.clone();
-    cc.set("group.id", &group).set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cc.create().context("creating the consumer")?;
+    // A reader under the group's id: it reads and sets the group's offsets, never joins.
+    let consumer: BaseConsumer = client::reader(&config.kafka, &group).create().context("creating the consumer")?;
 
     // The group must be empty: a live member would overwrite the reset with its own commits.
     match consumer.fetch_group_list(Some(&group), BROKER_TIMEOUT) {
@@ -157,32 +147,30 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         Err(e) => eprintln!("warning: cannot list group {group:?} ({e}); make sure its workers are stopped"),
     }
 
-    let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT).context("fetching topic metadata")?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    if partitions.is_empty() {
-        bail!("input topic {topic:?} not found");
-    }
+    let partitions = admin::topic_partitions(consumer.client(), &topic, BROKER_TIMEOUT)
+        .context("fetching topic metadata")?
+        .with_context(|| format!("input topic {topic:?} not found"))?;
     for p in args.to_offset.iter().filter_map(|s| s.split_once(':')).filter_map(|(p, _)| p.trim().parse::<i32>().ok()) {
         if !partitions.contains(&p) {
             bail!("partition {p} is not a partition of {topic:?} (it has {})", partitions.len());
         }
     }
     // Every target is checked against what the partition holds before anything is written.
-    let tail = tail_config(&base);
-    let bounds = crate::kafka::bounds::bounds(&tail, &topic, &partitions).context("reading the bounds of the input partitions")?;
+    let reader = client::reader(&config.kafka, bounds::READER_GROUP);
+    let held = bounds::bounds(&reader, &topic, &partitions).context("reading the bounds of the input partitions")?;
     let targets = match args.to_timestamp {
-        Some(ts) => timestamp_targets(&consumer, &tail, &topic, &partitions, &bounds, ts)?,
-        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &bounds).map_err(|refused| {
+        Some(ts) => timestamp_targets(&consumer, &reader, &topic, &partitions, &held, ts)?,
+        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &held).map_err(|refused| {
             let lines: Vec<String> = refused.iter().map(|r| format!("  {r}")).collect();
             anyhow::anyhow!("refused, nothing changed:\n{}", lines.join("\n"))
         })?,
     };
     if args.dry_run {
-        return dry_run(config, args, &consumer, &tail, &targets);
+        return dry_run(config, args, &consumer, &targets);
     }
+
     // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
-    crate::kafka::admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
+    admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
     // State first: if it fails, the offsets are untouched and the command can be rerun.
     let store = StateStore::open(&config.state.path, config.state.snapshot_history)
@@ -190,11 +178,12 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let changelog = if args.no_changelog {
         None
     } else {
-        let cl = Changelog::new(&base, &config.kafka.changelog_topic)?;
+        let cl = Changelog::new(&config.kafka, &config.kafka.changelog_topic)?;
         // A backfill's changelog does not exist before its first worker runs.
-        cl.ensure_topic(&base, partitions.len() as i32, config.kafka.replication_factor).await?;
+        cl.ensure_topic(partitions.len() as i32).await?;
         Some(cl)
     };
+    let tails = TailReader::new(&config.kafka);
     for (&p, &o) in &targets {
         if let (StateMode::Keep, Some(cl)) = (args.state, &changelog) {
             seed_from_changelog(&store, cl, &topic, p).await?;
@@ -218,11 +207,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         } else {
             // Above every epoch in sight: this store's, and those in the outputs' and the
             // changelog's tails (an earlier replay may have run against another store).
-            let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
-            let seen = read_tails(&tail_config(&base), &outputs, &config.kafka.changelog_topic, p)
-                .map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?
-                .epoch();
-            let e = store.epoch(&topic, p)?.max(seen) + 1;
+            let seen = tails.read(p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?;
+            let e = resume::next_epoch(store.epoch(&topic, p)?, &seen);
             store.set_epoch(&topic, p, e)?;
             if let Some(cl) = &changelog {
                 cl.publish_epoch(p, e)
@@ -234,18 +220,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         println!("{topic}[{p}] -> next offset {o}: {} ({published}){epoch}", report.summary);
     }
 
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in &targets {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync).with_context(|| format!("committing the new offsets of group {group:?}"))?;
-    let committed = consumer.committed_offsets(tpl.clone(), BROKER_TIMEOUT).context("reading the offsets back")?;
-    for e in committed.elements() {
-        let want = targets.get(&e.partition()).copied();
-        if e.offset() != Offset::Offset(want.unwrap_or(-1)) {
-            bail!("partition {}: committed offset reads back as {:?}, not {want:?}", e.partition(), e.offset());
-        }
-    }
+    offsets::reset_group(&consumer, &topic, &targets, BROKER_TIMEOUT)
+        .with_context(|| format!("committing the new offsets of group {group:?}"))?;
     println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
     Ok(())
 }
@@ -255,23 +231,20 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
 /// when none has one.
 fn timestamp_targets(
     consumer: &BaseConsumer,
-    tail: &ClientConfig,
+    reader: &rdkafka::ClientConfig,
     topic: &str,
     partitions: &[i32],
-    bounds: &BTreeMap<i32, Bounds>,
+    held: &BTreeMap<i32, Bounds>,
     ts: i64,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(ts))?;
-    }
-    let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
+    let found =
+        offsets::offsets_for_time(consumer, topic, partitions, ts, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
     let answered: BTreeMap<i32, i64> =
-        found.elements().iter().filter_map(|e| if let Offset::Offset(o) = e.offset() { Some((e.partition(), o)) } else { None }).collect();
-    let record_ts = crate::kafka::bounds::timestamps_at(tail, topic, &answered).context("reading the records the lookup points at")?;
+        found.iter().filter_map(|(p, o)| if let Offset::Offset(o) = o { Some((*p, *o)) } else { None }).collect();
+    let record_ts = bounds::timestamps_at(reader, topic, &answered).context("reading the records the lookup points at")?;
     let mut out = BTreeMap::new();
     for &p in partitions {
-        let Some(&b) = bounds.get(&p) else { continue };
+        let Some(&b) = held.get(&p) else { continue };
         let lookup = Lookup { offset: answered.get(&p).copied(), record_ts: record_ts.get(&p).copied().flatten() };
         match replay_plan::check_timestamp(p, ts, lookup, b) {
             Ok(o) => {
@@ -287,23 +260,13 @@ fn timestamp_targets(
 }
 
 /// `--dry-run`: what the replay would do, per partition; nothing is written.
-fn dry_run(
-    config: &Config,
-    args: &ReplayArgs,
-    consumer: &BaseConsumer,
-    tail: &ClientConfig,
-    targets: &BTreeMap<i32, i64>,
-) -> anyhow::Result<()> {
+fn dry_run(config: &Config, args: &ReplayArgs, consumer: &BaseConsumer, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
     let topic = &config.kafka.input_topic;
-    let mut tpl = TopicPartitionList::new();
-    for p in targets.keys() {
-        tpl.add_partition(topic, *p);
-    }
-    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT).context("reading the group's committed offsets")?;
-    let from = |p: i32| committed.elements().iter().find(|e| e.partition() == p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+    let partitions: Vec<i32> = targets.keys().copied().collect();
+    let from = offsets::committed(consumer, topic, &partitions);
     // Read-only: a dry run may look at the store of a running worker.
     let store = StateStore::open_read_only(&config.state.path).ok();
-    let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
+    let tails = TailReader::new(&config.kafka);
     let action = match args.state {
         StateMode::Keep => "keep",
         StateMode::Rewind => "rewind",
@@ -312,10 +275,10 @@ fn dry_run(
     println!("dry run: nothing is changed");
     for (&p, &to) in targets {
         let local = store.as_ref().and_then(|s| s.epoch(topic, p).ok()).unwrap_or(0);
-        let seen = read_tails(tail, &outputs, &config.kafka.changelog_topic, p).map(|t| t.epoch()).unwrap_or(0);
-        let now = local.max(seen);
-        let after = if args.state == StateMode::Rewind { now } else { now + 1 };
-        println!("{}", PlanLine { partition: p, from: from(p), to, action, epoch: (now, after) });
+        let seen = tails.read(p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?;
+        let now = resume::epoch(local, Some(&seen)).current;
+        let after = if args.state == StateMode::Rewind { now } else { resume::next_epoch(local, &seen) };
+        println!("{}", PlanLine { partition: p, from: from.get(&p).copied().flatten(), to, action, epoch: (now, after) });
     }
     Ok(())
 }
@@ -335,14 +298,8 @@ async fn seed_from_changelog(store: &StateStore, cl: &Changelog, topic: &str, p:
             st.rejected.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
         );
     }
-    let models = st.models.iter().map(|m| {
-        codec::encode(Kind::Model, &m.model).map(|v| (m.key.clone(), v)).map_err(|source| crate::state::StateError::Encode {
-            partition: p,
-            key: m.key.clone(),
-            source,
-        })
-    });
-    store.write_encoded(topic, p, marker, models)?;
+    let models = encode_models(p, st.models.iter().map(|m| (&m.key, &m.model)))?;
+    store.write_encoded(topic, p, marker, models.into_iter().map(Ok))?;
     println!("{topic}[{p}]: no snapshot in this store; took the changelog's state at offset {marker} ({} keys)", st.models.len());
     Ok(())
 }

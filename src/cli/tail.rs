@@ -16,7 +16,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use super::tools::{client_config, partition_count, stop_on_signal};
+use super::tools::{partition_count, stop_on_signal};
 use super::ConfigArgs;
 use crate::config::KafkaConfig;
 use crate::proto::{AnomalyAlert, DeadLetter, ErrorKind, ScoredReading, SensorReading, Severity};
@@ -149,15 +149,10 @@ pub fn main(args: TailArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     crate::telemetry::init(&config.telemetry);
     let (topic, kind) = resolve_topic(&config.kafka, &args.topic, args.kind)?;
-    let mut cc = client_config(&config.kafka);
     // A group id is required by librdkafka's consumer even when only assigning; nothing is
-    // committed under it.
-    if cc.get("group.id").is_none() {
-        cc.set("group.id", format!("onad-stream-tail-{}", std::process::id()));
-    }
-    cc.set("enable.auto.commit", "false");
-    cc.set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = cc.create()?;
+    // committed under it. One given in `[kafka.settings]` is kept (an ACL may demand it).
+    let group = config.kafka.settings.get("group.id").cloned().unwrap_or_else(|| format!("onad-stream-tail-{}", std::process::id()));
+    let consumer: BaseConsumer = crate::kafka::client::reader(&config.kafka, &group).create()?;
     let partitions = partition_count(&consumer, &topic)?;
     let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
     let mut tpl = TopicPartitionList::new();

@@ -14,6 +14,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::partition::replay_plan::Bounds;
 
+/// Group id of the bounds readers (required by librdkafka; never joined).
+pub const READER_GROUP: &str = "onad-stream-bounds-reader";
 /// Watermark requests.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reading stops once nothing has arrived for this long (the partitions are read to their end).

@@ -21,47 +21,15 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::offsets;
-use super::producer::OutputProducer;
-use crate::partition::task::{PartitionTask, TaskExit};
-use crate::partition::{Models, ProcessorConfig, StateHooks};
-use crate::worker::{WorkerError, WorkerStats};
+use super::task::{PartitionTask, Shared, TaskExit};
+use crate::error::WorkerError;
+use crate::partition::{resume, Models};
 
 /// The worker's consumer type.
 pub type Consumer = BaseConsumer<WorkerContext>;
 
 /// How long the driver waits on the main queue before checking for shutdown.
 const DRIVER_POLL: Duration = Duration::from_millis(100);
-
-/// What every partition thread shares.
-pub struct Shared {
-    /// Input topic.
-    pub topic: Arc<str>,
-    /// Pipeline factory and validation limits.
-    pub processor: Arc<ProcessorConfig>,
-    /// Output producer.
-    pub producer: OutputProducer,
-    /// Counters.
-    pub stats: Arc<WorkerStats>,
-    /// State store seam.
-    pub hooks: Arc<dyn StateHooks>,
-    /// Settings of the reader that checks partition ends on assignment.
-    pub bounds_reader: rdkafka::ClientConfig,
-    /// Set when the worker must stop (shutdown requested or a fatal error).
-    pub stop: AtomicBool,
-    /// The first fatal error, reported by `run`.
-    pub fatal: Mutex<Option<WorkerError>>,
-}
-
-impl Shared {
-    /// Record a fatal error (the first one wins) and stop the worker.
-    pub fn fail(&self, e: WorkerError) {
-        tracing::error!(cause = %e, "worker stopping on a fatal error");
-        if let Ok(mut slot) = self.fatal.lock() {
-            slot.get_or_insert(e);
-        }
-        self.stop.store(true, Ordering::Release);
-    }
-}
 
 /// A running partition thread.
 struct Running {
@@ -118,7 +86,7 @@ impl WorkerContext {
         // after the last record they learned; otherwise another member has moved on.
         let parked: Vec<Option<Models>> = new
             .iter()
-            .map(|p| self.parked.lock().ok().and_then(|mut all| all.remove(p)).filter(|m| m.last_offset.map(|l| l + 1) == committed(*p)))
+            .map(|p| self.parked.lock().ok().and_then(|mut all| all.remove(p)).filter(|m| resume::parked_continues(m, committed(*p))))
             .collect();
         // Restoring state and reading output tails take about a second per partition, mostly
         // waiting on the broker: do the partitions side by side, not one after another.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::worker::WorkerStats;
+use super::stats::WorkerStats;
 
 /// How a [`WorkerStats`] counter is exposed: name, type, help, and where to read it.
 struct Exposed {
