@@ -23,7 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use onad_stream::detect::forest::{IsolationForestParams, OnlineIsolationForest};
 use onad_stream::detect::pipeline::MODEL_TYPES;
 use onad_stream::detect::synthetic::{generate, StreamKind, StreamSpec};
-use onad_stream::detect::{Detector, Params, PipelineSpec, Thresholds};
+use onad_stream::detect::{Detector, PipelineSpec};
 
 const DIM: usize = 10;
 const WARM: usize = 20_000;
@@ -109,15 +109,7 @@ fn points() -> Vec<Vec<f64>> {
 }
 
 fn spec(model: &str) -> PipelineSpec {
-    PipelineSpec {
-        model_type: model.to_string(),
-        model_params: Params::new(),
-        preprocessing_steps: Vec::new(),
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: true,
-        seed: 1,
-    }
+    PipelineSpec { model_type: model.to_string(), seed: 1, ..PipelineSpec::default() }
 }
 
 fn rcf3_forest(trees: usize, pts: &[Vec<f32>]) -> rcf3::OnlineIForest {

@@ -16,7 +16,7 @@
 use onad_stream::detect::metrics::{pr_auc, roc_auc};
 use onad_stream::detect::pipeline::MODEL_TYPES;
 use onad_stream::detect::synthetic::{generate, LabelledStream, StreamKind, StreamSpec};
-use onad_stream::detect::{Params, PipelineSpec, StepSpec, Thresholds};
+use onad_stream::detect::{Params, PipelineSpec, StepSpec};
 
 /// Points scored before AUC is counted.
 const SKIP: usize = 2_048;
@@ -60,15 +60,8 @@ fn aucs(scores: &[f64], stream: &LabelledStream) -> Option<(f64, f64)> {
 fn run_model(model: &str, streams: &[LabelledStream]) -> Result<Row, String> {
     let steps = if SCALED.contains(&model) { vec![StepSpec { kind: "scaler".into(), params: Params::new() }] } else { Vec::new() };
     let name = if steps.is_empty() { model.to_string() } else { format!("scaler \\| {model}") };
-    let spec = PipelineSpec {
-        model_type: model.to_string(),
-        model_params: Params::new(),
-        preprocessing_steps: steps,
-        thresholds: Thresholds::default(),
-        learn_first: true,
-        learn_anomalies: true,
-        seed: 1,
-    };
+    let spec =
+        PipelineSpec { model_type: model.to_string(), preprocessing_steps: steps, learn_first: true, seed: 1, ..PipelineSpec::default() };
     let factory = spec.check().map_err(|e| format!("{name}: {e}"))?;
     let mut rows = Vec::new();
     let (mut points, mut secs) = (0usize, 0.0);

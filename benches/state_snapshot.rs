@@ -10,24 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use onad_stream::detect::{Params, Pipeline, PipelineSpec, Thresholds};
+use onad_stream::detect::{Pipeline, PipelineSpec};
 use onad_stream::state::StateStore;
 
 const ROUNDS: usize = 5;
 const WARM_UP_READINGS: usize = 128;
 
 fn models(n: usize) -> Vec<(String, Pipeline)> {
-    let factory = PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 42,
-    }
-    .check()
-    .expect("valid spec");
+    let factory = PipelineSpec { learn_anomalies: false, ..PipelineSpec::default() }.check().expect("valid spec");
     (0..n)
         .map(|i| {
             let key = format!("sensor-{i:06}");

@@ -2,39 +2,23 @@
 //! another, latest record per key wins, the end of the log is found by an appended marker
 //! (not Tansu's high watermark), and `replace` rewrites a partition's state (replay).
 
+mod common;
+
 use std::time::Duration;
 
+use common::{bootstrap, unique};
 use onad_stream::config::KafkaConfig;
-use onad_stream::detect::{Params, Pipeline, PipelineSpec, Thresholds};
+use onad_stream::detect::{Pipeline, PipelineSpec};
 use onad_stream::kafka::changelog::Changelog;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn bootstrap() -> String {
-    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
 
 fn base() -> KafkaConfig {
     KafkaConfig { bootstrap: bootstrap(), ..KafkaConfig::default() }
 }
 
-fn unique(prefix: &str) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-    format!("{prefix}-{t}-{}", std::process::id())
-}
-
 fn models(n: usize, steps: usize) -> Vec<(String, Pipeline)> {
-    let f = PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 11,
-    }
-    .check()
-    .expect("valid spec");
+    let f = PipelineSpec { learn_anomalies: false, seed: 11, ..PipelineSpec::default() }.check().expect("valid spec");
     (0..n)
         .map(|i| {
             let key = format!("dev/{i}");

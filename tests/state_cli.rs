@@ -1,7 +1,7 @@
 //! `onad-stream snapshot inspect` on a real store: partitions with offsets, keys and bytes;
 //! one key's model as JSON; works while a worker holds the store's lock.
 
-use onad_stream::detect::{Params, PipelineSpec, Thresholds};
+use onad_stream::detect::PipelineSpec;
 use onad_stream::partition::KeyPipeline;
 use onad_stream::state::StateStore;
 
@@ -18,17 +18,7 @@ fn inspect(state: &std::path::Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn snapshot_inspect_lists_partitions_keys_and_dumps_a_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let factory = PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 1,
-    }
-    .check()
-    .expect("valid spec");
+    let factory = PipelineSpec { learn_anomalies: false, seed: 1, ..PipelineSpec::default() }.check().expect("valid spec");
     let models: Vec<(String, KeyPipeline)> = (0..3)
         .map(|i| {
             let mut pipeline = factory.build(2, &format!("pump-{i}"));

@@ -13,13 +13,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::readings_file::{csv_error, csv_line, csv_reader, is_blank};
 use super::ConfigArgs;
 use crate::detect::metrics::{pr_auc, roc_auc};
 use crate::detect::{Pipeline, PipelineFactory, Severity};
@@ -207,48 +208,13 @@ fn parse_label(text: &str) -> Option<bool> {
     }
 }
 
-/// Split one CSV line (RFC 4180 quoting, no embedded newlines).
-fn split_csv(line: &str) -> Result<Vec<String>, &'static str> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            (true, '"') => quoted = false,
-            (true, c) => cur.push(c),
-            (false, '"') if cur.trim().is_empty() => {
-                cur.clear();
-                quoted = true;
-            }
-            (false, ',') => fields.push(std::mem::take(&mut cur)),
-            (false, c) => cur.push(c),
-        }
+fn read_csv(reader: impl Read, roles: &Roles, mut f: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut reader = csv_reader(reader);
+    let header: Vec<String> =
+        reader.headers().map_err(|e| anyhow::anyhow!("header: {}", csv_error(&e)))?.iter().map(String::from).collect();
+    if header.is_empty() {
+        bail!("the input is empty (a CSV needs a header row)");
     }
-    if quoted {
-        return Err("unterminated quoted field");
-    }
-    fields.push(cur);
-    Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
-}
-
-fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let mut lines = reader.lines().enumerate();
-    let header = loop {
-        match lines.next() {
-            Some((_, line)) => {
-                let line = line.context("cannot read the header")?;
-                if !line.trim().is_empty() {
-                    break split_csv(line.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("header: {e}"))?;
-                }
-            }
-            None => bail!("the input is empty (a CSV needs a header row)"),
-        }
-    };
     let col = |name: &Option<String>| -> anyhow::Result<Option<usize>> {
         match name {
             None => Ok(None),
@@ -262,15 +228,13 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
         bail!("no feature columns in the header {header:?}");
     }
     let mut row_no = 0;
-    for (line_idx, line) in lines {
-        let line = line.with_context(|| format!("cannot read line {}", line_idx + 1))?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+    for record in reader.into_records() {
+        let fields = record.map_err(|e| anyhow::anyhow!("row {}: {}", row_no + 1, csv_error(&e)))?;
+        if is_blank(&fields) {
             continue;
         }
         row_no += 1;
-        let at = || format!("row {row_no} (line {})", line_idx + 1);
-        let fields = split_csv(line).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        let at = || format!("row {row_no} (line {})", csv_line(&fields));
         if fields.len() != header.len() {
             bail!("{}: {} fields, the header has {}", at(), fields.len(), header.len());
         }
@@ -278,16 +242,16 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
         for &i in &features {
             values.push(
                 parse_feature(&fields[i])
-                    .ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], fields[i]))?,
+                    .ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], &fields[i]))?,
             );
         }
         let label = match label_col {
             Some(i) => {
-                Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), fields[i]))?)
+                Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), &fields[i]))?)
             }
             None => None,
         };
-        let key = key_col.map(|i| fields[i].clone()).unwrap_or_default();
+        let key = key_col.map(|i| fields[i].to_string()).unwrap_or_default();
         f(Row { key, values, label })?;
     }
     Ok(())
@@ -359,9 +323,28 @@ fn read_jsonl(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> any
 mod tests {
     use super::*;
 
+    /// The rows `read_csv` gives for `text` (key column `k`, no label).
+    fn rows(text: &str) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+        let roles = Roles { key: Some("k".into()), label: None, skip: vec![] };
+        let mut rows = Vec::new();
+        read_csv(text.as_bytes(), &roles, |r| {
+            rows.push((r.key, r.values));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
     #[test]
-    fn csv_split_handles_quotes() {
-        assert_eq!(split_csv(r#"a, "b,c" ,"d""e""#).unwrap(), vec!["a", "b,c", "d\"e"]);
-        assert!(split_csv(r#"a,"b"#).is_err());
+    fn csv_quoted_cells_may_hold_commas_quotes_and_line_breaks() {
+        let rows = rows("k,x,y\n\"b,c\",1,2\n\"d\"\"e\",3,4\n\"two\nlines\", 5 ,6\n").unwrap();
+        let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(keys, ["b,c", "d\"e", "two\nlines"]);
+        assert_eq!(rows[2].1, [5.0, 6.0], "cells are trimmed");
+    }
+
+    #[test]
+    fn csv_row_errors_name_the_row_and_its_first_line() {
+        let err = rows("k,x\n\"a\nb\",1\nc\n").unwrap_err().to_string();
+        assert!(err.starts_with("row 2 (line 4): 1 fields, the header has 2"), "{err}");
     }
 }

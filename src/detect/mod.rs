@@ -51,4 +51,6 @@ pub trait Detector {
 }
 
 #[cfg(test)]
+mod learn_order_tests;
+#[cfg(test)]
 mod models_tests;

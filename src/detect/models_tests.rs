@@ -1,21 +1,13 @@
 //! Tests of the tree and hashing detectors through the pipeline, as the worker uses them.
 
-use super::params::{ParamValue, Params};
-use super::pipeline::{PipelineSpec, Thresholds};
+use super::params::ParamValue;
+use super::pipeline::PipelineSpec;
 use super::synthetic::{generate, StreamKind, StreamSpec};
 
 const D1_MODELS: [&str; 3] = ["isolation_forest", "half_space_trees", "rshash"];
 
 fn spec(model_type: &str, learn_first: bool) -> PipelineSpec {
-    PipelineSpec {
-        model_type: model_type.to_string(),
-        model_params: Params::new(),
-        preprocessing_steps: Vec::new(),
-        thresholds: Thresholds::default(),
-        learn_first,
-        learn_anomalies: false,
-        seed: 7,
-    }
+    PipelineSpec { model_type: model_type.to_string(), learn_first, learn_anomalies: false, seed: 7, ..PipelineSpec::default() }
 }
 
 #[test]

@@ -8,16 +8,16 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::forest::{IsolationForestParams, OnlineIsolationForest};
-use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
-use super::knn::{Knn, KnnParams};
-use super::mahalanobis::{Mahalanobis, MahalanobisParams};
-use super::params::{Params, SpecError};
-use super::rshash::{RsHash, RsHashParams};
-use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
-use super::transform::{AnyTransform, TransformParams};
-use super::univariate::{MovingKind, MovingStat, MovingStatParams};
-use super::zscore::{ZScore, ZScoreParams};
+use super::forest::{IsolationForestParams, IsolationForestSpec, OnlineIsolationForest};
+use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams, HalfSpaceTreesSpec};
+use super::knn::{Knn, KnnParams, KnnSpec};
+use super::mahalanobis::{Mahalanobis, MahalanobisParams, MahalanobisSpec};
+use super::params::{read_tagged, Params, SpecError};
+use super::rshash::{RsHash, RsHashParams, RsHashSpec};
+use super::svm::{AdaptiveSvm, AdaptiveSvmParams, AdaptiveSvmSpec};
+use super::transform::{AnyTransform, StepParamsSpec, TransformParams};
+use super::univariate::{MovingKind, MovingStat, MovingStatParams, MovingStatSpec};
+use super::zscore::{ZScore, ZScoreParams, ZScoreSpec};
 use super::{Detector, Transformer};
 
 /// Severity band of a calibrated score.
@@ -116,6 +116,22 @@ pub struct PipelineSpec {
     pub seed: u64,
 }
 
+impl Default for PipelineSpec {
+    /// The configuration file's defaults: a z-score detector with its default parameters, no
+    /// steps, ONAD's thresholds, score-then-learn, anomalies learned, seed 42.
+    fn default() -> Self {
+        Self {
+            model_type: "zscore".into(),
+            model_params: Params::new(),
+            preprocessing_steps: Vec::new(),
+            thresholds: Thresholds::default(),
+            learn_first: false,
+            learn_anomalies: true,
+            seed: 42,
+        }
+    }
+}
+
 /// Detector state, one variant per model (an enum, not a trait object, so that it is plain
 /// serializable data).
 // Variants differ in size (the SVM carries its RNG and buffers inline); one pipeline per key
@@ -177,25 +193,77 @@ pub const MODEL_TYPES: &[&str] = &[
     "moving_median",
 ];
 
+/// `model_type` + `model_params` as serde reads them: one variant per model, each with the
+/// model's defaults and `deny_unknown_fields` (see [`super::params`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "model_type", content = "model_params", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// `zscore`.
+    #[serde(rename = "zscore")]
+    ZScore(ZScoreSpec),
+    /// `knn`.
+    #[serde(rename = "knn")]
+    Knn(KnnSpec),
+    /// `adaptive_svm`.
+    #[serde(rename = "adaptive_svm")]
+    AdaptiveSvm(AdaptiveSvmSpec),
+    /// `mahalanobis`.
+    #[serde(rename = "mahalanobis")]
+    Mahalanobis(MahalanobisSpec),
+    /// `moving_average`.
+    #[serde(rename = "moving_average")]
+    MovingAverage(MovingStatSpec),
+    /// `moving_variance`.
+    #[serde(rename = "moving_variance")]
+    MovingVariance(MovingStatSpec),
+    /// `moving_median`.
+    #[serde(rename = "moving_median")]
+    MovingMedian(MovingStatSpec),
+    /// `isolation_forest`.
+    #[serde(rename = "isolation_forest")]
+    IsolationForest(IsolationForestSpec),
+    /// `half_space_trees`.
+    #[serde(rename = "half_space_trees")]
+    HalfSpaceTrees(HalfSpaceTreesSpec),
+    /// `rshash`.
+    #[serde(rename = "rshash")]
+    RsHash(RsHashSpec),
+}
+
+impl ModelSpec {
+    /// Read `model_params` for `model_type`: unknown names, unknown keys and wrong types are
+    /// errors naming them.
+    pub fn read(model_type: &str, model_params: &Params) -> Result<Self, SpecError> {
+        read_tagged(("model_type", "model_type", MODEL_TYPES), "model_params", model_type, model_params)
+    }
+
+    /// Range-check the parameters (each model's own `check`).
+    fn check(self) -> Result<DetectorParams, SpecError> {
+        Ok(match self {
+            Self::ZScore(s) => DetectorParams::ZScore(s.check()?),
+            Self::Knn(s) => DetectorParams::Knn(s.check()?),
+            Self::AdaptiveSvm(s) => DetectorParams::AdaptiveSvm(s.check()?),
+            Self::Mahalanobis(s) => DetectorParams::Mahalanobis(s.check()?),
+            Self::MovingAverage(s) => DetectorParams::Moving(s.check(MovingKind::Average)?),
+            Self::MovingVariance(s) => DetectorParams::Moving(s.check(MovingKind::Variance)?),
+            Self::MovingMedian(s) => DetectorParams::Moving(s.check(MovingKind::Median)?),
+            Self::IsolationForest(s) => DetectorParams::IsolationForest(s.check()?),
+            Self::HalfSpaceTrees(s) => DetectorParams::HalfSpaceTrees(s.check()?),
+            Self::RsHash(s) => DetectorParams::RsHash(s.check()?),
+        })
+    }
+}
+
 impl PipelineSpec {
     /// Validate everything once.
     pub fn check(&self) -> Result<PipelineFactory, SpecError> {
         self.thresholds.check()?;
-        let detector = match self.model_type.as_str() {
-            "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
-            "knn" => DetectorParams::Knn(KnnParams::check(&self.model_params)?),
-            "adaptive_svm" => DetectorParams::AdaptiveSvm(AdaptiveSvmParams::check(&self.model_params)?),
-            "mahalanobis" => DetectorParams::Mahalanobis(MahalanobisParams::check(&self.model_params)?),
-            "moving_average" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Average, &self.model_params)?),
-            "moving_variance" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Variance, &self.model_params)?),
-            "moving_median" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Median, &self.model_params)?),
-            "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
-            "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
-            "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
-            other => return Err(SpecError::UnknownName { what: "model_type", name: other.to_string(), known: MODEL_TYPES.join(", ") }),
-        };
-        let steps =
-            self.preprocessing_steps.iter().map(|step| TransformParams::check(&step.kind, &step.params)).collect::<Result<Vec<_>, _>>()?;
+        let detector = ModelSpec::read(&self.model_type, &self.model_params)?.check()?;
+        let steps = self
+            .preprocessing_steps
+            .iter()
+            .map(|step| StepParamsSpec::read(&step.kind, &step.params)?.check())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PipelineFactory {
             detector,
             steps,

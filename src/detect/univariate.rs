@@ -15,7 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// Which statistic.
@@ -51,17 +51,29 @@ pub struct MovingStatParams {
     pub abs_diff: bool,
 }
 
-impl MovingStatParams {
-    /// Check parameters of a `moving_*` model from config.
-    pub fn check(kind: MovingKind, params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new(kind.name(), params);
-        let window_size = r.usize("window_size", 100)?;
-        let abs_diff = r.bool("abs_diff", true)?;
-        if window_size == 0 {
-            return Err(r.error("window_size", "must be a positive integer"));
+/// The `model_params` of a `moving_*` model as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MovingStatSpec {
+    /// See [`MovingStatParams::window_size`].
+    pub window_size: usize,
+    /// See [`MovingStatParams::abs_diff`].
+    pub abs_diff: bool,
+}
+
+impl Default for MovingStatSpec {
+    fn default() -> Self {
+        Self { window_size: 100, abs_diff: true }
+    }
+}
+
+impl MovingStatSpec {
+    /// Check the parameters of the `moving_*` model `kind` from config.
+    pub fn check(self, kind: MovingKind) -> Result<MovingStatParams, SpecError> {
+        if self.window_size == 0 {
+            return Err(invalid(kind.name())("window_size", "must be a positive integer".into()));
         }
-        r.finish()?;
-        Ok(Self { kind, window_size, abs_diff })
+        Ok(MovingStatParams { kind, window_size: self.window_size, abs_diff: self.abs_diff })
     }
 }
 

@@ -192,18 +192,10 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecE
 mod tests {
     use super::*;
     use crate::detect::Pipeline;
-    use crate::detect::{Params, PipelineSpec, Thresholds};
+    use crate::detect::PipelineSpec;
 
     fn pipeline() -> Pipeline {
-        let spec = PipelineSpec {
-            model_type: "zscore".into(),
-            model_params: Params::default(),
-            preprocessing_steps: vec![],
-            thresholds: Thresholds::default(),
-            learn_first: false,
-            learn_anomalies: false,
-            seed: 7,
-        };
+        let spec = PipelineSpec { learn_anomalies: false, seed: 7, ..PipelineSpec::default() };
         let mut p = spec.check().expect("valid spec").build(3, "s-1");
         for i in 0..300 {
             let v = i as f64;
