@@ -4,9 +4,10 @@
 //! Protocol (as ONAD's reference numbers were measured): 20,000 points per stream, learn then
 //! score each point (`learn_first = true`), AUC after the first 2,048 points, over the raw
 //! scores (first table) and over the calibrated scores in [0, 1] that thresholds compare
-//! (second table; the rcf3 peer has no calibrator). Detectors run at their default parameters; the distance- and kernel-based ones
-//! behind a StandardScaler (`scaler`), as one would configure them. The `rcf3` crate's
-//! OnlineIForest (the fastest Rust peer) runs on the same streams for comparison.
+//! (second table; the rcf3 peer has no calibrator). Detectors run at their default
+//! parameters; the distance- and kernel-based ones behind a StandardScaler (`scaler`), as one
+//! would configure them. The `rcf3` crate's OnlineIForest (the fastest Rust peer) runs on the
+//! same streams for comparison.
 //! Points/s is the whole pipeline (transforms, detector, calibrator), one core, per second of
 //! the thread's CPU time (the development machine is shared; descheduled time is not counted).
 //!
