@@ -10,7 +10,8 @@
 //!   moments (Hosking & Wallis 1987), O(1) per reading. The decay (memory [`MEMORY`] readings)
 //!   lets the calibration follow a detector whose score scale changes slowly;
 //! - the threshold t is the (1 − [`TAIL_FRACTION`]) quantile tracked by Robbins–Monro steps
-//!   (steps scaled by the fitted tail, so it converges as fast as an empirical quantile), and
+//!   (scaled by the fitted tail, so it converges about as fast as an empirical quantile; they
+//!   stop shrinking after [`TRACKING`] readings, so t follows a drifting score scale), and
 //!   the body below t is a log-linear interpolation through the tracked median and t;
 //! - the shape ξ is shrunk towards a heavier-than-exponential prior ([`SHAPE_PRIOR`], weight
 //!   [`SHAPE_PRIOR_WEIGHT`] excesses): with few excesses the moment estimate is noisy and a
@@ -51,6 +52,12 @@ pub const SKIP: u32 = 16;
 /// learned (before, plain averages). ~2,500 excesses: enough for a 1-in-10,000 tail within
 /// a factor of ~1.3 on Gaussian-like scores.
 pub const MEMORY: f64 = 50_000.0;
+/// Readings over which the threshold and the median follow the scores: their Robbins–Monro
+/// steps stop shrinking at 1 / TRACKING, so they follow a drifting score scale within a few
+/// thousand readings (as the old 2,000-score window did) while the tail's shape keeps the
+/// longer [`MEMORY`]; the excesses are measured from the threshold of their time, as DSPOT
+/// measures them from a moving level.
+pub const TRACKING: f64 = 2_000.0;
 /// Shape the estimate is shrunk towards while excesses are few (a heavier tail than the
 /// exponential: a young calibrator errs towards fewer alerts).
 pub const SHAPE_PRIOR: f64 = 0.1;
@@ -177,7 +184,7 @@ impl Calibrator {
         }
         let x = raw.min(self.quantile(1.0 / CLIP_ODDS));
         self.learned += 1;
-        let n = (self.learned as f64).min(MEMORY);
+        let n = (self.learned as f64).min(TRACKING);
         let decay = if (self.learned as f64) <= MEMORY { 1.0 } else { 1.0 - 1.0 / MEMORY };
         let span = self.threshold - self.median;
         // Scale of the Robbins–Monro steps: 1 / density at the quantile is ~ scale / phi for
