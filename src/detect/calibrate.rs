@@ -148,7 +148,7 @@ impl Calibrator {
             return Some(if base <= 0.0 { 0.0 } else { phi * base.powf(-1.0 / shape) });
         }
         let span = self.threshold - self.median;
-        if !(span > 0.0) {
+        if span.is_nan() || span <= 0.0 {
             // Degenerate body (constant scores so far): at or below the threshold is typical.
             return Some(0.5);
         }
@@ -243,7 +243,7 @@ impl Calibrator {
     /// GPD (shape ξ, scale σ) of the excesses: moment estimate of ξ shrunk towards the prior,
     /// σ from the mean excess (mean = σ / (1 − ξ)). `None` without excesses.
     fn gpd(&self) -> Option<(f64, f64)> {
-        if !(self.excess_weight > 0.0) {
+        if self.excess_weight.is_nan() || self.excess_weight <= 0.0 {
             return None;
         }
         let mean = self.excess_sum / self.excess_weight;
