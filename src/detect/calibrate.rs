@@ -65,8 +65,9 @@ pub const SHAPE_PRIOR: f64 = 0.1;
 pub const SHAPE_PRIOR_WEIGHT: f64 = 100.0;
 /// A learned raw score is clipped at the fitted quantile of tail probability 1 / CLIP_ODDS.
 pub const CLIP_ODDS: f64 = 10_000.0;
-/// Bounds of the moment estimate of the shape (it is undefined from ξ = 0.5 on).
-const SHAPE_BOUNDS: (f64, f64) = (-0.5, 0.45);
+/// Bounds of the moment estimate of the shape: undefined from ξ = 0.5 on; ξ = −1 is a uniform
+/// tail (bounded raw scores such as Half-Space Trees' fit about −0.7).
+const SHAPE_BOUNDS: (f64, f64) = (-1.0, 0.45);
 
 /// Maps raw scores to calibrated scores in [0, 1] (see the module docs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
