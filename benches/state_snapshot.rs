@@ -1,7 +1,7 @@
 //! Snapshot write and restore: time and bytes for 1k, 10k and 100k keys.
 //!
 //! Model: one z-score pipeline per key over 4 features, warmed with 128 readings (so its
-//! calibrator window holds 128 raw scores), the default thresholds. Each size is written
+//! calibrator has started and holds only its summary numbers), the default thresholds. Each size is written
 //! `ROUNDS` times as successive snapshots (history 4, so the later rounds also drop old
 //! snapshots in the same batch, as in production) and restored `ROUNDS` times; the median is
 //! reported. Real RocksDB in a temporary directory on the machine's disk.

@@ -70,9 +70,11 @@ async fn another_replica_restores_the_published_models_from_the_changelog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_larger_than_a_record_are_chunked_through_the_broker() {
     let topic = unique("changelog-chunks");
-    let cl = Changelog::new(&base(), &topic).expect("producer").with_max_chunk_bytes(700);
+    // A z-score model is ~150 bytes (its calibrator is a few numbers): 40-byte chunks give
+    // several chunks per model.
+    let cl = Changelog::new(&base(), &topic).expect("producer").with_max_chunk_bytes(40);
     cl.ensure_topic(1).await.expect("topic created");
-    let m = models(5, 400); // a few KB each: several chunks per model
+    let m = models(5, 400);
     let published = cl.publish(0, 77, m.iter().map(|(k, p)| (k.as_str(), p))).await.expect("published");
     assert!(published.records > 5 * 3, "chunked into {} records", published.records);
     let st = cl.restore::<Pipeline>(0, WAIT).await.expect("restored");

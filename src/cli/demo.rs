@@ -49,8 +49,9 @@ pub struct DemoArgs {
     /// Features per reading.
     #[arg(long, env = "ONAD_DEMO_FEATURES", default_value_t = 3)]
     pub features: usize,
-    /// Probability that a reading carries an injected spike. Scores are calibrated against
-    /// each sensor's recent history, so spikes flag only while they stay rarer than ~1%.
+    /// Probability that a reading carries an injected spike. A calibrated score is a rarity
+    /// against each sensor's own history (0.8 = 1 in 10,000), so spikes flag only while they
+    /// stay rare: a spike in every 100 readings is, after a while, a 1-in-100 event.
     #[arg(long, env = "ONAD_DEMO_SPIKE_RATE", default_value_t = 0.005)]
     pub spike_rate: f64,
     /// Spike size in noise standard deviations.

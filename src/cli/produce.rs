@@ -55,8 +55,8 @@ pub struct ProduceArgs {
     #[arg(long, env = "ONAD_PRODUCE_FEATURES", default_value_t = 3)]
     pub features: usize,
     /// Synthetic fleet: probability that a reading carries an injected spike (labelled
-    /// `injected=spike`). Scores are calibrated per sensor, so spikes stand out only while
-    /// they stay rarer than ~1% of readings.
+    /// `injected=spike`). A calibrated score is a rarity against the sensor's own history
+    /// (0.8 = 1 in 10,000), so spikes stand out only while they stay rare.
     #[arg(long, env = "ONAD_PRODUCE_SPIKE_RATE", default_value_t = 0.003)]
     pub spike_rate: f64,
     /// Synthetic fleet: spike size in noise standard deviations.

@@ -8,6 +8,7 @@
 //! (detectors) and `transform_one` (transforms) read it. Points are dense `&[f64]` in the
 //! feature order a pipeline fixed on its first reading.
 
+pub mod calibrate;
 pub mod forest;
 pub mod hst;
 pub mod knn;
@@ -50,6 +51,8 @@ pub trait Detector {
     }
 }
 
+#[cfg(test)]
+mod calibration_tests;
 #[cfg(test)]
 mod learn_order_tests;
 #[cfg(test)]

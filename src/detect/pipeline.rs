@@ -4,10 +4,9 @@
 //! made exact: score-then-learn by default (an anomaly must not mask itself), `learn_first`
 //! reproduces ONAD's snippet, `learn_anomalies = false` keeps anomalies out of the model.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
+use super::calibrate::Calibrator;
 use super::forest::{IsolationForestParams, IsolationForestSpec, OnlineIsolationForest};
 use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams, HalfSpaceTreesSpec};
 use super::knn::{Knn, KnnParams, KnnSpec};
@@ -34,22 +33,30 @@ pub enum Severity {
 }
 
 /// Score bounds, compared against the calibrated score in [0, 1] (strictly greater, as ONAD).
+///
+/// A calibrated score `s` means a raw score that about one clean reading in `10^(5 s)` of the
+/// same sensor exceeds ([`super::calibrate`]): 0.6 = 1 in 1,000, 0.8 = 1 in 10,000, 1.0 = 1 in
+/// 100,000 or rarer. The defaults are not ONAD's 0.7/0.7/0.8/0.9 (which on this scale would
+/// flag 1 clean reading in ~3,200): an operator gets about one alert per sensor per 10,000
+/// clean readings (under 9 a day for a 1 Hz sensor) and "critical" only at the calibrator's
+/// ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
-    /// A reading is an anomaly when its score is above this (ONAD's default 0.7).
+    /// A reading is an anomaly when its score is above this (default 0.8: 1 in 10,000).
     pub anomaly: f64,
-    /// Medium severity above this (ONAD's default 0.7).
+    /// Medium severity above this (default 0.8: 1 in 10,000).
     pub medium: f64,
-    /// High severity above this (ONAD's default 0.8).
+    /// High severity above this (default 0.9: 1 in ~32,000).
     pub high: f64,
-    /// Critical severity above this (ONAD's default 0.9).
+    /// Critical severity above this (default 0.99: 1 in ~90,000, the scale's end at 1 in
+    /// 100,000).
     pub critical: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { anomaly: 0.7, medium: 0.7, high: 0.8, critical: 0.9 }
+        Self { anomaly: 0.8, medium: 0.8, high: 0.9, critical: 0.99 }
     }
 }
 
@@ -308,7 +315,7 @@ impl PipelineFactory {
             steps,
             bufs,
             detector,
-            calibrator: Calibrator::new(DEFAULT_CALIBRATION_WINDOW),
+            calibrator: Calibrator::new(),
             thresholds: self.thresholds,
             learn_first: self.learn_first,
             learn_anomalies: self.learn_anomalies,
@@ -365,60 +372,6 @@ pub struct Scored {
     pub severity: Severity,
     /// (feature index, weight) of the features that contributed most, largest first.
     pub top_features: Vec<(usize, f64)>,
-}
-
-/// Raw scores remembered by the calibrator; also the smallest tail probability it can tell.
-pub const DEFAULT_CALIBRATION_WINDOW: usize = 2000;
-/// Raw scores to see before the calibrator gives anything but 0.
-const CALIBRATION_WARM_UP: usize = 100;
-
-/// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
-///
-/// p = (1 + #{window scores > raw} + #{window scores == raw} / 2) / (1 + n) is the empirical
-/// tail probability (the mid-p value: ties count half, so a detector that gives every clear
-/// outlier the same saturated raw score, as RS-Hash's 0 for never-seen cells, is not penalised
-/// for each earlier outlier it tied with); the score is min(1, -log10(p) / 3), so 0.7 means
-/// p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001, whatever the detector's scale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibrator {
-    /// Window capacity.
-    window: usize,
-    /// Raw scores in arrival order (for forgetting the oldest).
-    fifo: VecDeque<f64>,
-    /// The same scores, sorted (for tail counts by binary search).
-    sorted: Vec<f64>,
-}
-
-impl Calibrator {
-    /// A calibrator over the last `window` raw scores.
-    pub fn new(window: usize) -> Self {
-        Self { window, fifo: VecDeque::with_capacity(window), sorted: Vec::with_capacity(window) }
-    }
-
-    /// The calibrated score of `raw` against the window (not updating it).
-    pub fn score(&self, raw: f64) -> f64 {
-        let n = self.sorted.len();
-        if n < CALIBRATION_WARM_UP {
-            return 0.0;
-        }
-        let below = self.sorted.partition_point(|v| *v < raw);
-        let not_above = self.sorted.partition_point(|v| *v <= raw);
-        let p = (1.0 + (n - not_above) as f64 + 0.5 * (not_above - below) as f64) / (1 + n) as f64;
-        (-p.log10() / 3.0).clamp(0.0, 1.0)
-    }
-
-    /// Add `raw` to the window, forgetting the oldest when full.
-    pub fn learn(&mut self, raw: f64) {
-        if self.fifo.len() == self.window {
-            if let Some(old) = self.fifo.pop_front() {
-                let i = self.sorted.partition_point(|v| *v < old);
-                self.sorted.remove(i);
-            }
-        }
-        self.fifo.push_back(raw);
-        let i = self.sorted.partition_point(|v| *v < raw);
-        self.sorted.insert(i, raw);
-    }
 }
 
 /// One sensor's model: detector + calibrator + thresholds. Plain data, serializable.
@@ -518,7 +471,7 @@ impl Pipeline {
     /// in [0, 1]: the Online Isolation Forest's score compresses into a narrow band (on 10
     /// Gaussian features typical points score ~0.26 and +6 sigma outliers ~0.49), and
     /// Half-Space Trees put typical points near 0.99, so neither means the same as a
-    /// threshold of 0.7 on a calibrated score.
+    /// threshold of 0.8 on a calibrated score (1 in 10,000).
     pub fn process(&mut self, x: &[f64]) -> Scored {
         let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
         let score = self.calibrator.score(raw);

@@ -25,7 +25,11 @@ pub const MAGIC: [u8; 4] = *b"ONSS";
 /// The only version this build writes and reads. Bump it when the payload layout of any
 /// kind changes (postcard is not self-describing: a changed struct would otherwise decode
 /// to garbage or fail obscurely), and keep a decoder for the previous one.
-pub const VERSION: u8 = 1;
+///
+/// 2: a pipeline's calibrator is a peaks-over-threshold summary instead of a window of 2,000
+/// raw scores. There is no decoder for 1 (pre-release): a version-1 snapshot is an
+/// `UnknownVersion`, handled like any unreadable snapshot (changelog, else rebuild).
+pub const VERSION: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 
