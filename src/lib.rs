@@ -13,14 +13,16 @@
 //!   wires the configuration, the state hooks and the counters into [`kafka`].
 //! - [`kafka`]: all Kafka I/O: one client builder per role ([`kafka::client`]), metadata and
 //!   every topic creation ([`kafka::admin`]), the consumer driver and rebalances, the
-//!   per-partition loop, the output producer, offsets, the changelog topic, output tails, and
+//!   per-partition loop, the output producer, offsets, the changelog topic, output tails,
+//!   partition bounds read from the log ([`kafka::bounds`]), and
 //!   [`kafka::recovery::StoreHooks`] (the state seam wired to RocksDB and those topics).
 //! - [`partition`]: the pure per-partition state machine: decode, validate, route by key,
 //!   score, build outputs; and [`partition::resume`], where a partition resumes (a pure
-//!   function of the committed offset, the snapshot, the output tails and the replay epoch).
+//!   function of the committed offset, the snapshot, the output tails and the replay epoch),
+//!   and [`partition::replay_plan`], a replay request checked against the partitions' bounds.
 //! - [`state`]: RocksDB snapshots, the snapshot codec, the changelog's record format and the
 //!   restore policy (no Kafka client).
-//! - [`ops`]: validation, circuit breaker and fallback, rate limiting, memory budget.
+//! - [`ops`]: input validation (the circuit breaker, rate limiting and memory budget will live here).
 //! - [`detect`]: the pure detection core (no Kafka, RocksDB, tokio or tracing).
 //! - [`config`]: TOML + env + flags -> checked [`config::Config`].
 //! - [`telemetry`]: logs, metrics, health and the worker's counters ([`WorkerStats`]); a leaf.
