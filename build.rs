@@ -5,9 +5,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    // Worktrees sharing one target directory share this script's OUT_DIR; `scripts/env.sh`
-    // names the tree, so a build in another tree regenerates the code from its own proto/.
-    println!("cargo:rerun-if-env-changed=ONAD_WORKTREE");
     let fds = protox::compile(protos, ["proto"])?;
     prost_build::Config::new()
         // JSON views (`tail`, `score`) serialize the wire types directly.

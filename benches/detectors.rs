@@ -27,7 +27,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use onad_stream::detect::forest::{IsolationForestParams, OnlineIsolationForest};
 use onad_stream::detect::pipeline::MODEL_TYPES;
 use onad_stream::detect::synthetic::{generate, StreamKind, StreamSpec, START_MS};
-use onad_stream::detect::{Detector, ParamValue, Params, PipelineSpec, Thresholds};
+use onad_stream::detect::{Detector, ParamValue, Params, PipelineSpec};
 
 const DIM: usize = 10;
 const WARM: usize = 20_000;
@@ -113,15 +113,7 @@ fn points() -> Vec<Vec<f64>> {
 }
 
 fn spec(model: &str) -> PipelineSpec {
-    PipelineSpec {
-        model_type: model.to_string(),
-        model_params: Params::new(),
-        preprocessing_steps: Vec::new(),
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: true,
-        seed: 1,
-    }
+    PipelineSpec { model_type: model.to_string(), seed: 1, ..PipelineSpec::default() }
 }
 
 fn rcf3_forest(trees: usize, pts: &[Vec<f32>]) -> rcf3::OnlineIForest {

@@ -8,22 +8,25 @@
 //! readings, one day).
 //!
 //! Protocol (as ONAD's reference numbers were measured): 20,000 points per stream, learn then
-//! score each point (`learn_first = true`), AUC over the raw scores after the first 2,048
-//! points. Detectors run at their default parameters; the distance- and kernel-based ones
-//! behind a StandardScaler (`scaler`), as one would configure them. The `rcf3` crate's
-//! OnlineIForest (the fastest Rust peer) runs on the same streams for comparison.
+//! score each point (`learn_first = true`, unless `QUALITY_ORDER` says otherwise), AUC after the first 2,048 points, over the raw
+//! scores (first table) and over the calibrated scores in [0, 1] that thresholds compare
+//! (second table; the rcf3 peer has no calibrator). Detectors run at their default
+//! parameters; the distance- and kernel-based ones behind a StandardScaler (`scaler`), as one
+//! would configure them. The `rcf3` crate's OnlineIForest (the fastest Rust peer) runs on the
+//! same streams for comparison.
 //! Points/s is the whole pipeline (transforms, detector, calibrator), one core, per second of
 //! the thread's CPU time (the development machine is shared; descheduled time is not counted).
 //!
 //! Run: `cargo bench --bench quality` (`QUALITY_ORDER=score_then_learn` runs our detectors
-//! in the worker's default order instead; the rcf3 rows are always update-and-score) (env `QUALITY_POINTS` overrides the stream length;
-//! `QUALITY_DUMP_DIR=dir` also writes each stream as `dir/<stream>.csv`, features then label,
-//! for `benches/onad_oifor.py`, which runs ONAD 0.3.0's forest on the same streams).
+//! in the worker's default order instead; the rcf3 rows are always update-and-score; env
+//! `QUALITY_POINTS` overrides the stream length; `QUALITY_DUMP_DIR=dir` also writes each
+//! stream as `dir/<stream>.csv`, features then label, for `benches/onad_oifor.py`, which runs
+//! ONAD 0.3.0's forest on the same streams).
 
 use onad_stream::detect::metrics::{pr_auc, roc_auc};
 use onad_stream::detect::pipeline::MODEL_TYPES;
 use onad_stream::detect::synthetic::{generate, LabelledStream, StreamKind, StreamSpec};
-use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec, Thresholds};
+use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec};
 
 /// Points scored before AUC is counted.
 const SKIP: usize = 2_048;
@@ -69,10 +72,12 @@ fn thread_cpu_secs() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
-/// One row of the table: (ROC, PR) per stream and the rate.
+/// One row of the tables: (ROC, PR) per stream of the raw and of the calibrated score, and
+/// the rate.
 struct Row {
     name: String,
     aucs: Vec<Option<(f64, f64)>>,
+    calibrated: Vec<Option<(f64, f64)>>,
     points_per_sec: f64,
 }
 
@@ -103,26 +108,29 @@ fn run_model(model: &str, params: &[(&str, ParamValue)], streams: &[LabelledStre
         model_type: model.to_string(),
         model_params: params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         preprocessing_steps: steps,
-        thresholds: Thresholds::default(),
         learn_first: learn_first(),
-        learn_anomalies: true,
         seed: 1,
+        ..PipelineSpec::default()
     };
     let factory = spec.check().map_err(|e| format!("{name}: {e}"))?;
-    let mut rows = Vec::new();
+    let (mut rows, mut calibrated) = (Vec::new(), Vec::new());
     let (mut points, mut secs) = (0usize, 0.0);
     for stream in streams {
         let mut pipeline = factory.build(stream.points[0].len(), "bench");
+        let mut raw = Vec::with_capacity(stream.points.len());
         let mut scores = Vec::with_capacity(stream.points.len());
         let start = thread_cpu_secs();
         for (x, ts) in stream.points.iter().zip(&stream.timestamps_ms) {
-            scores.push(pipeline.process_at(x, Some(*ts)).raw_score);
+            let scored = pipeline.process_at(x, Some(*ts));
+            raw.push(scored.raw_score);
+            scores.push(scored.score);
         }
         secs += thread_cpu_secs() - start;
         points += stream.points.len();
-        rows.push(aucs(&scores, stream));
+        rows.push(aucs(&raw, stream));
+        calibrated.push(aucs(&scores, stream));
     }
-    Ok(Row { name, aucs: rows, points_per_sec: points as f64 / secs })
+    Ok(Row { name, aucs: rows, calibrated, points_per_sec: points as f64 / secs })
 }
 
 fn run_rcf3(num_trees: usize, streams: &[LabelledStream]) -> Row {
@@ -141,7 +149,12 @@ fn run_rcf3(num_trees: usize, streams: &[LabelledStream]) -> Row {
         points += data.len();
         rows.push(aucs(&scores, stream));
     }
-    Row { name: format!("rcf3 OnlineIForest ({num_trees} trees, peer)"), aucs: rows, points_per_sec: points as f64 / secs }
+    Row {
+        name: format!("rcf3 OnlineIForest ({num_trees} trees, peer)"),
+        calibrated: vec![None; rows.len()],
+        aucs: rows,
+        points_per_sec: points as f64 / secs,
+    }
 }
 
 fn main() {
@@ -179,21 +192,30 @@ fn main() {
     rows.push(run_rcf3(32, &streams));
     rows.push(run_rcf3(100, &streams));
 
-    let order = if learn_first() { "learn, then score" } else { "score, then learn" };
-    println!("Prequential ({order}), {len} points per stream, AUC after the first {SKIP}; ROC-AUC / PR-AUC.\n");
     let mut header: Vec<String> = StreamKind::ALL.iter().map(|k| k.name().to_string()).collect();
     header.push(UCR_NAME.to_string());
-    println!("| detector | {} | points/s |", header.join(" | "));
-    println!("|---|{}---:|", "---|".repeat(header.len()));
-    for row in rows {
-        let cells: Vec<String> = row
-            .aucs
+    let cells = |aucs: &[Option<(f64, f64)>]| -> String {
+        let cells: Vec<String> = aucs
             .iter()
             .map(|a| match a {
                 Some((roc, pr)) => format!("{roc:.3} / {pr:.3}"),
                 None => "n/a".to_string(),
             })
             .collect();
-        println!("| {} | {} | {:.0} |", row.name, cells.join(" | "), row.points_per_sec);
+        cells.join(" | ")
+    };
+    let order = if learn_first() { "learn, then score" } else { "score, then learn" };
+    println!("Prequential ({order}), {len} points per stream, AUC after the first {SKIP}; ROC-AUC / PR-AUC.\n");
+    println!("Raw score:\n");
+    println!("| detector | {} | points/s |", header.join(" | "));
+    println!("|---|{}---:|", "---|".repeat(header.len()));
+    for row in &rows {
+        println!("| {} | {} | {:.0} |", row.name, cells(&row.aucs), row.points_per_sec);
+    }
+    println!("\nCalibrated score (what the thresholds compare):\n");
+    println!("| detector | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(header.len()));
+    for row in rows.iter().filter(|r| r.calibrated.iter().any(Option::is_some)) {
+        println!("| {} | {} |", row.name, cells(&row.calibrated));
     }
 }

@@ -1,7 +1,7 @@
 //! Snapshot write and restore: time and bytes for 1k, 10k and 100k keys.
 //!
 //! Model: one z-score pipeline per key over 4 features, warmed with 128 readings (so its
-//! calibrator window holds 128 raw scores), the default thresholds. Each size is written
+//! calibrator has started and holds only its summary numbers), the default thresholds. Each size is written
 //! `ROUNDS` times as successive snapshots (history 4, so the later rounds also drop old
 //! snapshots in the same batch, as in production) and restored `ROUNDS` times; the median is
 //! reported. Real RocksDB in a temporary directory on the machine's disk.
@@ -10,24 +10,14 @@
 
 use std::time::{Duration, Instant};
 
-use onad_stream::detect::{Params, Pipeline, PipelineSpec, Thresholds};
+use onad_stream::detect::{Pipeline, PipelineSpec};
 use onad_stream::state::StateStore;
 
 const ROUNDS: usize = 5;
 const WARM_UP_READINGS: usize = 128;
 
 fn models(n: usize) -> Vec<(String, Pipeline)> {
-    let factory = PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 42,
-    }
-    .check()
-    .expect("valid spec");
+    let factory = PipelineSpec { learn_anomalies: false, ..PipelineSpec::default() }.check().expect("valid spec");
     (0..n)
         .map(|i| {
             let key = format!("sensor-{i:06}");

@@ -116,7 +116,7 @@ pub struct RawConfig {
 }
 
 fn default_model_type() -> String {
-    "zscore".into()
+    PipelineSpec::default().model_type
 }
 fn default_memory_limit_mb() -> u64 {
     DEFAULT_MEMORY_LIMIT_MB
@@ -125,7 +125,7 @@ fn default_checkpoint_interval() -> u64 {
     DEFAULT_CHECKPOINT_INTERVAL
 }
 fn default_seed() -> u64 {
-    42
+    PipelineSpec::default().seed
 }
 fn yes() -> bool {
     true
@@ -411,5 +411,17 @@ mod tests {
         assert!(err.contains("nope"), "{err}");
         let err = load("[model_params]\nwarm_upp = 3\n", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("warm_upp"), "{err}");
+    }
+
+    #[test]
+    fn model_and_step_params_from_the_file_env_and_flags_are_read_by_name() {
+        let file = "model_type = \"knn\"\n[model_params]\nk = 5\n[[preprocessing_steps]]\ntype = \"pca\"\nparams = { n_components = 2 }\n";
+        assert!(load(file, &[("ONAD__MODEL_PARAMS__WINDOW_SIZE", "50")], &["model_params.warm_up=7"]).is_ok());
+        let err = load(file, &[], &["model_params.k=\"five\""]).unwrap_err().to_string();
+        assert!(err.contains("knn: invalid `k`: invalid type: string \"five\""), "{err}");
+        let err = load(&file.replace("n_components = 2", "n_components = 2, tol = \"small\""), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("pca: invalid `tol`"), "{err}");
+        let err = load(&file.replace("type = \"pca\"", "type = \"pcaa\""), &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown preprocessing step `pcaa`"), "{err}");
     }
 }

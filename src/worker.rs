@@ -1,143 +1,27 @@
 //! The worker as a library call: [`run`] (or [`Worker`] for counters and a state store) joins
 //! the consumer group and processes until `shutdown` resolves, then stops consuming, drains
 //! deliveries, commits and returns. `onad-stream run`, the demo and the tests all use this.
+//!
+//! The composition root of the data path: it wires the configuration, the state seam
+//! ([`StateHooks`]) and the counters ([`WorkerStats`]) into [`crate::kafka`]'s driver; it is
+//! imported only by `cli` (and the crate root's re-exports).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::error::KafkaError;
-
 use crate::config::Config;
-use crate::kafka::admin::{self, AdminError};
-use crate::kafka::driver::{self, Shared};
-use crate::kafka::offsets::DeliveryError;
+use crate::error::WorkerError;
+use crate::kafka::admin;
+use crate::kafka::driver;
 use crate::kafka::producer::OutputProducer;
+use crate::kafka::task::Shared;
 use crate::partition::{NoState, ProcessorConfig, StateHooks};
+use crate::telemetry::{RunSummary, WorkerStats};
 
 /// How long shutdown waits for the producer's last deliveries.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why the worker stopped (or could not start).
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// Topic set-up failed (missing input, too few output partitions, ...).
-    #[error(transparent)]
-    Admin(#[from] AdminError),
-    /// A Kafka client error.
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaError),
-    /// An output was not delivered; its input offset and all later ones stay uncommitted.
-    #[error(transparent)]
-    Delivery(#[from] DeliveryError),
-    /// librdkafka did not give a partition its own queue.
-    #[error("cannot split the queue of {topic}/{partition}")]
-    SplitQueue {
-        /// Topic.
-        topic: String,
-        /// Partition.
-        partition: i32,
-    },
-    /// A record arrived on the main queue instead of its partition's queue (a bug).
-    #[error("record of partition {partition} offset {offset} arrived on the main queue")]
-    MainQueueRecord {
-        /// Partition.
-        partition: i32,
-        /// Offset.
-        offset: i64,
-    },
-    /// A partition thread stopped on an error.
-    #[error("partition {partition}: {reason}")]
-    Partition {
-        /// Partition.
-        partition: i32,
-        /// What went wrong.
-        reason: String,
-    },
-    /// The state store failed.
-    #[error(transparent)]
-    State(#[from] crate::partition::StateFailure),
-    /// A worker thread could not be started or panicked.
-    #[error("worker thread: {0}")]
-    Thread(String),
-}
-
-/// Live counters of a running worker (read them any time; they only grow).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Input records taken from Kafka.
-    pub consumed: AtomicU64,
-    /// Readings scored (one `ScoredReading` each).
-    pub scored: AtomicU64,
-    /// Alerts emitted.
-    pub alerts: AtomicU64,
-    /// Records sent to dead letters.
-    pub dead_letters: AtomicU64,
-    /// Input records whose outputs are all delivered and whose offset is stored.
-    pub acknowledged: AtomicU64,
-    /// Rebalance callbacks served (assign and revoke each count).
-    pub rebalances: AtomicU64,
-    /// Records re-applied to restored state without outputs (answered before a crash).
-    pub replayed: AtomicU64,
-    /// Input partitions this worker owns now (goes down on revoke).
-    pub partitions: AtomicU64,
-    /// Partitions whose state cannot be saved now: they take no records (their committed
-    /// offsets stand still) and retry the snapshot. Non-zero means unhealthy.
-    pub state_failing: AtomicU64,
-    /// Failed snapshot writes (each retry counts).
-    pub state_write_failures: AtomicU64,
-    /// Times a paused partition saved its state again and carried on.
-    pub state_recoveries: AtomicU64,
-    /// The last state failure's message, while one lasts (for `/health`).
-    pub state_error: Mutex<Option<String>>,
-}
-
-impl WorkerStats {
-    /// Why the worker is unhealthy, if it is: state that cannot be saved.
-    pub fn unhealthy_reason(&self) -> Option<String> {
-        let failing = self.state_failing.load(Ordering::Relaxed);
-        (failing > 0).then(|| {
-            let cause = self.state_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
-            format!("state of {failing} partition(s) cannot be saved; their offsets are held: {cause}")
-        })
-    }
-}
-
-/// What a run did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Input records taken.
-    pub consumed: u64,
-    /// Readings scored.
-    pub scored: u64,
-    /// Alerts emitted.
-    pub alerts: u64,
-    /// Dead letters emitted.
-    pub dead_letters: u64,
-    /// Input records acknowledged (outputs delivered, offset stored).
-    pub acknowledged: u64,
-    /// Rebalance callbacks served.
-    pub rebalances: u64,
-    /// Wall time of the run.
-    pub elapsed: Duration,
-}
-
-impl WorkerStats {
-    /// The counters now.
-    pub fn summary(&self, elapsed: Duration) -> RunSummary {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RunSummary {
-            consumed: g(&self.consumed),
-            scored: g(&self.scored),
-            alerts: g(&self.alerts),
-            dead_letters: g(&self.dead_letters),
-            acknowledged: g(&self.acknowledged),
-            rebalances: g(&self.rebalances),
-            elapsed,
-        }
-    }
-}
 
 /// A worker to be run, with its counters and state store.
 pub struct Worker {
@@ -194,6 +78,7 @@ impl Worker {
             producer: OutputProducer::new(k)?,
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),
+            bounds_reader: crate::kafka::client::reader(k, crate::kafka::bounds::READER_GROUP),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
         });

@@ -12,7 +12,7 @@ use onad_stream::detect::metrics::roc_auc;
 use onad_stream::detect::transform::{
     IncrementalPca, IncrementalPcaParams, MinMaxScaler, MinMaxScalerParams, StandardScaler, StandardScalerParams,
 };
-use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec, Thresholds, Transformer};
+use onad_stream::detect::{ParamValue, Params, PipelineSpec, StepSpec, Transformer};
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-6;
@@ -147,10 +147,9 @@ fn spec(model_type: &str, params: Params, steps: Vec<StepSpec>, learn_first: boo
         model_type: model_type.into(),
         model_params: params,
         preprocessing_steps: steps,
-        thresholds: Thresholds::default(),
         learn_first,
-        learn_anomalies: true,
         seed: 7,
+        ..PipelineSpec::default()
     }
 }
 

@@ -15,8 +15,15 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// KNN behind a scaler, anomaly threshold 0.25 (1 in ~18 readings): the shifted rows of
+/// [`csv_readings`] come every 50 readings of a sensor, so the calibrated score (a rarity)
+/// puts them at ~1 in 40 (score ~0.33), far from the default 0.8 (1 in 10,000).
 fn knn_config(dir: &Path) -> PathBuf {
-    write(dir, "knn.toml", "model_type = \"knn\"\n[model_params]\nk = 5\nwindow_size = 200\n\n[[preprocessing_steps]]\ntype = \"scaler\"\n")
+    write(
+        dir,
+        "knn.toml",
+        "model_type = \"knn\"\n[model_params]\nk = 5\nwindow_size = 200\n\n[[preprocessing_steps]]\ntype = \"scaler\"\n\n[thresholds]\nanomaly = 0.25\nmedium = 0.25\n",
+    )
 }
 
 /// Deterministic readings: two sensors, three features on very different scales, every 50th

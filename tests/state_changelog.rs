@@ -2,41 +2,23 @@
 //! another, latest record per key wins, the end of the log is found by an appended marker
 //! (not Tansu's high watermark), and `replace` rewrites a partition's state (replay).
 
+mod common;
+
 use std::time::Duration;
 
-use onad_stream::detect::{Params, Pipeline, PipelineSpec, Thresholds};
-use onad_stream::state::changelog::Changelog;
-use rdkafka::config::ClientConfig;
+use common::{bootstrap, unique};
+use onad_stream::config::KafkaConfig;
+use onad_stream::detect::{Pipeline, PipelineSpec};
+use onad_stream::kafka::changelog::Changelog;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn bootstrap() -> String {
-    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn base() -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap());
-    c
-}
-
-fn unique(prefix: &str) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
-    format!("{prefix}-{t}-{}", std::process::id())
+fn base() -> KafkaConfig {
+    KafkaConfig { bootstrap: bootstrap(), ..KafkaConfig::default() }
 }
 
 fn models(n: usize, steps: usize) -> Vec<(String, Pipeline)> {
-    let f = PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 11,
-    }
-    .check()
-    .expect("valid spec");
+    let f = PipelineSpec { learn_anomalies: false, seed: 11, ..PipelineSpec::default() }.check().expect("valid spec");
     (0..n)
         .map(|i| {
             let key = format!("dev/{i}");
@@ -58,7 +40,7 @@ fn bytes(p: &Pipeline) -> Vec<u8> {
 async fn another_replica_restores_the_published_models_from_the_changelog() {
     let topic = unique("changelog");
     let writer = Changelog::new(&base(), &topic).expect("producer");
-    writer.ensure_topic(&base(), 4, 1).await.expect("topic created");
+    writer.ensure_topic(4).await.expect("topic created");
 
     let first = models(40, 50);
     let second = models(10, 80); // keys dev/0..dev/9 learned more
@@ -88,9 +70,11 @@ async fn another_replica_restores_the_published_models_from_the_changelog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_larger_than_a_record_are_chunked_through_the_broker() {
     let topic = unique("changelog-chunks");
-    let cl = Changelog::new(&base(), &topic).expect("producer").with_max_chunk_bytes(700);
-    cl.ensure_topic(&base(), 1, 1).await.expect("topic created");
-    let m = models(5, 400); // a few KB each: several chunks per model
+    // A z-score model is ~150 bytes (its calibrator is a few numbers): 40-byte chunks give
+    // several chunks per model.
+    let cl = Changelog::new(&base(), &topic).expect("producer").with_max_chunk_bytes(40);
+    cl.ensure_topic(1).await.expect("topic created");
+    let m = models(5, 400);
     let published = cl.publish(0, 77, m.iter().map(|(k, p)| (k.as_str(), p))).await.expect("published");
     assert!(published.records > 5 * 3, "chunked into {} records", published.records);
     let st = cl.restore::<Pipeline>(0, WAIT).await.expect("restored");
@@ -106,7 +90,7 @@ async fn models_larger_than_a_record_are_chunked_through_the_broker() {
 async fn replace_rewrites_the_partition_state_and_deletes_other_keys() {
     let topic = unique("changelog-replace");
     let cl = Changelog::new(&base(), &topic).expect("producer");
-    cl.ensure_topic(&base(), 1, 1).await.expect("topic created");
+    cl.ensure_topic(1).await.expect("topic created");
     let m = models(6, 30);
     cl.publish(0, 500, m.iter().map(|(k, p)| (k.as_str(), p))).await.expect("published");
 

@@ -46,28 +46,18 @@ const TOML: &str = "checkpoint_interval = 150\n[state]\ncheckpoint_secs = 1\nsna
 /// Bound on each wait for outputs.
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Readings `from..to` of every sensor (sensor i on partition i % PARTITIONS), with values
-/// that move enough to give varied scores and a spike now and then.
-fn readings(from: usize, to: usize) -> Vec<In> {
-    let mut v = Vec::with_capacity((to - from) * SENSORS);
-    for j in from..to {
-        for i in 0..SENSORS {
-            let id = format!("dev-{i}");
-            let t = (j * 13 + i * 7) as f64;
-            let spike = if (j + i) % 97 == 0 { 8.0 } else { 0.0 };
-            v.push(In {
-                key: Some(id.clone().into_bytes()),
-                value: reading(
-                    &id,
-                    j as i64,
-                    &[("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)],
-                ),
-                partition: (i as i32) % PARTITIONS,
-            });
-        }
-    }
-    v
-}
+/// Every sensor's readings (sensor i on partition i % PARTITIONS), with values that move
+/// enough to give varied scores and a spike now and then.
+const FLEET: Fleet = Fleet {
+    prefix: "dev",
+    sensors: SENSORS,
+    partitions: PARTITIONS,
+    values: |j, i| {
+        let t = (j * 13 + i * 7) as f64;
+        let spike = if (j + i) % 97 == 0 { 8.0 } else { 0.0 };
+        vec![("temp", 20.0 + t.sin() + spike), ("rpm", 3.0 + (t * 0.37).cos()), ("vib", (t * 0.11).sin() * 0.5)]
+    },
+};
 
 /// Read `scores` until it holds at least `n` records (bounded), failing with the worker's log.
 fn wait_scores(scores: &mut Collector, n: usize, worker: &ChildWorker) {
@@ -168,7 +158,7 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     //    its last offset on the way out).
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     for w in 0..WAVES {
-        send(&config, &mut inputs, readings(w * FIRST / WAVES, (w + 1) * FIRST / WAVES)).await;
+        send(&config, &mut inputs, FLEET.readings(w * FIRST / WAVES, (w + 1) * FIRST / WAVES)).await;
         wait_scores(&mut scores, inputs.len(), &worker);
     }
     let (status, log) = worker.terminate(Duration::from_secs(60));
@@ -220,7 +210,7 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
 
     // 3. Restart on the damaged store, then a second burst.
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    send(&config, &mut inputs, readings(FIRST, FIRST + SECOND)).await;
+    send(&config, &mut inputs, FLEET.readings(FIRST, FIRST + SECOND)).await;
     let total = inputs.len();
     wait_scores(&mut scores, total, &worker);
     // A duplicate would arrive now.

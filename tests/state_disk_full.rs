@@ -14,21 +14,15 @@ use common::*;
 const PARTITIONS: i32 = 2;
 const SENSORS: usize = 20;
 
-fn readings(from: usize, to: usize) -> Vec<In> {
-    let mut v = Vec::new();
-    for j in from..to {
-        for i in 0..SENSORS {
-            let id = format!("dev-{i}");
-            let t = (j * 11 + i * 5) as f64;
-            v.push(In {
-                key: Some(id.clone().into_bytes()),
-                value: reading(&id, j as i64, &[("temp", 20.0 + t.sin()), ("rpm", 3.0 + (t * 0.3).cos())]),
-                partition: (i as i32) % PARTITIONS,
-            });
-        }
-    }
-    v
-}
+const FLEET: Fleet = Fleet {
+    prefix: "dev",
+    sensors: SENSORS,
+    partitions: PARTITIONS,
+    values: |j, i| {
+        let t = (j * 11 + i * 5) as f64;
+        vec![("temp", 20.0 + t.sin()), ("rpm", 3.0 + (t * 0.3).cos())]
+    },
+};
 
 /// Poll `/health` until its status is `want` (bounded); returns the body.
 fn health_becomes(addr: &str, want: u16, limit: Duration, worker: &ChildWorker) -> String {
@@ -64,13 +58,13 @@ async fn a_full_disk_pauses_the_partitions_holds_offsets_reports_unhealthy_and_r
     };
 
     // With space: processed, snapshotted, healthy.
-    send(&config, &mut inputs, readings(0, 50)).await;
+    send(&config, &mut inputs, FLEET.readings(0, 50)).await;
     wait_scores(&mut scores, inputs.len(), "before the disk fills", &worker);
     assert_eq!(health_becomes(&addr, 200, Duration::from_secs(10), &worker), "ok\n");
 
     // Disk full: the next snapshot fails; the worker stays up but says why it is unhealthy.
     let filler = disk.fill();
-    send(&config, &mut inputs, readings(50, 550)).await;
+    send(&config, &mut inputs, FLEET.readings(50, 550)).await;
     let body = health_becomes(&addr, 503, Duration::from_secs(60), &worker);
     assert!(body.contains("cannot be saved") && body.contains("No space left"), "{body}");
     let (_, metrics) = http_get(&addr, "/metrics");
@@ -92,7 +86,7 @@ async fn a_full_disk_pauses_the_partitions_holds_offsets_reports_unhealthy_and_r
         // Let in-flight outputs land and their offsets be committed (auto-commit: 1 s).
         scores.read_for(Duration::from_secs(2));
         let before = (metric("onad_state_recoveries_total"), metric("onad_records_consumed_total"), distinct(&scores), offsets());
-        send(&config, &mut inputs, readings(next, next + 10)).await;
+        send(&config, &mut inputs, FLEET.readings(next, next + 10)).await;
         next += 10;
         scores.read_for(Duration::from_secs(3));
         let after = (metric("onad_state_recoveries_total"), metric("onad_records_consumed_total"), distinct(&scores), offsets());

@@ -14,21 +14,15 @@ use common::*;
 const PARTITIONS: i32 = 4;
 const TOML: &str = "checkpoint_interval = 200\n[state]\ncheckpoint_secs = 1\n";
 
-fn readings(from: usize, to: usize) -> Vec<In> {
-    let mut v = Vec::new();
-    for j in from..to {
-        for i in 0..12 {
-            let id = format!("h-{i}");
-            let t = (j * 3 + i * 17) as f64;
-            v.push(In {
-                key: Some(id.clone().into_bytes()),
-                value: reading(&id, j as i64, &[("x", t.sin()), ("y", (t * 0.7).cos() * 3.0)]),
-                partition: (i as i32) % PARTITIONS,
-            });
-        }
-    }
-    v
-}
+const FLEET: Fleet = Fleet {
+    prefix: "h",
+    sensors: 12,
+    partitions: PARTITIONS,
+    values: |j, i| {
+        let t = (j * 3 + i * 17) as f64;
+        vec![("x", t.sin()), ("y", (t * 0.7).cos() * 3.0)]
+    },
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_or_reset() {
@@ -43,14 +37,14 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     };
 
     let a = ChildWorker::start_with_state(&name, PARTITIONS, TOML, dirs[0].path());
-    send(&config, &mut inputs, readings(0, 300)).await;
+    send(&config, &mut inputs, FLEET.readings(0, 300)).await;
     wait(&mut scores, inputs.len(), "scores with one replica");
 
     let b = ChildWorker::start_with_state(&name, PARTITIONS, TOML, dirs[1].path());
     let c = ChildWorker::start_with_state(&name, PARTITIONS, TOML, dirs[2].path());
     b.wait_log("partition assigned", Duration::from_secs(60));
     c.wait_log("partition assigned", Duration::from_secs(60));
-    send(&config, &mut inputs, readings(300, 600)).await;
+    send(&config, &mut inputs, FLEET.readings(300, 600)).await;
     wait(&mut scores, inputs.len(), "scores with three replicas");
     let moved = b.log().contains("restoring from the changelog") || c.log().contains("restoring from the changelog");
     assert!(moved, "a new replica took a partition over with the changelog's models:\nB:\n{}\nC:\n{}", b.log(), c.log());
@@ -58,7 +52,7 @@ async fn scaling_one_to_three_to_one_hands_models_over_without_loss_duplicates_o
     let (sb, lb) = b.terminate(Duration::from_secs(60));
     let (sc, lc) = c.terminate(Duration::from_secs(60));
     assert!(sb.success() && sc.success(), "B:\n{lb}\nC:\n{lc}");
-    send(&config, &mut inputs, readings(600, 900)).await;
+    send(&config, &mut inputs, FLEET.readings(600, 900)).await;
     wait(&mut scores, inputs.len(), "scores with one replica again");
     scores.read_for(Duration::from_secs(2));
     let (sa, la) = a.terminate(Duration::from_secs(60));

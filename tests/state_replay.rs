@@ -15,43 +15,36 @@ use common::*;
 const PARTITIONS: i32 = 2;
 const TOML: &str = "checkpoint_interval = 300\n[state]\ncheckpoint_secs = 1\nsnapshot_history = 8\n";
 
-fn readings(from: usize, to: usize) -> Vec<In> {
-    let mut v = Vec::new();
-    for j in from..to {
-        for i in 0..6 {
-            let id = format!("m-{i}");
-            let t = (j * 5 + i * 11) as f64;
-            v.push(In {
-                key: Some(id.clone().into_bytes()),
-                value: reading(&id, j as i64, &[("a", t.sin() * 2.0), ("b", (t * 0.3).cos())]),
-                partition: (i as i32) % PARTITIONS,
-            });
-        }
-    }
-    v
-}
+const FLEET: Fleet = Fleet {
+    prefix: "m",
+    sensors: 6,
+    partitions: PARTITIONS,
+    values: |j, i| {
+        let t = (j * 5 + i * 11) as f64;
+        vec![("a", t.sin() * 2.0), ("b", (t * 0.3).cos())]
+    },
+};
 
 fn wait_outputs(c: &mut Collector, n: usize, what: &str) {
     c.until(Duration::from_secs(120), what, |s| s.len() >= n);
 }
 
+/// A scenario after a first run of the worker: each of `bursts` (steps `from..to` of the
+/// fleet) sent and scored before the next, then a clean stop.
+async fn after_a_first_run(prefix: &str, bursts: &[(usize, usize)]) -> Scenario {
+    let mut s = Scenario::new(prefix, PARTITIONS).await;
+    let worker = s.worker(TOML);
+    for &(from, to) in bursts {
+        s.send_and_score(FLEET.readings(from, to), "the first run's scores").await;
+    }
+    worker.stop();
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
-    let name = unique("replay");
-    let config = config(&name, PARTITIONS, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
-    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
-    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     // Two bursts of 600 per partition, so that a snapshot lands before the replay target.
-    for (from, to) in [(0, 200), (200, 400)] {
-        let batch = readings(from, to);
-        send(&config, &mut inputs, batch).await;
-        wait_outputs(&mut scores, inputs.len(), "the first run's scores");
-    }
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    let Scenario { name, config, state, mut inputs, mut scores, .. } = after_a_first_run("replay", &[(0, 200), (200, 400)]).await;
 
     // Move the group back to offset 700 of each partition, rewinding the models.
     let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:700,1:700", "--state", "rewind"], state.path());
@@ -60,12 +53,11 @@ async fn replay_with_state_rewind_rebuilds_the_models_of_the_original_run() {
     // Restart on the rewound state, then send new readings.
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     worker.wait_log("restored state", Duration::from_secs(60));
-    let second = readings(400, 500);
+    let second = FLEET.readings(400, 500);
     send(&config, &mut inputs, second).await;
     wait_outputs(&mut scores, inputs.len(), "scores of the new readings");
     scores.read_for(Duration::from_secs(2));
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    let log = worker.stop();
     let plain = strip_ansi(&log);
     assert!(
         plain.contains("committed=Some(700) start_at=Some(600)"),
@@ -128,18 +120,7 @@ async fn replay_with_state_reset_run_against_another_store_is_obeyed_by_the_work
 }
 
 async fn replay_reset(elsewhere: bool) {
-    let name = unique("replay-reset");
-    let config = config(&name, PARTITIONS, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
-    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
-    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    let batch = readings(0, 3000);
-    send(&config, &mut inputs, batch).await;
-    wait_outputs(&mut scores, inputs.len(), "the first run's scores");
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    let Scenario { name, config, state, inputs, mut scores, .. } = after_a_first_run("replay-reset", &[(0, 3000)]).await;
     let first_run = scores.seen.len();
     assert!(scores.seen.iter().all(|o| epoch_of(o) == 0), "outputs before any replay are of epoch 0");
 
@@ -171,8 +152,7 @@ async fn replay_reset(elsewhere: bool) {
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     wait_outputs(&mut scores, first_run + replayed_span, "the rest of the replay's scores");
     scores.read_for(Duration::from_secs(2));
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    let log = worker.stop();
     assert!(strip_ansi(&log).contains("restored state"), "the restarted worker resumed from its snapshot:\n{log}");
 
     // Exactly the replayed span came out again, once, in epoch 1.
@@ -209,19 +189,14 @@ async fn replay_reset(elsewhere: bool) {
 /// `--group` that is not the configuration's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
-    let name = unique("backfill");
-    let config = config(&name, PARTITIONS, &[]);
-    create_topics(&config).await;
-    let live_state = tempfile::tempdir().expect("live state dir");
+    let Scenario { name, config, state: live_state, mut inputs, scores: mut live_scores, .. } = Scenario::new("backfill", PARTITIONS).await;
     let backfill_state = tempfile::tempdir().expect("backfill state dir");
     let backfill: Vec<String> = ["group_id", "scores_topic", "alerts_topic", "dead_letter_topic", "changelog_topic"]
         .iter()
         .map(|k| format!("kafka.{k}=\"{name}-bf-{k}\""))
         .collect();
-    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
-    let mut live_scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
     let live = ChildWorker::start_with_state(&name, PARTITIONS, TOML, live_state.path());
-    let batch = readings(0, 200);
+    let batch = FLEET.readings(0, 200);
     send(&config, &mut inputs, batch).await;
     wait_outputs(&mut live_scores, inputs.len(), "the live group's scores");
 
@@ -235,7 +210,7 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
         try_replay(&name, &["--group", &bf_group, "--to-offset", "0:0,1:0", "--state", "reset"], backfill_state.path(), &backfill);
     assert!(ok, "backfill replay failed:\n{text}");
     let bf = ChildWorker::start_with_sets(&name, PARTITIONS, TOML, backfill_state.path(), &backfill);
-    let batch = readings(200, 300);
+    let batch = FLEET.readings(200, 300);
     send(&config, &mut inputs, batch).await;
     let mut bf_scores = Collector::new(&format!("{name}-bf-scores_topic"), PARTITIONS);
     bf_scores.until(Duration::from_secs(120), "the backfill's scores", |s| s.len() >= inputs.len());
@@ -264,7 +239,7 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
     // them over and scores new readings as one uninterrupted pass would.
     let fresh_state = tempfile::tempdir().expect("another replica's state dir");
     let replica = ChildWorker::start_with_state(&name, PARTITIONS, TOML, fresh_state.path());
-    let batch = readings(300, 350);
+    let batch = FLEET.readings(300, 350);
     send(&config, &mut inputs, batch).await;
     wait_outputs(&mut live_scores, inputs.len(), "the new replica's scores");
     let (status, log) = replica.terminate(Duration::from_secs(60));
@@ -286,23 +261,17 @@ async fn a_backfill_into_its_own_topics_does_not_disturb_the_live_group() {
 /// original scores without emitting them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_to_a_timestamp_moves_every_partition_to_the_first_record_at_or_after_it() {
-    let name = unique("replay-ts");
-    let config = config(&name, PARTITIONS, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
-    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
+    let Scenario { name, config, state, mut inputs, mut scores, .. } = Scenario::new("replay-ts", PARTITIONS).await;
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    send(&config, &mut inputs, readings(0, 150)).await;
+    send(&config, &mut inputs, FLEET.readings(0, 150)).await;
     let before: Vec<i64> = (0..PARTITIONS).map(|p| inputs.keys().filter(|(q, _)| *q == p).count() as i64).collect();
     // Timestamps are in ms: a clear gap on both sides of T.
     std::thread::sleep(Duration::from_millis(50));
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
     std::thread::sleep(Duration::from_millis(50));
-    send(&config, &mut inputs, readings(150, 250)).await;
+    send(&config, &mut inputs, FLEET.readings(150, 250)).await;
     wait_outputs(&mut scores, inputs.len(), "the first run's scores");
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    worker.stop();
     let first_run = scores.seen.len();
 
     let text = replay_cmd(&name, &["--to-timestamp", &t.to_string(), "--state", "rewind"], state.path());
@@ -312,11 +281,10 @@ async fn replay_to_a_timestamp_moves_every_partition_to_the_first_record_at_or_a
     // The rewound worker reproduces the span after T silently (already emitted, same scores).
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     worker.wait_log("restored state", Duration::from_secs(60));
-    send(&config, &mut inputs, readings(250, 260)).await;
+    send(&config, &mut inputs, FLEET.readings(250, 260)).await;
     wait_outputs(&mut scores, inputs.len(), "scores of the readings after the replay");
     scores.read_for(Duration::from_secs(2));
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    worker.stop();
     assert_eq!(scores.seen.len(), first_run + 60, "only the new readings were emitted");
     assert!(by_source(&scores.seen).values().all(|n| *n == 1), "duplicates after the replay");
     assert_scores(&scores_of(&scores.seen), &reference(&config, &inputs), "the uninterrupted run");
@@ -329,18 +297,8 @@ async fn replay_to_a_timestamp_moves_every_partition_to_the_first_record_at_or_a
 /// replayed span again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changelog_models() {
-    let name = unique("replay-keep");
-    let config = config(&name, PARTITIONS, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
+    let Scenario { name, config, state, inputs, mut scores, .. } = after_a_first_run("replay-keep", &[(0, 500)]).await;
     let elsewhere = tempfile::tempdir().expect("an empty store on another machine");
-    let mut inputs: BTreeMap<(i32, i64), In> = BTreeMap::new();
-    let mut scores = Collector::new(&config.kafka.scores_topic, PARTITIONS);
-    let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
-    send(&config, &mut inputs, readings(0, 500)).await;
-    wait_outputs(&mut scores, inputs.len(), "the first run's scores");
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
     let first_run = scores.seen.len();
 
     let text = replay_cmd(&name, &["--group", &config.kafka.group_id, "--to-offset", "0:600", "--state", "keep"], elsewhere.path());
@@ -351,8 +309,7 @@ async fn replay_with_state_keep_from_a_store_without_snapshots_keeps_the_changel
     let worker = ChildWorker::start_with_state(&name, PARTITIONS, TOML, state.path());
     wait_outputs(&mut scores, first_run + 900, "new scores of the replayed span");
     scores.read_for(Duration::from_secs(2));
-    let (status, log) = worker.terminate(Duration::from_secs(60));
-    assert!(status.success(), "{log}");
+    let log = worker.stop();
     assert!(strip_ansi(&log).contains("snapshots predate it"), "{log}");
     let replayed = &scores.seen[first_run..];
     assert_eq!(by_source(replayed).len(), 900, "one new score per replayed record:\n{log}");

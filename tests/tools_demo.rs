@@ -16,8 +16,8 @@ fn field(summary: &str, label: &str) -> u64 {
 fn demo_runs_to_completion_and_catches_injected_spikes() {
     let started = Instant::now();
     let out = Command::new(BIN)
-        // 2,000 readings per sensor: the calibrated score needs ~125 of a sensor's readings
-        // before it can flag anything, and spikes must stay rarer than ~1% to be surprising.
+        // 2,000 readings per sensor: the calibrated score needs ~80 of a sensor's readings
+        // before it can flag anything, and spikes must stay rare to be surprising.
         .args(["demo", "--seconds", "8", "--rate", "1000", "--sensors", "4", "--spike-rate", "0.004", "--seed", "3"])
         .env_remove("RUST_LOG")
         .output()

@@ -14,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::synth::{Fleet, FleetSpec};
-use super::tools::{client_config, now_ms, stop_on_signal, Pacer, ReadingSender};
+use super::tools::{now_ms, stop_on_signal, Pacer, ReadingSender};
 use super::ConfigArgs;
 use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading, Severity};
 
@@ -51,8 +49,9 @@ pub struct DemoArgs {
     /// Features per reading.
     #[arg(long, env = "ONAD_DEMO_FEATURES", default_value_t = 3)]
     pub features: usize,
-    /// Probability that a reading carries an injected spike. Scores are calibrated against
-    /// each sensor's recent history, so spikes flag only while they stay rarer than ~1%.
+    /// Probability that a reading carries an injected spike. A calibrated score is a rarity
+    /// against each sensor's own history (0.8 = 1 in 10,000), so spikes flag only while they
+    /// stay rare: a spike in every 100 readings is, after a while, a 1-in-100 event.
     #[arg(long, env = "ONAD_DEMO_SPIKE_RATE", default_value_t = 0.005)]
     pub spike_rate: f64,
     /// Spike size in noise standard deviations.
@@ -139,23 +138,11 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         args.seconds
     );
 
-    // The embedded cluster lives as long as this client.
-    let holder: BaseProducer = ClientConfig::new().set("test.mock.num.brokers", "1").create()?;
-    let mock = holder.client().mock_cluster().ok_or_else(|| anyhow::anyhow!("librdkafka did not start a mock cluster"))?;
+    // The embedded cluster lives as long as `mock`.
     let k = &mut config.raw.kafka;
-    for topic in [&k.input_topic, &k.scores_topic, &k.alerts_topic, &k.dead_letter_topic, &k.changelog_topic] {
-        mock.create_topic(topic, partitions, 1)?;
-    }
-    // SAFETY: the handle comes from a live client that owns a mock cluster (checked non-null);
-    // the call only sets an integer on it.
-    unsafe {
-        let mc = rdkafka_sys::rd_kafka_handle_mock_cluster(holder.client().native_ptr());
-        if !mc.is_null() {
-            // The mock group coordinator otherwise waits 3 s before the first assignment.
-            rdkafka_sys::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
-        }
-    }
-    k.bootstrap = mock.bootstrap_servers();
+    let topics = [&k.input_topic, &k.scores_topic, &k.alerts_topic, &k.dead_letter_topic, &k.changelog_topic];
+    let mock = crate::kafka::admin::MockCluster::start(&topics.map(String::as_str), partitions)?;
+    k.bootstrap = mock.bootstrap_servers().to_string();
     k.group_id = format!("onad-demo-{}", std::process::id());
     k.partitions = partitions;
     let state_dir = std::env::temp_dir().join(format!("onad-stream-demo-{}", std::process::id()));
@@ -189,7 +176,7 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
         let rate = args.rate;
         std::thread::Builder::new().name("demo-fleet".into()).spawn(move || -> anyhow::Result<()> {
             let mut fleet = Fleet::new(spec);
-            let mut sender = ReadingSender::new(client_config(&kafka), &kafka.input_topic)?;
+            let mut sender = ReadingSender::new(&kafka, &kafka.input_topic)?;
             let pacer = Pacer::new(Some(rate));
             let mut last_ts = 0i64;
             let mut i = 0u64;
@@ -217,9 +204,7 @@ pub fn main(args: DemoArgs) -> anyhow::Result<()> {
     };
 
     // The live view reads the output topics from the start, without a group.
-    let mut cc = client_config(&kafka);
-    cc.set("group.id", "onad-demo-view").set("enable.auto.commit", "false");
-    let view: BaseConsumer = cc.create()?;
+    let view: BaseConsumer = crate::kafka::client::reader(&kafka, "onad-demo-view").create()?;
     let mut tpl = TopicPartitionList::new();
     for topic in [&kafka.scores_topic, &kafka.alerts_topic, &kafka.dead_letter_topic] {
         for p in 0..partitions {

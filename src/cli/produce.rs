@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::readings_file::{FileFormat, ReadingsFile};
 use super::synth::{Fleet, FleetSpec};
-use super::tools::{client_config, now_ms, stop_on_signal, Pacer, ReadingSender};
+use super::tools::{now_ms, stop_on_signal, Pacer, ReadingSender};
 use super::ConfigArgs;
 use crate::proto::SensorReading;
 
@@ -55,8 +55,8 @@ pub struct ProduceArgs {
     #[arg(long, env = "ONAD_PRODUCE_FEATURES", default_value_t = 3)]
     pub features: usize,
     /// Synthetic fleet: probability that a reading carries an injected spike (labelled
-    /// `injected=spike`). Scores are calibrated per sensor, so spikes stand out only while
-    /// they stay rarer than ~1% of readings.
+    /// `injected=spike`). A calibrated score is a rarity against the sensor's own history
+    /// (0.8 = 1 in 10,000), so spikes stand out only while they stay rare.
     #[arg(long, env = "ONAD_PRODUCE_SPIKE_RATE", default_value_t = 0.003)]
     pub spike_rate: f64,
     /// Synthetic fleet: spike size in noise standard deviations.
@@ -120,7 +120,7 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
             (Source::Fleet(Box::new(Fleet::new(spec))), Some(args.rate.unwrap_or(DEFAULT_SYNTHETIC_RATE)))
         }
     };
-    let mut sender = ReadingSender::new(client_config(&config.kafka), &topic)?;
+    let mut sender = ReadingSender::new(&config.kafka, &topic)?;
     let stop = stop_on_signal();
     let pacer = Pacer::new(rate);
     let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));

@@ -6,6 +6,9 @@
 //! reading and the worker decides what that means (a changed feature set is a dead letter).
 //! Rows without a timestamp are stamped with the time they are read.
 //! Values are sent as written, `NaN` included: judging them is the worker's job.
+//!
+//! CSV is read by the `csv` crate (RFC 4180: a quoted cell may hold commas, `""` quotes and
+//! line breaks); timestamps by `jiff`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,7 +23,7 @@ const DEFAULT_TIMESTAMP_COLUMNS: [&str; 2] = ["timestamp_ms", "timestamp"];
 /// A file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
-    /// Comma-separated values with a header row (RFC 4180 quoting).
+    /// Comma-separated values with a header row (RFC 4180 quoting, cells may span lines).
     Csv,
     /// One JSON object per line.
     JsonLines,
@@ -42,12 +45,8 @@ impl FileFormat {
 pub struct ReadingsFile {
     /// File name, for error messages.
     name: String,
-    /// Format.
-    format: FileFormat,
-    /// Remaining lines.
-    lines: Lines<BufReader<File>>,
-    /// Line number of the last line read (1-based).
-    line_no: usize,
+    /// The rest of the file.
+    rows: Rows,
     /// CSV header.
     header: Vec<String>,
     /// Key column name.
@@ -63,53 +62,66 @@ impl ReadingsFile {
     pub fn open(path: &Path, format: FileFormat, key: &str, timestamp: Option<&str>) -> anyhow::Result<Self> {
         let name = path.display().to_string();
         let file = File::open(path).map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
-        let mut lines = BufReader::new(file).lines();
         let mut header = Vec::new();
-        let mut line_no = 0;
         let mut ts = timestamp.map(String::from);
+        let rows = match format {
+            FileFormat::JsonLines => Rows::Json { lines: BufReader::new(file).lines(), line_no: 0 },
+            FileFormat::Csv => {
+                let mut reader = csv_reader(file);
+                let first = reader.headers().map_err(|e| anyhow::anyhow!("{name}: {}", csv_error(&e)))?;
+                anyhow::ensure!(!first.is_empty(), "{name}: empty file (expected a header row)");
+                header = first.iter().map(|h| h.trim_start_matches('\u{feff}').to_string()).collect();
+                Rows::Csv(Box::new(reader))
+            }
+        };
         if format == FileFormat::Csv {
-            let first = lines.next().ok_or_else(|| anyhow::anyhow!("{name}: empty file (expected a header row)"))??;
-            line_no = 1;
-            header = split_csv_line(first.trim_start_matches('\u{feff}')).map_err(|e| anyhow::anyhow!("{name}:1: {e}"))?;
-            header.iter_mut().for_each(|h| *h = h.trim().to_string());
             anyhow::ensure!(header.iter().any(|h| h == key), "{name}: no key column `{key}` in the header ({})", header.join(", "));
             match &ts {
                 Some(t) => anyhow::ensure!(header.iter().any(|h| h == t), "{name}: no timestamp column `{t}` in the header"),
                 None => ts = DEFAULT_TIMESTAMP_COLUMNS.iter().find(|c| header.iter().any(|h| h == *c)).map(|c| (*c).to_string()),
             }
         }
-        Ok(Self { name, format, lines, line_no, header, key: key.to_string(), timestamp_required: timestamp.is_some(), timestamp: ts })
+        Ok(Self { name, rows, header, key: key.to_string(), timestamp_required: timestamp.is_some(), timestamp: ts })
     }
 
     /// The next reading; `None` at the end of the file. Blank lines are skipped. Errors name
-    /// the file, line and column.
+    /// the file and line (the first line of a CSV row that spans lines) and the column.
     pub fn next_reading(&mut self) -> Option<anyhow::Result<SensorReading>> {
         loop {
-            let line = match self.lines.next()? {
-                Ok(l) => l,
-                Err(e) => return Some(Err(anyhow::anyhow!("{}: read error after line {}: {e}", self.name, self.line_no))),
+            let (line_no, parsed) = match &mut self.rows {
+                Rows::Csv(reader) => {
+                    let mut record = csv::StringRecord::new();
+                    match reader.read_record(&mut record) {
+                        Err(e) => return Some(Err(anyhow::anyhow!("{}: {}", self.name, csv_error(&e)))),
+                        Ok(false) => return None,
+                        Ok(true) if is_blank(&record) => continue,
+                        Ok(true) => (csv_line(&record), self.parse_csv(&record)),
+                    }
+                }
+                Rows::Json { lines, line_no } => {
+                    let line = match lines.next()? {
+                        Ok(l) => l,
+                        Err(e) => return Some(Err(anyhow::anyhow!("{}: read error after line {line_no}: {e}", self.name))),
+                    };
+                    *line_no += 1;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let n = *line_no;
+                    (n, self.parse_json(&line))
+                }
             };
-            self.line_no += 1;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed = match self.format {
-                FileFormat::Csv => self.parse_csv(&line),
-                FileFormat::JsonLines => self.parse_json(&line),
-            };
-            return Some(parsed.map_err(|e| anyhow::anyhow!("{}:{}: {e}", self.name, self.line_no)));
+            return Some(parsed.map_err(|e| anyhow::anyhow!("{}:{line_no}: {e}", self.name)));
         }
     }
 
-    fn parse_csv(&self, line: &str) -> anyhow::Result<SensorReading> {
-        let cells = split_csv_line(line)?;
+    fn parse_csv(&self, cells: &csv::StringRecord) -> anyhow::Result<SensorReading> {
         anyhow::ensure!(cells.len() == self.header.len(), "{} cells, but the header has {} columns", cells.len(), self.header.len());
         let mut r = SensorReading { source: "onad-stream-produce".into(), ..Default::default() };
         if self.timestamp.is_none() {
             r.timestamp_ms = super::tools::now_ms();
         }
-        for (col, cell) in self.header.iter().zip(&cells) {
-            let cell = cell.trim();
+        for (col, cell) in self.header.iter().zip(cells) {
             if *col == self.key {
                 anyhow::ensure!(!cell.is_empty(), "empty key column `{col}`");
                 r.sensor_id = cell.to_string();
@@ -179,109 +191,100 @@ impl ReadingsFile {
     }
 }
 
-/// Split one CSV line into cells (RFC 4180: `"` quotes a cell, `""` inside quotes is a quote).
-/// Quoted cells spanning lines are not supported (one reading per line).
-pub fn split_csv_line(line: &str) -> anyhow::Result<Vec<String>> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut chars = line.trim_end_matches('\r').chars().peekable();
-    let mut quoted = false;
-    let mut was_quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                cell.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => cell.push(c),
-            (false, '"') if cell.trim().is_empty() && !was_quoted => {
-                cell.clear();
-                quoted = true;
-                was_quoted = true;
-            }
-            (false, ',') => {
-                cells.push(std::mem::take(&mut cell));
-                was_quoted = false;
-            }
-            (false, c) => cell.push(c),
-        }
-    }
-    anyhow::ensure!(!quoted, "unterminated quoted cell");
-    cells.push(cell);
-    Ok(cells)
+/// What is left to read of a file.
+#[derive(Debug)]
+enum Rows {
+    /// CSV records after the header (boxed: the reader keeps its buffers inline).
+    Csv(Box<csv::Reader<File>>),
+    /// JSON lines, and the number of the last line read (1-based).
+    Json { lines: Lines<BufReader<File>>, line_no: u64 },
 }
 
-/// Integer milliseconds since the epoch, or an RFC 3339 date-time
-/// (`YYYY-MM-DD[T ]HH:MM:SS[.fraction](Z|±HH:MM)`; no offset = UTC).
+/// A CSV reader as both readers of the CLI want it: a header row, RFC 4180 quoting (a quoted
+/// cell may span lines), cells trimmed, and rows of any width (the caller names the row whose
+/// width differs from the header's, in its own words).
+pub fn csv_reader<R: std::io::Read>(input: R) -> csv::Reader<R> {
+    csv::ReaderBuilder::new().has_headers(true).flexible(true).trim(csv::Trim::All).from_reader(input)
+}
+
+/// A CSV record holding nothing but blanks (a blank line): skipped, as in JSON lines.
+pub fn is_blank(record: &csv::StringRecord) -> bool {
+    record.iter().all(str::is_empty) && record.len() <= 1
+}
+
+/// The (1-based) line a CSV record starts on.
+pub fn csv_line(record: &csv::StringRecord) -> u64 {
+    record.position().map_or(0, csv::Position::line)
+}
+
+/// A CSV error with its line in the file's words (`line 3: ...`).
+pub fn csv_error(e: &csv::Error) -> String {
+    match e.position() {
+        Some(p) => format!("line {}: {e}", p.line()),
+        None => e.to_string(),
+    }
+}
+
+/// Integer milliseconds since the epoch, or an RFC 3339 date-time (`2024-02-29T12:34:56.789Z`,
+/// `...+02:00`); without an offset (`2024-02-29 12:34:56`, `2024-02-29`) it is UTC.
+/// Fractions below a millisecond are cut (toward the past).
 pub fn parse_timestamp(s: &str) -> anyhow::Result<i64> {
     let s = s.trim();
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let bad = || anyhow::anyhow!("`{s}` is neither milliseconds since the epoch nor an RFC 3339 date-time");
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|t| t.parse::<i64>().ok()).ok_or_else(bad);
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return Err(bad());
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let first3 = format!("{:0<3}", &frac[..digits.min(3)]);
-        millis = first3.parse().map_err(|_| bad())?;
-        rest = &frac[digits..];
-    }
-    let offset_min = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return Err(bad()),
-            };
-            let hm = &rest[1..];
-            if hm.len() != 5 || hm.as_bytes()[2] != b':' {
-                return Err(bad());
-            }
-            let oh: i64 = hm[..2].parse().map_err(|_| bad())?;
-            let om: i64 = hm[3..].parse().map_err(|_| bad())?;
-            sign * (oh * 60 + om)
-        }
+    let instant = match s.parse::<jiff::Timestamp>() {
+        Ok(t) => Ok(t),
+        // No offset: the civil date-time read as UTC.
+        Err(e) => s.parse::<jiff::civil::DateTime>().and_then(|dt| jiff::tz::Offset::UTC.to_timestamp(dt)).map_err(|_| e),
     };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_min * 60;
-    Ok(secs * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let instant = instant.map_err(|e| anyhow::anyhow!("`{s}` is neither milliseconds since the epoch nor an RFC 3339 date-time ({e})"))?;
+    i64::try_from(instant.as_nanosecond().div_euclid(1_000_000)).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The cells of every CSV record after a header row `h`.
+    fn csv_cells(text: &str) -> Vec<Vec<String>> {
+        let text = format!("h\n{text}");
+        let records = csv_reader(text.as_bytes()).into_records();
+        records.map(|r| r.unwrap().iter().map(String::from).collect()).collect()
+    }
+
     #[test]
     fn csv_cells_follow_rfc4180_quoting() {
-        assert_eq!(split_csv_line("a,b,,c").unwrap(), ["a", "b", "", "c"]);
-        assert_eq!(split_csv_line("\"x,y\",\"say \"\"hi\"\"\",3\r").unwrap(), ["x,y", "say \"hi\"", "3"]);
-        assert!(split_csv_line("\"open,1").is_err());
+        assert_eq!(csv_cells("a,b,,c"), [["a", "b", "", "c"]]);
+        assert_eq!(csv_cells("\"x,y\",\"say \"\"hi\"\"\",3\r"), [["x,y", "say \"hi\"", "3"]]);
+    }
+
+    #[test]
+    fn an_unterminated_quote_is_an_error_naming_its_line() {
+        // RFC 4180: the quoted cell runs to the end of the file, so the row is one cell short.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "sensor,temp\ns0,1\n\"open,1\ns2,2\n").unwrap();
+        let mut f = ReadingsFile::open(&path, FileFormat::Csv, "sensor", None).unwrap();
+        assert!(f.next_reading().unwrap().is_ok());
+        let err = f.next_reading().unwrap().unwrap_err().to_string();
+        assert!(err.contains("r.csv:3:") && err.contains("1 cells"), "{err}");
+    }
+
+    #[test]
+    fn a_quoted_csv_cell_may_span_lines_and_errors_name_the_row_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.csv");
+        std::fs::write(&path, "sensor,note,temp\ns1,\"first line\nsecond, with a comma\",20.5\ns2,plain,21\ns3\n").unwrap();
+        let mut f = ReadingsFile::open(&path, FileFormat::Csv, "sensor", None).unwrap();
+        let a = f.next_reading().unwrap().unwrap();
+        assert_eq!(a.sensor_id, "s1");
+        assert_eq!(a.labels["note"], "first line\nsecond, with a comma");
+        assert_eq!(a.values["temp"], 20.5);
+        let b = f.next_reading().unwrap().unwrap();
+        assert_eq!((b.sensor_id.as_str(), b.values["temp"]), ("s2", 21.0));
+        let err = f.next_reading().unwrap().unwrap_err().to_string();
+        assert!(err.contains("r.csv:5:"), "the row of s3 starts on line 5: {err}");
     }
 
     #[test]
@@ -291,8 +294,11 @@ mod tests {
         assert_eq!(parse_timestamp("2024-02-29T12:34:56.789Z").unwrap(), 1_709_210_096_789);
         assert_eq!(parse_timestamp("2024-02-29T14:34:56.789+02:00").unwrap(), 1_709_210_096_789);
         assert_eq!(parse_timestamp("2024-02-29 12:34:56").unwrap(), 1_709_210_096_000);
+        assert_eq!(parse_timestamp("2024-02-29t12:34:56.789z").unwrap(), 1_709_210_096_789);
+        assert_eq!(parse_timestamp("1969-12-31T23:59:59.9996Z").unwrap(), -1, "sub-millisecond fractions are cut toward the past");
         assert!(parse_timestamp("yesterday").is_err());
         assert!(parse_timestamp("2024-13-01T00:00:00Z").is_err());
+        assert!(parse_timestamp("2023-02-29T00:00:00Z").is_err(), "not a leap year");
     }
 
     #[test]

@@ -35,15 +35,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Offset;
 
 use super::ConfigArgs;
 use crate::config::Config;
-use crate::state::changelog::Changelog;
-use crate::state::hooks::{read_tails, tail_config};
-use crate::state::{codec, KeyModel, Kind, StateStore};
+use crate::kafka::changelog::Changelog;
+use crate::kafka::tails::TailReader;
+use crate::kafka::{admin, bounds, client, offsets};
+use crate::partition::replay_plan::{self, Bounds, Lookup, PlanLine};
+use crate::partition::resume;
+use crate::state::{encode_models, KeyModel, StateStore};
 
 /// Broker round trips (metadata, group list, offsets for times, commit).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -89,6 +91,9 @@ pub struct ReplayArgs {
     /// Do not touch the changelog topic (e.g. it is not used).
     #[arg(long, env = "ONAD_REPLAY_NO_CHANGELOG")]
     pub no_changelog: bool,
+    /// Print the plan (per partition: from, to, state action, replay epoch) and change nothing.
+    #[arg(long, env = "ONAD_REPLAY_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 /// Run the subcommand.
@@ -96,15 +101,6 @@ pub fn main(args: ReplayArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(replay(&config, &args))
-}
-
-fn client_config(config: &Config) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.bootstrap);
-    for (k, v) in &config.kafka.settings {
-        c.set(k, v);
-    }
-    c
 }
 
 fn parse_targets(specs: &[String]) -> anyhow::Result<BTreeMap<i32, i64>> {
@@ -131,16 +127,16 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
             config.kafka.group_id
         );
     }
-    let base = client_config(config);
-    let mut cc = base.clone();
-    cc.set("group.id", &group).set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cc.create().context("creating the consumer")?;
+    // A reader under the group's id: it reads and sets the group's offsets, never joins.
+    let consumer: BaseConsumer = client::reader(&config.kafka, &group).create().context("creating the consumer")?;
 
     // The group must be empty: a live member would overwrite the reset with its own commits.
     match consumer.fetch_group_list(Some(&group), BROKER_TIMEOUT) {
         Ok(list) => {
             if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
-                if !g.members().is_empty() {
+                if !g.members().is_empty() && args.dry_run {
+                    eprintln!("warning: group {group:?} has {} active member(s); a real replay would be refused", g.members().len());
+                } else if !g.members().is_empty() {
                     bail!(
                         "group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)",
                         g.members().len()
@@ -151,40 +147,30 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         Err(e) => eprintln!("warning: cannot list group {group:?} ({e}); make sure its workers are stopped"),
     }
 
-    let metadata = consumer.fetch_metadata(Some(&topic), BROKER_TIMEOUT).context("fetching topic metadata")?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    if partitions.is_empty() {
-        bail!("input topic {topic:?} not found");
-    }
-    let targets = match args.to_timestamp {
-        Some(ts) => {
-            let mut tpl = TopicPartitionList::new();
-            for p in &partitions {
-                tpl.add_partition_offset(&topic, *p, Offset::Offset(ts))?;
-            }
-            let found = consumer.offsets_for_times(tpl, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
-            let mut out = BTreeMap::new();
-            for e in found.elements() {
-                match e.offset() {
-                    Offset::Offset(o) => {
-                        out.insert(e.partition(), o);
-                    }
-                    other => eprintln!("partition {}: no record at or after {ts} ({other:?}); left alone", e.partition()),
-                }
-            }
-            out
-        }
-        None => parse_targets(&args.to_offset)?,
-    };
-    for p in targets.keys() {
-        if !partitions.contains(p) {
+    let partitions = admin::topic_partitions(consumer.client(), &topic, BROKER_TIMEOUT)
+        .context("fetching topic metadata")?
+        .with_context(|| format!("input topic {topic:?} not found"))?;
+    for p in args.to_offset.iter().filter_map(|s| s.split_once(':')).filter_map(|(p, _)| p.trim().parse::<i32>().ok()) {
+        if !partitions.contains(&p) {
             bail!("partition {p} is not a partition of {topic:?} (it has {})", partitions.len());
         }
     }
+    // Every target is checked against what the partition holds before anything is written.
+    let reader = client::reader(&config.kafka, bounds::READER_GROUP);
+    let held = bounds::bounds(&reader, &topic, &partitions).context("reading the bounds of the input partitions")?;
+    let targets = match args.to_timestamp {
+        Some(ts) => timestamp_targets(&consumer, &reader, &topic, &partitions, &held, ts)?,
+        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &held).map_err(|refused| {
+            let lines: Vec<String> = refused.iter().map(|r| format!("  {r}")).collect();
+            anyhow::anyhow!("refused, nothing changed:\n{}", lines.join("\n"))
+        })?,
+    };
+    if args.dry_run {
+        return dry_run(config, args, &consumer, &targets);
+    }
 
     // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
-    crate::kafka::admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
+    admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
     // State first: if it fails, the offsets are untouched and the command can be rerun.
     let store = StateStore::open(&config.state.path, config.state.snapshot_history)
@@ -192,11 +178,12 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let changelog = if args.no_changelog {
         None
     } else {
-        let cl = Changelog::new(&base, &config.kafka.changelog_topic)?;
+        let cl = Changelog::new(&config.kafka, &config.kafka.changelog_topic)?;
         // A backfill's changelog does not exist before its first worker runs.
-        cl.ensure_topic(&base, partitions.len() as i32, config.kafka.replication_factor).await?;
+        cl.ensure_topic(partitions.len() as i32).await?;
         Some(cl)
     };
+    let tails = TailReader::new(&config.kafka);
     for (&p, &o) in &targets {
         if let (StateMode::Keep, Some(cl)) = (args.state, &changelog) {
             seed_from_changelog(&store, cl, &topic, p).await?;
@@ -220,11 +207,8 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         } else {
             // Above every epoch in sight: this store's, and those in the outputs' and the
             // changelog's tails (an earlier replay may have run against another store).
-            let outputs = [config.kafka.scores_topic.clone(), config.kafka.alerts_topic.clone(), config.kafka.dead_letter_topic.clone()];
-            let seen = read_tails(&tail_config(&base), &outputs, &config.kafka.changelog_topic, p)
-                .map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?
-                .epoch();
-            let e = store.epoch(&topic, p)?.max(seen) + 1;
+            let seen = tails.read(p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?;
+            let e = resume::next_epoch(store.epoch(&topic, p)?, &seen);
             store.set_epoch(&topic, p, e)?;
             if let Some(cl) = &changelog {
                 cl.publish_epoch(p, e)
@@ -236,19 +220,66 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         println!("{topic}[{p}] -> next offset {o}: {} ({published}){epoch}", report.summary);
     }
 
-    let mut tpl = TopicPartitionList::new();
-    for (&p, &o) in &targets {
-        tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync).with_context(|| format!("committing the new offsets of group {group:?}"))?;
-    let committed = consumer.committed_offsets(tpl.clone(), BROKER_TIMEOUT).context("reading the offsets back")?;
-    for e in committed.elements() {
-        let want = targets.get(&e.partition()).copied();
-        if e.offset() != Offset::Offset(want.unwrap_or(-1)) {
-            bail!("partition {}: committed offset reads back as {:?}, not {want:?}", e.partition(), e.offset());
+    offsets::reset_group(&consumer, &topic, &targets, BROKER_TIMEOUT)
+        .with_context(|| format!("committing the new offsets of group {group:?}"))?;
+    println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+/// `--to-timestamp T`: per partition, the broker's answer, verified by reading the record it
+/// points at. Partitions without a record at or after T are left alone (and say so); an error
+/// when none has one.
+fn timestamp_targets(
+    consumer: &BaseConsumer,
+    reader: &rdkafka::ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    held: &BTreeMap<i32, Bounds>,
+    ts: i64,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let found =
+        offsets::offsets_for_time(consumer, topic, partitions, ts, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
+    let answered: BTreeMap<i32, i64> =
+        found.iter().filter_map(|(p, o)| if let Offset::Offset(o) = o { Some((*p, *o)) } else { None }).collect();
+    let record_ts = bounds::timestamps_at(reader, topic, &answered).context("reading the records the lookup points at")?;
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let Some(&b) = held.get(&p) else { continue };
+        let lookup = Lookup { offset: answered.get(&p).copied(), record_ts: record_ts.get(&p).copied().flatten() };
+        match replay_plan::check_timestamp(p, ts, lookup, b) {
+            Ok(o) => {
+                out.insert(p, o);
+            }
+            Err(why) => eprintln!("{why}"),
         }
     }
-    println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
+    if out.is_empty() {
+        bail!("no partition of {topic:?} has a record at or after {ts}: nothing changed");
+    }
+    Ok(out)
+}
+
+/// `--dry-run`: what the replay would do, per partition; nothing is written.
+fn dry_run(config: &Config, args: &ReplayArgs, consumer: &BaseConsumer, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    let topic = &config.kafka.input_topic;
+    let partitions: Vec<i32> = targets.keys().copied().collect();
+    let from = offsets::committed(consumer, topic, &partitions);
+    // Read-only: a dry run may look at the store of a running worker.
+    let store = StateStore::open_read_only(&config.state.path).ok();
+    let tails = TailReader::new(&config.kafka);
+    let action = match args.state {
+        StateMode::Keep => "keep",
+        StateMode::Rewind => "rewind",
+        StateMode::Reset => "reset",
+    };
+    println!("dry run: nothing is changed");
+    for (&p, &to) in targets {
+        let local = store.as_ref().and_then(|s| s.epoch(topic, p).ok()).unwrap_or(0);
+        let seen = tails.read(p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?;
+        let now = resume::epoch(local, Some(&seen)).current;
+        let after = if args.state == StateMode::Rewind { now } else { resume::next_epoch(local, &seen) };
+        println!("{}", PlanLine { partition: p, from: from.get(&p).copied().flatten(), to, action, epoch: (now, after) });
+    }
     Ok(())
 }
 
@@ -267,14 +298,8 @@ async fn seed_from_changelog(store: &StateStore, cl: &Changelog, topic: &str, p:
             st.rejected.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
         );
     }
-    let models = st.models.iter().map(|m| {
-        codec::encode(Kind::Model, &m.model).map(|v| (m.key.clone(), v)).map_err(|source| crate::state::StateError::Encode {
-            partition: p,
-            key: m.key.clone(),
-            source,
-        })
-    });
-    store.write_encoded(topic, p, marker, models)?;
+    let models = encode_models(p, st.models.iter().map(|m| (&m.key, &m.model)))?;
+    store.write_encoded(topic, p, marker, models.into_iter().map(Ok))?;
     println!("{topic}[{p}]: no snapshot in this store; took the changelog's state at offset {marker} ({} keys)", st.models.len());
     Ok(())
 }
@@ -314,8 +339,9 @@ fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode)
         }
         StateMode::Keep => match newest(&|_| true)? {
             Some((from, models)) => {
+                // Written as the partition's state now: the newer snapshots go in the same batch,
+                // and this one is not pruned as the "oldest" (the store orders by meaning).
                 store.write_encoded(topic, p, target, models.iter().cloned().map(Ok))?;
-                store.delete_after(topic, p, Some(target))?;
                 StateReport {
                     summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()),
                     offset: target,

@@ -22,7 +22,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let summary = runtime.block_on(async {
         // State store (issue 4): restore on assignment, snapshots, changelog.
         let partitions = crate::kafka::admin::ensure_output_topics(&config.kafka).await?;
-        let hooks = crate::state::hooks::StoreHooks::open(&config, partitions as i32).await?;
+        let hooks = crate::kafka::recovery::StoreHooks::open(&config, partitions as i32).await?;
         let worker = crate::worker::Worker::new(config).with_state(std::sync::Arc::new(hooks));
         // Prometheus /metrics and /health, when configured; served until the worker returns.
         let server = if metrics_addr.is_empty() {

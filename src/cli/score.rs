@@ -7,8 +7,8 @@
 //! fixed from then on). One JSON line per row goes to `--output` (or stdout):
 //! `{"row", "key", "score", "raw_score", "is_anomaly", "severity"}`, `row` counting data rows
 //! from 1, plus `"bands"` (`expected`, `lower`, `upper`, `deviation` per feature) for the
-//! time-series detectors. The first timestamp column present (ms since the epoch or a UTC
-//! date-time such as `2014-04-10 00:00:00`) is the reading's time, as `timestamp_ms` is in
+//! time-series detectors. The first timestamp column present (ms since the epoch or an RFC
+//! 3339 date-time, UTC without an offset: `2014-04-10 00:00:00`) is the reading's time, as `timestamp_ms` is in
 //! the worker. With `--label`, a summary (ROC-AUC and PR-AUC of the calibrated and of the raw
 //! score, points/s, state bytes) goes to stderr. A row that cannot be read (a missing or
 //! non-numeric feature, NaN, a bad label) stops the run with an error naming the row and
@@ -16,13 +16,14 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use super::readings_file::{csv_error, csv_line, csv_reader, is_blank, parse_timestamp};
 use super::ConfigArgs;
 use crate::detect::metrics::{pr_auc, roc_auc};
 use crate::detect::{Pipeline, PipelineFactory, Severity};
@@ -211,37 +212,6 @@ fn severity_name(s: Severity) -> &'static str {
     }
 }
 
-/// Parse a timestamp: integer ms since the epoch, or a UTC date-time
-/// `YYYY-MM-DD[ T]HH:MM:SS[.fff][Z]` (NAB's and TimeEval's layouts).
-fn parse_timestamp(text: &str) -> Option<i64> {
-    let t = text.trim();
-    if let Ok(ms) = t.parse::<i64>() {
-        return Some(ms);
-    }
-    if let Ok(ms) = t.parse::<f64>() {
-        return ms.is_finite().then_some(ms as i64);
-    }
-    let t = t.strip_suffix('Z').unwrap_or(t);
-    let (date, time) = t.split_once([' ', 'T'])?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, da) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut h = hms.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mi, ss) = (h.next()??, h.next()??, h.next().unwrap_or(Some(0))?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || hh > 23 || mi > 59 || ss > 60 {
-        return None;
-    }
-    let ms: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<3}")[..3].parse().ok()? };
-    // Days from the civil date (Howard Hinnant's algorithm), proleptic Gregorian.
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + hh) * 60 + mi) * 60_000 + ss * 1_000 + ms)
-}
-
 /// Parse a label value.
 fn parse_label(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
@@ -251,48 +221,13 @@ fn parse_label(text: &str) -> Option<bool> {
     }
 }
 
-/// Split one CSV line (RFC 4180 quoting, no embedded newlines).
-fn split_csv(line: &str) -> Result<Vec<String>, &'static str> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            (true, '"') => quoted = false,
-            (true, c) => cur.push(c),
-            (false, '"') if cur.trim().is_empty() => {
-                cur.clear();
-                quoted = true;
-            }
-            (false, ',') => fields.push(std::mem::take(&mut cur)),
-            (false, c) => cur.push(c),
-        }
+fn read_csv(reader: impl Read, roles: &Roles, mut f: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut reader = csv_reader(reader);
+    let header: Vec<String> =
+        reader.headers().map_err(|e| anyhow::anyhow!("header: {}", csv_error(&e)))?.iter().map(String::from).collect();
+    if header.is_empty() {
+        bail!("the input is empty (a CSV needs a header row)");
     }
-    if quoted {
-        return Err("unterminated quoted field");
-    }
-    fields.push(cur);
-    Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
-}
-
-fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let mut lines = reader.lines().enumerate();
-    let header = loop {
-        match lines.next() {
-            Some((_, line)) => {
-                let line = line.context("cannot read the header")?;
-                if !line.trim().is_empty() {
-                    break split_csv(line.trim_end_matches('\r')).map_err(|e| anyhow::anyhow!("header: {e}"))?;
-                }
-            }
-            None => bail!("the input is empty (a CSV needs a header row)"),
-        }
-    };
     let col = |name: &Option<String>| -> anyhow::Result<Option<usize>> {
         match name {
             None => Ok(None),
@@ -307,15 +242,13 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
         bail!("no feature columns in the header {header:?}");
     }
     let mut row_no = 0;
-    for (line_idx, line) in lines {
-        let line = line.with_context(|| format!("cannot read line {}", line_idx + 1))?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+    for record in reader.into_records() {
+        let fields = record.map_err(|e| anyhow::anyhow!("row {}: {}", row_no + 1, csv_error(&e)))?;
+        if is_blank(&fields) {
             continue;
         }
         row_no += 1;
-        let at = || format!("row {row_no} (line {})", line_idx + 1);
-        let fields = split_csv(line).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
+        let at = || format!("row {row_no} (line {})", csv_line(&fields));
         if fields.len() != header.len() {
             bail!("{}: {} fields, the header has {}", at(), fields.len(), header.len());
         }
@@ -323,21 +256,18 @@ fn read_csv(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> anyho
         for &i in &features {
             values.push(
                 parse_feature(&fields[i])
-                    .ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], fields[i]))?,
+                    .ok_or_else(|| anyhow::anyhow!("{}: column `{}`: `{}` is not a finite number", at(), header[i], &fields[i]))?,
             );
         }
         let label = match label_col {
             Some(i) => {
-                Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), fields[i]))?)
+                Some(parse_label(&fields[i]).ok_or_else(|| anyhow::anyhow!("{}: label `{}` is not 1/0 or true/false", at(), &fields[i]))?)
             }
             None => None,
         };
-        let key = key_col.map(|i| fields[i].clone()).unwrap_or_default();
+        let key = key_col.map(|i| fields[i].to_string()).unwrap_or_default();
         let ts = match ts_col {
-            Some(i) => Some(
-                parse_timestamp(&fields[i])
-                    .ok_or_else(|| anyhow::anyhow!("{}: timestamp `{}` is not ms since the epoch or a date-time", at(), fields[i]))?,
-            ),
+            Some(i) => Some(parse_timestamp(&fields[i]).map_err(|e| anyhow::anyhow!("{}: timestamp: {e}", at()))?),
             None => None,
         };
         f(Row { key, values, label, ts })?;
@@ -404,7 +334,7 @@ fn read_jsonl(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> any
             Some(v) => Some(
                 match v {
                     Value::Number(n) => n.as_f64().filter(|t| t.is_finite()).map(|t| t as i64),
-                    Value::String(s) => parse_timestamp(s),
+                    Value::String(s) => parse_timestamp(s).ok(),
                     _ => None,
                 }
                 .ok_or_else(|| anyhow::anyhow!("{}: timestamp {v} is not ms since the epoch or a date-time", at()))?,
@@ -422,18 +352,43 @@ fn read_jsonl(reader: impl BufRead, roles: &Roles, mut f: impl FnMut(Row) -> any
 mod tests {
     use super::*;
 
-    #[test]
-    fn timestamps_parse_as_ms_or_utc_date_times() {
-        assert_eq!(parse_timestamp("1700000000123"), Some(1_700_000_000_123));
-        assert_eq!(parse_timestamp("1970-01-01 00:04:40.000"), Some(280_000));
-        assert_eq!(parse_timestamp("2014-04-10 00:00:00"), Some(1_397_088_000_000));
-        assert_eq!(parse_timestamp("2026-01-01T00:00:00.5Z"), Some(1_767_225_600_500));
-        assert_eq!(parse_timestamp("yesterday"), None);
+    /// The rows `read_csv` gives for `text` (key column `k`, no label).
+    fn rows(text: &str) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+        let roles = Roles { key: Some("k".into()), label: None, skip: vec![] };
+        let mut rows = Vec::new();
+        read_csv(text.as_bytes(), &roles, |r| {
+            rows.push((r.key, r.values));
+            Ok(())
+        })?;
+        Ok(rows)
     }
 
     #[test]
-    fn csv_split_handles_quotes() {
-        assert_eq!(split_csv(r#"a, "b,c" ,"d""e""#).unwrap(), vec!["a", "b,c", "d\"e"]);
-        assert!(split_csv(r#"a,"b"#).is_err());
+    fn csv_quoted_cells_may_hold_commas_quotes_and_line_breaks() {
+        let rows = rows("k,x,y\n\"b,c\",1,2\n\"d\"\"e\",3,4\n\"two\nlines\", 5 ,6\n").unwrap();
+        let keys: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(keys, ["b,c", "d\"e", "two\nlines"]);
+        assert_eq!(rows[2].1, [5.0, 6.0], "cells are trimmed");
+    }
+
+    #[test]
+    fn csv_row_errors_name_the_row_and_its_first_line() {
+        let err = rows("k,x\n\"a\nb\",1\nc\n").unwrap_err().to_string();
+        assert!(err.starts_with("row 2 (line 4): 1 fields, the header has 2"), "{err}");
+    }
+
+    #[test]
+    fn the_first_timestamp_column_is_the_readings_time_in_ms_or_as_a_utc_date_time() {
+        let roles = Roles { key: None, label: None, skip: vec!["timestamp".into()] };
+        let mut ts = Vec::new();
+        let text = "timestamp,x\n1700000000123,1\n1970-01-01 00:04:40.000,2\n2014-04-10 00:00:00,3\n2026-01-01T00:00:00.5Z,4\n";
+        read_csv(text.as_bytes(), &roles, |r| {
+            ts.push(r.ts);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ts, [Some(1_700_000_000_123), Some(280_000), Some(1_397_088_000_000), Some(1_767_225_600_500)]);
+        let err = read_csv("timestamp,x\nyesterday,1\n".as_bytes(), &roles, |_| Ok(())).unwrap_err().to_string();
+        assert!(err.starts_with("row 1 (line 2): timestamp: "), "{err}");
     }
 }

@@ -175,7 +175,7 @@ fn dump_key(store: &StateStore, info: &SnapshotInfo, key: &str) -> anyhow::Resul
 /// Arrays longer than this are summarised.
 const MAX_ARRAY: usize = 8;
 
-/// Replace long arrays by `{"len": n, "head": [first items]}` (a calibrator window or a
+/// Replace long arrays by `{"len": n, "head": [first items]}` (a KNN window or a
 /// forest's nodes are thousands of numbers; the summary shows structure, not data).
 fn shorten(v: Value) -> Value {
     match v {

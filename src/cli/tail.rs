@@ -16,7 +16,7 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use super::tools::{client_config, partition_count, stop_on_signal};
+use super::tools::{partition_count, stop_on_signal};
 use super::ConfigArgs;
 use crate::config::KafkaConfig;
 use crate::proto::{AnomalyAlert, DeadLetter, ErrorKind, FeatureBand, ScoredReading, SensorReading, Severity};
@@ -161,20 +161,8 @@ fn severity_name(s: i32) -> Value {
 
 /// Standard base64 with padding (RFC 4648), for bytes in JSON.
 pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use ::base64::Engine as _;
+    ::base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Run the subcommand.
@@ -182,15 +170,10 @@ pub fn main(args: TailArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     crate::telemetry::init(&config.telemetry);
     let (topic, kind) = resolve_topic(&config.kafka, &args.topic, args.kind)?;
-    let mut cc = client_config(&config.kafka);
     // A group id is required by librdkafka's consumer even when only assigning; nothing is
-    // committed under it.
-    if cc.get("group.id").is_none() {
-        cc.set("group.id", format!("onad-stream-tail-{}", std::process::id()));
-    }
-    cc.set("enable.auto.commit", "false");
-    cc.set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = cc.create()?;
+    // committed under it. One given in `[kafka.settings]` is kept (an ACL may demand it).
+    let group = config.kafka.settings.get("group.id").cloned().unwrap_or_else(|| format!("onad-stream-tail-{}", std::process::id()));
+    let consumer: BaseConsumer = crate::kafka::client::reader(&config.kafka, &group).create()?;
     let partitions = partition_count(&consumer, &topic)?;
     let start = if args.from_beginning { Offset::Beginning } else { Offset::End };
     let mut tpl = TopicPartitionList::new();

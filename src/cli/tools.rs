@@ -1,12 +1,12 @@
-//! What the user tools (`produce`, `tail`, `demo`) share: client settings, topic lookup,
-//! the reading sender with delivery accounting, rate pacing and Ctrl-C.
+//! What the user tools (`produce`, `tail`, `demo`) share: topic lookup, the reading sender
+//! with delivery accounting, rate pacing and Ctrl-C. Their clients come from
+//! [`crate::kafka::client`], like every other.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
@@ -14,6 +14,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
+use crate::kafka::{admin, client};
 use crate::proto::SensorReading;
 
 /// How long a metadata request may take before the broker is called unreachable.
@@ -21,25 +22,13 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the producer may take to deliver what is still queued when a tool ends.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Base client settings: bootstrap servers, then the config's passthrough settings (which win).
-pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &kafka.bootstrap);
-    for (k, v) in &kafka.settings {
-        c.set(k, v);
-    }
-    c
-}
-
 /// The partition count of `topic`, or an error that says how to create it.
 pub fn partition_count(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
-    let md = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    let partitions = admin::topic_partitions(consumer.client(), topic, METADATA_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("cannot read metadata of topic `{topic}`: {e}"))?;
-    let t = md.topics().iter().find(|t| t.name() == topic);
-    match t {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
-        _ => anyhow::bail!(
+    match partitions {
+        Some(p) => Ok(p.len() as i32),
+        None => anyhow::bail!(
             "topic `{topic}` does not exist (create it with `onad-stream topics create`, or start the worker, which creates its topics)"
         ),
     }
@@ -95,25 +84,15 @@ pub struct ReadingSender {
 }
 
 impl ReadingSender {
-    /// A sender to `topic` with `config` (bootstrap and passthrough settings). Fails with a
-    /// clear message when the topic does not exist.
-    pub fn new(mut config: ClientConfig, topic: &str) -> anyhow::Result<Self> {
-        let probe: BaseConsumer = config.clone().create()?;
+    /// A sender to `topic` with the producer of `kafka`. Fails with a clear message when the
+    /// topic does not exist.
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Self> {
+        // A metadata-only client: the admin role's settings.
+        let probe: BaseConsumer = client::admin(kafka).create()?;
         partition_count(&probe, topic)?;
         drop(probe);
-        // Java clients partition keys with murmur2; doing the same puts a sensor on the same
-        // partition whichever client produced it.
-        if config.get("partitioner").is_none() {
-            config.set("partitioner", "murmur2_random");
-        }
-        if config.get("linger.ms").is_none() {
-            config.set("linger.ms", "5");
-        }
-        if config.get("enable.idempotence").is_none() {
-            config.set("enable.idempotence", "true");
-        }
         let counts = Arc::new(DeliveryCounts::default());
-        let producer: BaseProducer<Counting> = config.create_with_context(Counting(counts.clone()))?;
+        let producer: BaseProducer<Counting> = client::producer(kafka).create_with_context(Counting(counts.clone()))?;
         Ok(Self { producer, topic: topic.to_string(), counts, buf: Vec::with_capacity(256), sent: 0 })
     }
 

@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::series::{Band, RobustScale, Step, StepClock};
 use super::Detector;
 
@@ -65,44 +65,84 @@ pub struct ArimaParams {
     pub max_gap_steps: usize,
 }
 
-impl ArimaParams {
+/// `arima`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArimaSpec {
+    /// See [`ArimaParams::p`].
+    pub p: usize,
+    /// See [`ArimaParams::d`].
+    pub d: usize,
+    /// See [`ArimaParams::q`].
+    pub q: usize,
+    /// See [`ArimaParams::season_length`].
+    pub season_length: usize,
+    /// See [`ArimaParams::forgetting`].
+    pub forgetting: f64,
+    /// See [`ArimaParams::scale_smoothing`].
+    pub scale_smoothing: f64,
+    /// See [`ArimaParams::warm_up`].
+    pub warm_up: usize,
+    /// See [`ArimaParams::band_z`].
+    pub band_z: f64,
+    /// See [`ArimaParams::use_timestamps`].
+    pub use_timestamps: bool,
+    /// See [`ArimaParams::interval_ms`]; unsigned so that a negative interval is a type error
+    /// naming the key.
+    pub interval_ms: u64,
+    /// See [`ArimaParams::max_gap_steps`]; `None` = max(2 `season_length`, 100), since the
+    /// default depends on the season.
+    pub max_gap_steps: Option<usize>,
+}
+
+impl Default for ArimaSpec {
+    fn default() -> Self {
+        Self {
+            p: 2,
+            d: 0,
+            q: 1,
+            season_length: 0,
+            forgetting: 0.999,
+            scale_smoothing: 0.05,
+            warm_up: 30,
+            band_z: 3.0,
+            use_timestamps: true,
+            interval_ms: 0,
+            max_gap_steps: None,
+        }
+    }
+}
+
+impl ArimaSpec {
     /// Check `arima` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("arima", params);
-        let p = r.usize("p", 2)?;
-        let d = r.usize("d", 0)?;
-        let q = r.usize("q", 1)?;
-        let season_length = r.usize("season_length", 0)?;
-        let forgetting = r.f64("forgetting", 0.999)?;
-        let scale_smoothing = r.f64("scale_smoothing", 0.05)?;
-        let warm_up = r.usize("warm_up", 30)?;
-        let band_z = r.f64("band_z", 3.0)?;
-        let use_timestamps = r.bool("use_timestamps", true)?;
-        let interval_ms = r.u64("interval_ms", 0)? as i64;
-        let max_gap_steps = r.usize("max_gap_steps", (2 * season_length).max(100))?;
+    pub fn check(self) -> Result<ArimaParams, SpecError> {
+        let bad = invalid("arima");
+        let Self { p, d, q, season_length, forgetting, scale_smoothing, warm_up, band_z, use_timestamps, interval_ms, max_gap_steps } =
+            self;
+        let max_gap_steps = max_gap_steps.unwrap_or((2 * season_length).max(100));
         if d > 2 {
-            return Err(r.error("d", "must be 0, 1 or 2"));
+            return Err(bad("d", "must be 0, 1 or 2".into()));
         }
         if p + q > MAX_ORDER {
-            return Err(r.error("p", format!("p + q must be at most {MAX_ORDER}")));
+            return Err(bad("p", format!("p + q must be at most {MAX_ORDER}")));
         }
         if !(forgetting > 0.0 && forgetting <= 1.0) {
-            return Err(r.error("forgetting", "must be in (0, 1]"));
+            return Err(bad("forgetting", "must be in (0, 1]".into()));
         }
         if !(scale_smoothing > 0.0 && scale_smoothing < 1.0) {
-            return Err(r.error("scale_smoothing", "must be in (0, 1)"));
+            return Err(bad("scale_smoothing", "must be in (0, 1)".into()));
         }
         if warm_up < 2 {
-            return Err(r.error("warm_up", "must be at least 2"));
+            return Err(bad("warm_up", "must be at least 2".into()));
         }
         if band_z <= 0.0 {
-            return Err(r.error("band_z", "must be positive"));
+            return Err(bad("band_z", "must be positive".into()));
         }
         if max_gap_steps == 0 {
-            return Err(r.error("max_gap_steps", "must be positive"));
+            return Err(bad("max_gap_steps", "must be positive".into()));
         }
-        r.finish()?;
-        Ok(Self { p, d, q, season_length, forgetting, scale_smoothing, warm_up, band_z, use_timestamps, interval_ms, max_gap_steps })
+        let interval_ms = i64::try_from(interval_ms).map_err(|_| bad("interval_ms", format!("{interval_ms} is too large")))?;
+        Ok(ArimaParams { p, d, q, season_length, forgetting, scale_smoothing, warm_up, band_z, use_timestamps, interval_ms, max_gap_steps })
     }
 }
 
@@ -418,12 +458,26 @@ impl Detector for Arima {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::params::read_params;
     use crate::detect::testutil::{assert_restore_continues_bit_identically, spec};
-    use crate::detect::ParamValue;
+    use crate::detect::{ParamValue, Params};
 
     fn arima(params: &[(&str, ParamValue)]) -> Arima {
         let p: Params = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        Arima::new(ArimaParams::check(&p).unwrap(), 1)
+        Arima::new(read_params::<ArimaSpec>("arima", &p).unwrap().check().unwrap(), 1)
+    }
+
+    #[test]
+    fn parameter_errors_name_the_key() {
+        for (key, value, want) in [
+            ("d", ParamValue::Int(3), "arima: invalid `d`: must be 0, 1 or 2"),
+            ("p", ParamValue::Int(16), "arima: invalid `p`: p + q must be at most 16"),
+            ("forgetting", ParamValue::Float(0.0), "arima: invalid `forgetting`: must be in (0, 1]"),
+        ] {
+            assert_eq!(spec("arima", &[(key, value)], &[]).check().unwrap_err().to_string(), want);
+        }
+        let err = spec("arima", &[("q", ParamValue::Float(1.5))], &[]).check().unwrap_err().to_string();
+        assert!(err.starts_with("arima: invalid `q`: "), "{err}");
     }
 
     /// An AR(2) series: x_t = 1.2 x_{t-1} - 0.5 x_{t-2} + noise, plus 50.

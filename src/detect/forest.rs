@@ -39,7 +39,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 mod tree;
@@ -94,49 +94,80 @@ impl Default for IsolationForestParams {
     }
 }
 
-impl IsolationForestParams {
-    /// Check `isolation_forest` parameters, with ONAD's names (`metric` must be
-    /// `"axisparallel"`; `n_jobs` is accepted for compatibility and ignored: one pipeline is
-    /// scored on one thread, the worker parallelises across partitions).
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("isolation_forest", params);
-        let d = Self::default();
-        let num_trees = r.usize("num_trees", d.num_trees)?;
-        let max_leaf_samples = r.usize("max_leaf_samples", d.max_leaf_samples)?;
-        let tree_type = match r.str("type", "adaptive")?.as_str() {
+/// `isolation_forest`'s `model_params` as config writes them, with ONAD's names.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationForestSpec {
+    /// See [`IsolationForestParams::num_trees`].
+    pub num_trees: usize,
+    /// See [`IsolationForestParams::max_leaf_samples`].
+    pub max_leaf_samples: usize,
+    /// [`IsolationForestParams::tree_type`]: `"adaptive"` or `"fixed"`.
+    #[serde(rename = "type")]
+    pub tree_type: String,
+    /// See [`IsolationForestParams::subsample`].
+    pub subsample: f64,
+    /// See [`IsolationForestParams::window_size`].
+    pub window_size: usize,
+    /// See [`IsolationForestParams::branching_factor`].
+    pub branching_factor: usize,
+    /// Must be `"axisparallel"`, ONAD's default and only metric here.
+    pub metric: String,
+    /// Accepted for compatibility with ONAD and ignored: one pipeline is scored on one thread,
+    /// the worker parallelises across partitions.
+    pub n_jobs: f64,
+}
+
+impl Default for IsolationForestSpec {
+    fn default() -> Self {
+        let d = IsolationForestParams::default();
+        Self {
+            num_trees: d.num_trees,
+            max_leaf_samples: d.max_leaf_samples,
+            tree_type: "adaptive".into(),
+            subsample: d.subsample,
+            window_size: d.window_size,
+            branching_factor: d.branching_factor,
+            metric: "axisparallel".into(),
+            n_jobs: 1.0,
+        }
+    }
+}
+
+impl IsolationForestSpec {
+    /// Check `isolation_forest` parameters from config.
+    pub fn check(self) -> Result<IsolationForestParams, SpecError> {
+        let bad = invalid("isolation_forest");
+        let Self { num_trees, max_leaf_samples, tree_type, subsample, window_size, branching_factor, metric, n_jobs: _ } = self;
+        let tree_type = match tree_type.as_str() {
             "adaptive" => TreeType::Adaptive,
             "fixed" => TreeType::Fixed,
-            other => return Err(r.error("type", format!("`{other}` is not \"adaptive\" or \"fixed\""))),
+            other => return Err(bad("type", format!("`{other}` is not \"adaptive\" or \"fixed\""))),
         };
-        let subsample = r.f64("subsample", d.subsample)?;
-        let window_size = r.usize("window_size", d.window_size)?;
-        let branching_factor = r.usize("branching_factor", d.branching_factor)?;
-        let metric = r.str("metric", "axisparallel")?;
-        let _n_jobs = r.f64("n_jobs", 1.0)?;
         if !(1..=10_000).contains(&num_trees) {
-            return Err(r.error("num_trees", format!("{num_trees} is not in 1..=10000")));
+            return Err(bad("num_trees", format!("{num_trees} is not in 1..=10000")));
         }
         if !(1..=1 << 20).contains(&max_leaf_samples) {
-            return Err(r.error("max_leaf_samples", format!("{max_leaf_samples} is not in 1..=1048576")));
+            return Err(bad("max_leaf_samples", format!("{max_leaf_samples} is not in 1..=1048576")));
         }
         if !(subsample > 0.0 && subsample <= 1.0) {
-            return Err(r.error("subsample", format!("{subsample} is not in (0, 1]")));
+            return Err(bad("subsample", format!("{subsample} is not in (0, 1]")));
         }
         if window_size <= max_leaf_samples || window_size > 1 << 24 {
-            return Err(
-                r.error("window_size", format!("{window_size} must exceed max_leaf_samples ({max_leaf_samples}) and be at most 16777216"))
-            );
+            let reason = format!("{window_size} must exceed max_leaf_samples ({max_leaf_samples}) and be at most 16777216");
+            return Err(bad("window_size", reason));
         }
         if !(2..=64).contains(&branching_factor) {
-            return Err(r.error("branching_factor", format!("{branching_factor} is not in 2..=64")));
+            return Err(bad("branching_factor", format!("{branching_factor} is not in 2..=64")));
         }
         if metric != "axisparallel" {
-            return Err(r.error("metric", format!("`{metric}` is not supported (only \"axisparallel\")")));
+            return Err(bad("metric", format!("`{metric}` is not supported (only \"axisparallel\")")));
         }
-        r.finish()?;
-        Ok(Self { num_trees, max_leaf_samples, tree_type, subsample, window_size, branching_factor })
+        Ok(IsolationForestParams { num_trees, max_leaf_samples, tree_type, subsample, window_size, branching_factor })
     }
+}
 
+impl IsolationForestParams {
     /// `c(n) = ln(n / max_leaf_samples) / ln(2 b)`, 0 below `max_leaf_samples`: the expected
     /// extra depth of `n` points (ONAD's `get_random_path_length`).
     fn path_length(&self, n: f64) -> f64 {

@@ -28,7 +28,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::series::{Band, RobustScale, Step, StepClock};
 use super::Detector;
 
@@ -70,38 +70,94 @@ pub struct HoltWintersParams {
     pub max_gap_steps: usize,
 }
 
-impl HoltWintersParams {
+/// `holt_winters`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HoltWintersSpec {
+    /// See [`HoltWintersParams::season_length`].
+    pub season_length: usize,
+    /// See [`HoltWintersParams::alpha`]; absent = fitted online.
+    pub alpha: Option<f64>,
+    /// See [`HoltWintersParams::beta`]; absent = fitted online.
+    pub beta: Option<f64>,
+    /// See [`HoltWintersParams::gamma`]; absent = fitted online.
+    pub gamma: Option<f64>,
+    /// See [`HoltWintersParams::learning_rate`].
+    pub learning_rate: f64,
+    /// See [`HoltWintersParams::scale_smoothing`].
+    pub scale_smoothing: f64,
+    /// See [`HoltWintersParams::warm_up`].
+    pub warm_up: usize,
+    /// See [`HoltWintersParams::band_z`].
+    pub band_z: f64,
+    /// See [`HoltWintersParams::use_timestamps`].
+    pub use_timestamps: bool,
+    /// See [`HoltWintersParams::interval_ms`]; unsigned so that a negative interval is a type
+    /// error naming the key.
+    pub interval_ms: u64,
+    /// See [`HoltWintersParams::max_gap_steps`]; `None` = max(2 `season_length`, 100), since
+    /// the default depends on the season.
+    pub max_gap_steps: Option<usize>,
+}
+
+impl Default for HoltWintersSpec {
+    fn default() -> Self {
+        Self {
+            season_length: 0,
+            alpha: None,
+            beta: None,
+            gamma: None,
+            learning_rate: 0.001,
+            scale_smoothing: 0.05,
+            warm_up: 20,
+            band_z: 3.0,
+            use_timestamps: true,
+            interval_ms: 0,
+            max_gap_steps: None,
+        }
+    }
+}
+
+impl HoltWintersSpec {
     /// Check `holt_winters` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("holt_winters", params);
-        let season_length = r.usize("season_length", 0)?;
-        let alpha = optional_unit(&mut r, params, "alpha")?;
-        let beta = optional_unit(&mut r, params, "beta")?;
-        let gamma = optional_unit(&mut r, params, "gamma")?;
-        let learning_rate = r.f64("learning_rate", 0.001)?;
-        let scale_smoothing = r.f64("scale_smoothing", 0.05)?;
-        let warm_up = r.usize("warm_up", 20)?;
-        let band_z = r.f64("band_z", 3.0)?;
-        let use_timestamps = r.bool("use_timestamps", true)?;
-        let interval_ms = r.u64("interval_ms", 0)? as i64;
-        let max_gap_steps = r.usize("max_gap_steps", (2 * season_length).max(100))?;
+    pub fn check(self) -> Result<HoltWintersParams, SpecError> {
+        let bad = invalid("holt_winters");
+        let Self {
+            season_length,
+            alpha,
+            beta,
+            gamma,
+            learning_rate,
+            scale_smoothing,
+            warm_up,
+            band_z,
+            use_timestamps,
+            interval_ms,
+            max_gap_steps,
+        } = self;
+        for (key, v) in [("alpha", alpha), ("beta", beta), ("gamma", gamma)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(bad(key, format!("{v} is outside [0, 1]")));
+            }
+        }
+        let max_gap_steps = max_gap_steps.unwrap_or((2 * season_length).max(100));
         if !(0.0..=1.0).contains(&learning_rate) {
-            return Err(r.error("learning_rate", "must be in [0, 1]"));
+            return Err(bad("learning_rate", "must be in [0, 1]".into()));
         }
         if !(scale_smoothing > 0.0 && scale_smoothing < 1.0) {
-            return Err(r.error("scale_smoothing", "must be in (0, 1)"));
+            return Err(bad("scale_smoothing", "must be in (0, 1)".into()));
         }
         if warm_up < 2 {
-            return Err(r.error("warm_up", "must be at least 2"));
+            return Err(bad("warm_up", "must be at least 2".into()));
         }
         if band_z <= 0.0 {
-            return Err(r.error("band_z", "must be positive"));
+            return Err(bad("band_z", "must be positive".into()));
         }
         if max_gap_steps == 0 {
-            return Err(r.error("max_gap_steps", "must be positive"));
+            return Err(bad("max_gap_steps", "must be positive".into()));
         }
-        r.finish()?;
-        Ok(Self {
+        let interval_ms = i64::try_from(interval_ms).map_err(|_| bad("interval_ms", format!("{interval_ms} is too large")))?;
+        Ok(HoltWintersParams {
             season_length,
             alpha,
             beta,
@@ -115,19 +171,6 @@ impl HoltWintersParams {
             max_gap_steps,
         })
     }
-}
-
-/// An optional parameter in [0, 1]: `None` when not given.
-fn optional_unit<'a>(r: &mut ParamReader<'a>, params: &Params, key: &'a str) -> Result<Option<f64>, SpecError> {
-    let given = params.contains_key(key);
-    let v = r.f64(key, 0.0)?;
-    if !given {
-        return Ok(None);
-    }
-    if !(0.0..=1.0).contains(&v) {
-        return Err(r.error(key, format!("{v} is outside [0, 1]")));
-    }
-    Ok(Some(v))
 }
 
 /// One feature's Holt–Winters state.
@@ -429,8 +472,9 @@ impl Detector for HoltWinters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::params::read_params;
     use crate::detect::testutil::{assert_restore_continues_bit_identically, spec};
-    use crate::detect::ParamValue;
+    use crate::detect::{ParamValue, Params};
 
     fn seasonal(i: usize) -> f64 {
         let phase = (i % 24) as f64 / 24.0 * std::f64::consts::TAU;
@@ -439,7 +483,28 @@ mod tests {
 
     fn hw(params: &[(&str, ParamValue)]) -> HoltWinters {
         let p: Params = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        HoltWinters::new(HoltWintersParams::check(&p).unwrap(), 1)
+        HoltWinters::new(read_params::<HoltWintersSpec>("holt_winters", &p).unwrap().check().unwrap(), 1)
+    }
+
+    #[test]
+    fn parameter_errors_name_the_key() {
+        for (key, value, want) in [
+            ("alpha", ParamValue::Float(1.5), "holt_winters: invalid `alpha`: 1.5 is outside [0, 1]"),
+            ("warm_up", ParamValue::Int(1), "holt_winters: invalid `warm_up`: must be at least 2"),
+            ("max_gap_steps", ParamValue::Int(0), "holt_winters: invalid `max_gap_steps`: must be positive"),
+        ] {
+            assert_eq!(spec("holt_winters", &[(key, value)], &[]).check().unwrap_err().to_string(), want);
+        }
+        let err = spec("holt_winters", &[("interval_ms", ParamValue::Int(-1))], &[]).check().unwrap_err().to_string();
+        assert!(err.starts_with("holt_winters: invalid `interval_ms`: "), "{err}");
+        let err = spec("holt_winters", &[("season", ParamValue::Int(24))], &[]).check().unwrap_err().to_string();
+        assert!(err.starts_with("holt_winters: unknown parameter `season`"), "{err}");
+    }
+
+    #[test]
+    fn max_gap_steps_defaults_to_two_seasons_and_at_least_100() {
+        let p = |season_length| HoltWintersSpec { season_length, ..HoltWintersSpec::default() }.check().unwrap().max_gap_steps;
+        assert_eq!((p(0), p(24), p(288)), (100, 100, 576));
     }
 
     #[test]

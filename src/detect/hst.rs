@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// river's default number of trees.
@@ -52,30 +52,47 @@ pub struct HalfSpaceTreesParams {
     pub limits: Option<(f64, f64)>,
 }
 
-impl HalfSpaceTreesParams {
-    /// Check `half_space_trees` parameters (river's names).
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("half_space_trees", params);
-        let n_trees = r.usize("n_trees", DEFAULT_N_TREES)?;
-        let height = r.usize("height", DEFAULT_HEIGHT)?;
-        let window_size = r.usize("window_size", DEFAULT_WINDOW_SIZE)?;
-        let limits = if params.contains_key("limits") { Some(r.pair("limits", (0.0, 1.0))?) } else { None };
+/// `half_space_trees`' `model_params` as config writes them (river's names).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HalfSpaceTreesSpec {
+    /// See [`HalfSpaceTreesParams::n_trees`].
+    pub n_trees: usize,
+    /// See [`HalfSpaceTreesParams::height`].
+    pub height: usize,
+    /// See [`HalfSpaceTreesParams::window_size`].
+    pub window_size: usize,
+    /// See [`HalfSpaceTreesParams::limits`].
+    pub limits: Option<(f64, f64)>,
+}
+
+impl Default for HalfSpaceTreesSpec {
+    fn default() -> Self {
+        let d = HalfSpaceTreesParams::default();
+        Self { n_trees: d.n_trees, height: d.height, window_size: d.window_size, limits: d.limits }
+    }
+}
+
+impl HalfSpaceTreesSpec {
+    /// Check `half_space_trees` parameters from config.
+    pub fn check(self) -> Result<HalfSpaceTreesParams, SpecError> {
+        let bad = invalid("half_space_trees");
+        let Self { n_trees, height, window_size, limits } = self;
         if !(1..=1000).contains(&n_trees) {
-            return Err(r.error("n_trees", format!("{n_trees} is not in 1..=1000")));
+            return Err(bad("n_trees", format!("{n_trees} is not in 1..=1000")));
         }
         if !(1..=20).contains(&height) {
-            return Err(r.error("height", format!("{height} is not in 1..=20")));
+            return Err(bad("height", format!("{height} is not in 1..=20")));
         }
         if !(2..=1 << 24).contains(&window_size) {
-            return Err(r.error("window_size", format!("{window_size} is not in 2..=16777216")));
+            return Err(bad("window_size", format!("{window_size} is not in 2..=16777216")));
         }
         if let Some((lo, hi)) = limits {
             if lo >= hi {
-                return Err(r.error("limits", format!("[{lo}, {hi}] is empty; low must be below high")));
+                return Err(bad("limits", format!("[{lo}, {hi}] is empty; low must be below high")));
             }
         }
-        r.finish()?;
-        Ok(Self { n_trees, height, window_size, limits })
+        Ok(HalfSpaceTreesParams { n_trees, height, window_size, limits })
     }
 }
 
@@ -302,7 +319,7 @@ impl Detector for HalfSpaceTrees {
 mod tests {
     use super::*;
     use crate::detect::metrics::roc_auc;
-    use crate::detect::params::ParamValue as V;
+    use crate::detect::params::{read_params, ParamValue as V, Params};
     use crate::detect::synthetic::{generate, StreamKind, StreamSpec};
 
     fn auc(params: HalfSpaceTreesParams, kind: StreamKind) -> f64 {
@@ -382,8 +399,9 @@ mod tests {
 
     #[test]
     fn params_are_checked_with_river_names() {
+        let check = |p: &Params| read_params::<HalfSpaceTreesSpec>("half_space_trees", p)?.check();
         let ok: Params = [("limits".to_string(), V::List(vec![V::Float(-1.0), V::Int(1)]))].into();
-        assert_eq!(HalfSpaceTreesParams::check(&ok).unwrap().limits, Some((-1.0, 1.0)));
+        assert_eq!(check(&ok).unwrap().limits, Some((-1.0, 1.0)));
         for (key, value, expect) in [
             ("n_tree", V::Int(3), "unknown parameter `n_tree`"),
             ("height", V::Int(0), "invalid `height`"),
@@ -391,7 +409,7 @@ mod tests {
             ("limits", V::List(vec![V::Int(1), V::Int(1)]), "invalid `limits`"),
         ] {
             let p: Params = [(key.to_string(), value)].into();
-            let err = HalfSpaceTreesParams::check(&p).unwrap_err().to_string();
+            let err = check(&p).unwrap_err().to_string();
             assert!(err.contains(expect), "{key}: {err}");
         }
     }

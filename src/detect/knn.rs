@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// Checked parameters of [`Knn`].
@@ -27,30 +27,46 @@ pub struct KnnParams {
     pub warm_up: usize,
 }
 
-impl KnnParams {
+/// `knn`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnnSpec {
+    /// See [`KnnParams::k`].
+    pub k: usize,
+    /// See [`KnnParams::window_size`].
+    pub window_size: usize,
+    /// See [`KnnParams::warm_up`]; `None` = `k`.
+    pub warm_up: Option<usize>,
+}
+
+impl Default for KnnSpec {
+    fn default() -> Self {
+        Self { k: 10, window_size: 1000, warm_up: None }
+    }
+}
+
+impl KnnSpec {
     /// Check `knn` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("knn", params);
-        let k = r.usize("k", 10)?;
-        let window_size = r.usize("window_size", 1000)?;
-        let warm_up = r.usize("warm_up", k)?;
+    pub fn check(self) -> Result<KnnParams, SpecError> {
+        let bad = invalid("knn");
+        let Self { k, window_size, warm_up } = self;
+        let warm_up = warm_up.unwrap_or(k);
         if k == 0 {
-            return Err(r.error("k", "must be a positive integer"));
+            return Err(bad("k", "must be a positive integer".into()));
         }
         if window_size == 0 {
-            return Err(r.error("window_size", "must be a positive integer"));
+            return Err(bad("window_size", "must be a positive integer".into()));
         }
         if k > window_size {
-            return Err(r.error("k", format!("{k} exceeds window_size ({window_size}): the window can never hold k neighbours")));
+            return Err(bad("k", format!("{k} exceeds window_size ({window_size}): the window can never hold k neighbours")));
         }
         if warm_up > window_size {
-            return Err(r.error("warm_up", format!("{warm_up} exceeds window_size ({window_size})")));
+            return Err(bad("warm_up", format!("{warm_up} exceeds window_size ({window_size})")));
         }
         if warm_up < k {
-            return Err(r.error("warm_up", format!("{warm_up} is below k ({k}): scoring needs k points in the window")));
+            return Err(bad("warm_up", format!("{warm_up} is below k ({k}): scoring needs k points in the window")));
         }
-        r.finish()?;
-        Ok(Self { k, window_size, warm_up })
+        Ok(KnnParams { k, window_size, warm_up })
     }
 }
 
@@ -229,10 +245,7 @@ mod tests {
 
     #[test]
     fn k_above_window_is_a_spec_error() {
-        let mut p = Params::new();
-        p.insert("k".into(), crate::detect::ParamValue::Int(20));
-        p.insert("window_size".into(), crate::detect::ParamValue::Int(10));
-        let err = KnnParams::check(&p).unwrap_err().to_string();
+        let err = KnnSpec { k: 20, window_size: 10, warm_up: None }.check().unwrap_err().to_string();
         assert!(err.contains("`k`") && err.contains("window_size"), "{err}");
     }
 

@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::series::Band;
 use super::Detector;
 
@@ -56,29 +56,46 @@ pub struct MadParams {
     pub combine: Combine,
 }
 
-impl MadParams {
+/// `mad`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MadSpec {
+    /// See [`MadParams::warm_up`].
+    pub warm_up: usize,
+    /// See [`MadParams::rate`].
+    pub rate: f64,
+    /// See [`MadParams::band_z`].
+    pub band_z: f64,
+    /// [`MadParams::combine`]: `"max"` or `"l2"`.
+    pub combine: String,
+}
+
+impl Default for MadSpec {
+    fn default() -> Self {
+        Self { warm_up: 32, rate: 0.02, band_z: 3.0, combine: "max".into() }
+    }
+}
+
+impl MadSpec {
     /// Check `mad` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("mad", params);
-        let warm_up = r.usize("warm_up", 32)?;
-        let rate = r.f64("rate", 0.02)?;
-        let band_z = r.f64("band_z", 3.0)?;
-        let combine = match r.str("combine", "max")?.as_str() {
+    pub fn check(self) -> Result<MadParams, SpecError> {
+        let bad = invalid("mad");
+        let Self { warm_up, rate, band_z, combine } = self;
+        let combine = match combine.as_str() {
             "max" => Combine::Max,
             "l2" => Combine::L2,
-            other => return Err(r.error("combine", format!("`{other}` is not max or l2"))),
+            other => return Err(bad("combine", format!("`{other}` is not max or l2"))),
         };
         if warm_up < 3 {
-            return Err(r.error("warm_up", "must be at least 3"));
+            return Err(bad("warm_up", "must be at least 3".into()));
         }
         if !(rate > 0.0 && rate < 1.0) {
-            return Err(r.error("rate", "must be in (0, 1)"));
+            return Err(bad("rate", "must be in (0, 1)".into()));
         }
         if band_z <= 0.0 {
-            return Err(r.error("band_z", "must be positive"));
+            return Err(bad("band_z", "must be positive".into()));
         }
-        r.finish()?;
-        Ok(Self { warm_up, rate, band_z, combine })
+        Ok(MadParams { warm_up, rate, band_z, combine })
     }
 }
 
@@ -242,8 +259,19 @@ mod tests {
     use crate::detect::ParamValue;
 
     fn mad(combine: &str) -> Mad {
-        let p: Params = [("combine".to_string(), ParamValue::Str(combine.into()))].into_iter().collect();
-        Mad::new(MadParams::check(&p).unwrap(), 2)
+        Mad::new(MadSpec { combine: combine.into(), ..MadSpec::default() }.check().unwrap(), 2)
+    }
+
+    #[test]
+    fn parameter_errors_name_the_key() {
+        for (key, value, want) in [
+            ("combine", ParamValue::Str("sum".into()), "mad: invalid `combine`: `sum` is not max or l2"),
+            ("warm_up", ParamValue::Int(2), "mad: invalid `warm_up`: must be at least 3"),
+            ("rate", ParamValue::Float(1.0), "mad: invalid `rate`: must be in (0, 1)"),
+            ("band_z", ParamValue::Float(0.0), "mad: invalid `band_z`: must be positive"),
+        ] {
+            assert_eq!(spec("mad", &[(key, value)], &[]).check().unwrap_err().to_string(), want);
+        }
     }
 
     #[test]

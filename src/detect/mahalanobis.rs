@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// Checked parameters of [`Mahalanobis`].
@@ -26,16 +26,29 @@ pub struct MahalanobisParams {
     pub window_size: usize,
 }
 
-impl MahalanobisParams {
+/// `mahalanobis`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MahalanobisSpec {
+    /// See [`MahalanobisParams::window_size`].
+    pub window_size: usize,
+}
+
+impl Default for MahalanobisSpec {
+    fn default() -> Self {
+        Self { window_size: 1000 }
+    }
+}
+
+impl MahalanobisSpec {
     /// Check `mahalanobis` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("mahalanobis", params);
-        let window_size = r.usize("window_size", 1000)?;
+    pub fn check(self) -> Result<MahalanobisParams, SpecError> {
+        let window_size = self.window_size;
         if window_size < 3 {
-            return Err(r.error("window_size", format!("{window_size} is below 3, the fewest points a covariance is estimated from")));
+            let reason = format!("{window_size} is below 3, the fewest points a covariance is estimated from");
+            return Err(invalid("mahalanobis")("window_size", reason));
         }
-        r.finish()?;
-        Ok(Self { window_size })
+        Ok(MahalanobisParams { window_size })
     }
 }
 

@@ -9,6 +9,7 @@
 //! feature order a pipeline fixed on its first reading.
 
 pub mod arima;
+pub mod calibrate;
 pub mod explain;
 pub mod forest;
 pub mod holt_winters;
@@ -77,5 +78,9 @@ pub trait Detector {
     }
 }
 
+#[cfg(test)]
+mod calibration_tests;
+#[cfg(test)]
+mod learn_order_tests;
 #[cfg(test)]
 mod models_tests;

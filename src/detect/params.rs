@@ -1,10 +1,16 @@
 //! Untyped model parameters as they come from config, and the errors of checking them.
 //!
-//! Each model turns `Params` into its own checked parameter struct once (`check`), naming the
-//! offending key on failure, so the hot path never re-validates.
+//! A configuration is checked once, in two steps, so the hot path never re-validates:
+//! 1. serde reads `model_type` + `model_params` (and each step's `type` + `params`) into a
+//!    tagged enum with one variant per model (`pipeline::ModelSpec`) or step
+//!    (`transform::StepParamsSpec`), whose struct has the defaults and `deny_unknown_fields`:
+//!    an unknown key or a value of the wrong type fails here, naming the key ([`read_tagged`]);
+//! 2. the variant's `check` does every range check, in one place per model, and returns the
+//!    model's checked parameters (`KnnSpec::check` -> `KnnParams`).
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// One parameter value from config (TOML/JSON), before it is checked by a model.
@@ -40,12 +46,14 @@ pub enum SpecError {
         known: String,
     },
     /// A parameter the model does not take.
-    #[error("{model}: unknown parameter `{key}`")]
+    #[error("{model}: unknown parameter `{key}` ({known})")]
     UnknownParam {
         /// Model or step name.
         model: String,
         /// The parameter name given.
         key: String,
+        /// The parameters the model takes ("expected one of `a`, `b`").
+        known: String,
     },
     /// A parameter of the wrong type or out of range.
     #[error("{model}: invalid `{key}`: {reason}")]
@@ -59,100 +67,110 @@ pub enum SpecError {
     },
 }
 
-/// Reads typed values out of `Params`, recording which keys were used so that leftovers can be
-/// reported as unknown.
-pub struct ParamReader<'a> {
-    model: &'a str,
-    params: &'a Params,
-    used: Vec<&'a str>,
+/// Read `params` as the tagged enum `T`: `tag = name` picks the variant, `content = params`
+/// fills its struct (serde: `deny_unknown_fields`, defaults, types). An unknown `name` is
+/// [`SpecError::UnknownName`] listing `known`; an unknown key or a value of the wrong type is
+/// [`SpecError::UnknownParam`] / [`SpecError::InvalidParam`] naming the key.
+pub(crate) fn read_tagged<T: DeserializeOwned>(
+    (tag, what, known): (&'static str, &'static str, &[&str]),
+    content: &'static str,
+    name: &str,
+    params: &Params,
+) -> Result<T, SpecError> {
+    // The tag first, so that serde picks the variant before it sees the content and reads the
+    // content straight into the variant's struct (the path to an error stays known).
+    let fields = [(tag, serde_json::Value::String(name.to_string())), (content, params_value(name, params)?)];
+    let de = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(fields.into_iter());
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == tag {
+            return SpecError::UnknownName { what, name: name.to_string(), known: known.join(", ") };
+        }
+        let key = path.strip_prefix(content).map(|k| k.trim_start_matches('.')).filter(|k| !k.is_empty()).unwrap_or(content);
+        param_error(name, key, e.into_inner().to_string())
+    })
 }
 
-impl<'a> ParamReader<'a> {
-    /// Start reading `params` for `model` (used in error messages).
-    pub fn new(model: &'a str, params: &'a Params) -> Self {
-        Self { model, params, used: Vec::new() }
+/// Read `params` as the struct `T` of the model or step `name` (one variant's content of
+/// [`read_tagged`]; for tests of one model's parameters).
+#[cfg(test)]
+pub(crate) fn read_params<T: DeserializeOwned>(name: &str, params: &Params) -> Result<T, SpecError> {
+    serde_path_to_error::deserialize(params_value(name, params)?).map_err(|e| {
+        let key = e.path().to_string();
+        param_error(name, &key, e.into_inner().to_string())
+    })
+}
+
+/// `params` as a `serde_json::Value`, the deserializer of an in-memory map. `ParamValue` is
+/// untagged, so it converts one to one (a non-finite float becomes `null`, which no
+/// parameter's type accepts).
+fn params_value(name: &str, params: &Params) -> Result<serde_json::Value, SpecError> {
+    serde_json::to_value(params).map_err(|e| SpecError::InvalidParam { model: name.to_string(), key: String::new(), reason: e.to_string() })
+}
+
+/// The error serde gave for `key` of `model`: serde words an unknown key "unknown field `k`,
+/// expected one of ..." (its `de::Error::unknown_field`), the one case not about the value.
+fn param_error(model: &str, key: &str, reason: String) -> SpecError {
+    match reason.strip_prefix("unknown field ") {
+        Some(rest) => SpecError::UnknownParam {
+            model: model.to_string(),
+            key: key.to_string(),
+            known: rest.split_once(", ").map_or(rest, |(_, known)| known).to_string(),
+        },
+        None => SpecError::InvalidParam { model: model.to_string(), key: key.to_string(), reason },
+    }
+}
+
+/// A closure building [`SpecError::InvalidParam`] for `model`, for range checks.
+pub(crate) fn invalid(model: &'static str) -> impl Fn(&str, String) -> SpecError {
+    move |key, reason| SpecError::InvalidParam { model: model.to_string(), key: key.to_string(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::testutil::spec;
+    use crate::detect::ParamValue as V;
+
+    fn error(model: &str, key: &str, value: V) -> String {
+        spec(model, &[(key, value)], &[]).check().unwrap_err().to_string()
     }
 
-    fn invalid(&self, key: &str, reason: impl Into<String>) -> SpecError {
-        SpecError::InvalidParam { model: self.model.to_string(), key: key.to_string(), reason: reason.into() }
+    #[test]
+    fn an_unknown_parameter_is_an_error_naming_it_and_the_known_ones() {
+        let err = error("knn", "kk", V::Int(3));
+        assert_eq!(err, "knn: unknown parameter `kk` (expected one of `k`, `window_size`, `warm_up`)");
     }
 
-    fn take(&mut self, key: &'a str) -> Option<&'a ParamValue> {
-        self.used.push(key);
-        self.params.get(key)
-    }
-
-    /// A float (integers are accepted) or `default`.
-    pub fn f64(&mut self, key: &'a str, default: f64) -> Result<f64, SpecError> {
-        match self.take(key) {
-            None => Ok(default),
-            Some(ParamValue::Float(v)) if v.is_finite() => Ok(*v),
-            Some(ParamValue::Int(v)) => Ok(*v as f64),
-            Some(other) => Err(self.invalid(key, format!("expected a finite number, got {other:?}"))),
+    #[test]
+    fn a_parameter_of_the_wrong_type_is_an_error_naming_the_key() {
+        for (model, key, value) in [
+            ("knn", "k", V::Str("five".into())),
+            ("knn", "k", V::Float(5.5)),
+            ("knn", "window_size", V::Int(-1)),
+            ("zscore", "warm_up", V::Bool(true)),
+            ("adaptive_svm", "nu", V::Float(f64::NAN)),
+            ("adaptive_svm", "gamma_bounds", V::List(vec![V::Int(1), V::Int(2), V::Int(3)])),
+            ("isolation_forest", "type", V::Str("bushy".into())),
+            ("moving_median", "abs_diff", V::Int(1)),
+        ] {
+            let err = error(model, key, value);
+            assert!(err.starts_with(&format!("{model}: invalid `{key}`: ")), "{model}.{key}: {err}");
         }
     }
 
-    /// A non-negative integer or `default`.
-    pub fn usize(&mut self, key: &'a str, default: usize) -> Result<usize, SpecError> {
-        match self.take(key) {
-            None => Ok(default),
-            Some(ParamValue::Int(v)) if *v >= 0 => Ok(*v as usize),
-            Some(other) => Err(self.invalid(key, format!("expected a non-negative integer, got {other:?}"))),
-        }
+    #[test]
+    fn integers_are_accepted_where_a_float_is_expected() {
+        let f = spec("adaptive_svm", &[("nu", V::Int(1)), ("gamma_bounds", V::List(vec![V::Int(1), V::Float(2.5)]))], &[]);
+        assert!(f.check().is_ok());
     }
 
-    /// A u64 (e.g. a seed) or `default`.
-    pub fn u64(&mut self, key: &'a str, default: u64) -> Result<u64, SpecError> {
-        self.usize(key, default as usize).map(|v| v as u64)
-    }
-
-    /// A boolean or `default`.
-    pub fn bool(&mut self, key: &'a str, default: bool) -> Result<bool, SpecError> {
-        match self.take(key) {
-            None => Ok(default),
-            Some(ParamValue::Bool(v)) => Ok(*v),
-            Some(other) => Err(self.invalid(key, format!("expected true or false, got {other:?}"))),
-        }
-    }
-
-    /// A string or `default`.
-    pub fn str(&mut self, key: &'a str, default: &str) -> Result<String, SpecError> {
-        match self.take(key) {
-            None => Ok(default.to_string()),
-            Some(ParamValue::Str(v)) => Ok(v.clone()),
-            Some(other) => Err(self.invalid(key, format!("expected a string, got {other:?}"))),
-        }
-    }
-
-    /// A pair of numbers `[a, b]` or `default`.
-    pub fn pair(&mut self, key: &'a str, default: (f64, f64)) -> Result<(f64, f64), SpecError> {
-        let num = |v: &ParamValue| match v {
-            ParamValue::Float(f) if f.is_finite() => Some(*f),
-            ParamValue::Int(i) => Some(*i as f64),
-            _ => None,
-        };
-        match self.take(key) {
-            None => Ok(default),
-            Some(ParamValue::List(l)) if l.len() == 2 => match (num(&l[0]), num(&l[1])) {
-                (Some(a), Some(b)) => Ok((a, b)),
-                _ => Err(self.invalid(key, "expected two finite numbers")),
-            },
-            Some(other) => Err(self.invalid(key, format!("expected [low, high], got {other:?}"))),
-        }
-    }
-
-    /// Build an `InvalidParam` error for `key` (for range checks done by the caller).
-    pub fn error(&self, key: &str, reason: impl Into<String>) -> SpecError {
-        self.invalid(key, reason)
-    }
-
-    /// Fail on any key that was never read.
-    pub fn finish(self) -> Result<(), SpecError> {
-        for key in self.params.keys() {
-            if !self.used.iter().any(|u| u == key) {
-                return Err(SpecError::UnknownParam { model: self.model.to_string(), key: key.clone() });
-            }
-        }
-        Ok(())
+    #[test]
+    fn an_unknown_model_or_step_lists_the_known_names() {
+        let err = spec("knnn", &[], &[]).check().unwrap_err().to_string();
+        assert!(err.starts_with("unknown model_type `knnn` (known: zscore, "), "{err}");
+        let err = spec("knn", &[], &[("scaller", &[])]).check().unwrap_err().to_string();
+        assert!(err.starts_with("unknown preprocessing step `scaller` (known: scaler, "), "{err}");
+        let err = spec("knn", &[], &[("pca", &[("n_component", V::Int(2))])]).check().unwrap_err().to_string();
+        assert!(err.starts_with("pca: unknown parameter `n_component`"), "{err}");
     }
 }

@@ -4,25 +4,24 @@
 //! made exact: score-then-learn by default (an anomaly must not mask itself), `learn_first`
 //! reproduces ONAD's snippet, `learn_anomalies = false` keeps anomalies out of the model.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
-use super::arima::{Arima, ArimaParams};
+use super::arima::{Arima, ArimaParams, ArimaSpec};
+use super::calibrate::Calibrator;
 use super::explain;
-use super::forest::{IsolationForestParams, OnlineIsolationForest};
-use super::holt_winters::{HoltWinters, HoltWintersParams};
-use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams};
-use super::knn::{Knn, KnnParams};
-use super::mad::{Mad, MadParams};
-use super::mahalanobis::{Mahalanobis, MahalanobisParams};
-use super::params::{Params, SpecError};
-use super::rshash::{RsHash, RsHashParams};
+use super::forest::{IsolationForestParams, IsolationForestSpec, OnlineIsolationForest};
+use super::holt_winters::{HoltWinters, HoltWintersParams, HoltWintersSpec};
+use super::hst::{HalfSpaceTrees, HalfSpaceTreesParams, HalfSpaceTreesSpec};
+use super::knn::{Knn, KnnParams, KnnSpec};
+use super::mad::{Mad, MadParams, MadSpec};
+use super::mahalanobis::{Mahalanobis, MahalanobisParams, MahalanobisSpec};
+use super::params::{read_tagged, Params, SpecError};
+use super::rshash::{RsHash, RsHashParams, RsHashSpec};
 use super::series::Band;
-use super::svm::{AdaptiveSvm, AdaptiveSvmParams};
-use super::transform::{AnyTransform, TransformParams};
-use super::univariate::{MovingKind, MovingStat, MovingStatParams};
-use super::zscore::{ZScore, ZScoreParams};
+use super::svm::{AdaptiveSvm, AdaptiveSvmParams, AdaptiveSvmSpec};
+use super::transform::{AnyTransform, StepParamsSpec, TransformParams};
+use super::univariate::{MovingKind, MovingStat, MovingStatParams, MovingStatSpec};
+use super::zscore::{ZScore, ZScoreParams, ZScoreSpec};
 use super::{Detector, Transformer};
 
 /// Severity band of a calibrated score.
@@ -39,22 +38,30 @@ pub enum Severity {
 }
 
 /// Score bounds, compared against the calibrated score in [0, 1] (strictly greater, as ONAD).
+///
+/// A calibrated score `s` means a raw score that about one clean reading in `10^(5 s)` of the
+/// same sensor exceeds ([`super::calibrate`]): 0.6 = 1 in 1,000, 0.8 = 1 in 10,000, 1.0 = 1 in
+/// 100,000 or rarer. The defaults are not ONAD's 0.7/0.7/0.8/0.9 (which on this scale would
+/// flag 1 clean reading in ~3,200): an operator gets about one alert per sensor per 10,000
+/// clean readings (under 9 a day for a 1 Hz sensor) and "critical" only at the calibrator's
+/// ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Thresholds {
-    /// A reading is an anomaly when its score is above this (ONAD's default 0.7).
+    /// A reading is an anomaly when its score is above this (default 0.8: 1 in 10,000).
     pub anomaly: f64,
-    /// Medium severity above this (ONAD's default 0.7).
+    /// Medium severity above this (default 0.8: 1 in 10,000).
     pub medium: f64,
-    /// High severity above this (ONAD's default 0.8).
+    /// High severity above this (default 0.9: 1 in ~32,000).
     pub high: f64,
-    /// Critical severity above this (ONAD's default 0.9).
+    /// Critical severity above this (default 0.99: 1 in ~90,000, the scale's end at 1 in
+    /// 100,000).
     pub critical: f64,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { anomaly: 0.7, medium: 0.7, high: 0.8, critical: 0.9 }
+        Self { anomaly: 0.8, medium: 0.8, high: 0.9, critical: 0.99 }
     }
 }
 
@@ -119,6 +126,22 @@ pub struct PipelineSpec {
     pub learn_anomalies: bool,
     /// Base seed; each key's pipeline derives its own seed from it and the key.
     pub seed: u64,
+}
+
+impl Default for PipelineSpec {
+    /// The configuration file's defaults: a z-score detector with its default parameters, no
+    /// steps, ONAD's thresholds, score-then-learn, anomalies learned, seed 42.
+    fn default() -> Self {
+        Self {
+            model_type: "zscore".into(),
+            model_params: Params::new(),
+            preprocessing_steps: Vec::new(),
+            thresholds: Thresholds::default(),
+            learn_first: false,
+            learn_anomalies: true,
+            seed: 42,
+        }
+    }
 }
 
 /// Detector state, one variant per model (an enum, not a trait object, so that it is plain
@@ -191,28 +214,89 @@ pub const MODEL_TYPES: &[&str] = &[
     "mad",
 ];
 
+/// `model_type` + `model_params` as serde reads them: one variant per model, each with the
+/// model's defaults and `deny_unknown_fields` (see [`super::params`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "model_type", content = "model_params", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// `zscore`.
+    #[serde(rename = "zscore")]
+    ZScore(ZScoreSpec),
+    /// `knn`.
+    #[serde(rename = "knn")]
+    Knn(KnnSpec),
+    /// `adaptive_svm`.
+    #[serde(rename = "adaptive_svm")]
+    AdaptiveSvm(AdaptiveSvmSpec),
+    /// `mahalanobis`.
+    #[serde(rename = "mahalanobis")]
+    Mahalanobis(MahalanobisSpec),
+    /// `moving_average`.
+    #[serde(rename = "moving_average")]
+    MovingAverage(MovingStatSpec),
+    /// `moving_variance`.
+    #[serde(rename = "moving_variance")]
+    MovingVariance(MovingStatSpec),
+    /// `moving_median`.
+    #[serde(rename = "moving_median")]
+    MovingMedian(MovingStatSpec),
+    /// `isolation_forest`.
+    #[serde(rename = "isolation_forest")]
+    IsolationForest(IsolationForestSpec),
+    /// `half_space_trees`.
+    #[serde(rename = "half_space_trees")]
+    HalfSpaceTrees(HalfSpaceTreesSpec),
+    /// `rshash`.
+    #[serde(rename = "rshash")]
+    RsHash(RsHashSpec),
+    /// `holt_winters`.
+    #[serde(rename = "holt_winters")]
+    HoltWinters(HoltWintersSpec),
+    /// `arima`.
+    #[serde(rename = "arima")]
+    Arima(ArimaSpec),
+    /// `mad`.
+    #[serde(rename = "mad")]
+    Mad(MadSpec),
+}
+
+impl ModelSpec {
+    /// Read `model_params` for `model_type`: unknown names, unknown keys and wrong types are
+    /// errors naming them.
+    pub fn read(model_type: &str, model_params: &Params) -> Result<Self, SpecError> {
+        read_tagged(("model_type", "model_type", MODEL_TYPES), "model_params", model_type, model_params)
+    }
+
+    /// Range-check the parameters (each model's own `check`).
+    fn check(self) -> Result<DetectorParams, SpecError> {
+        Ok(match self {
+            Self::ZScore(s) => DetectorParams::ZScore(s.check()?),
+            Self::Knn(s) => DetectorParams::Knn(s.check()?),
+            Self::AdaptiveSvm(s) => DetectorParams::AdaptiveSvm(s.check()?),
+            Self::Mahalanobis(s) => DetectorParams::Mahalanobis(s.check()?),
+            Self::MovingAverage(s) => DetectorParams::Moving(s.check(MovingKind::Average)?),
+            Self::MovingVariance(s) => DetectorParams::Moving(s.check(MovingKind::Variance)?),
+            Self::MovingMedian(s) => DetectorParams::Moving(s.check(MovingKind::Median)?),
+            Self::IsolationForest(s) => DetectorParams::IsolationForest(s.check()?),
+            Self::HalfSpaceTrees(s) => DetectorParams::HalfSpaceTrees(s.check()?),
+            Self::RsHash(s) => DetectorParams::RsHash(s.check()?),
+            Self::HoltWinters(s) => DetectorParams::HoltWinters(s.check()?),
+            Self::Arima(s) => DetectorParams::Arima(s.check()?),
+            Self::Mad(s) => DetectorParams::Mad(s.check()?),
+        })
+    }
+}
+
 impl PipelineSpec {
     /// Validate everything once.
     pub fn check(&self) -> Result<PipelineFactory, SpecError> {
         self.thresholds.check()?;
-        let detector = match self.model_type.as_str() {
-            "zscore" => DetectorParams::ZScore(ZScoreParams::check(&self.model_params)?),
-            "knn" => DetectorParams::Knn(KnnParams::check(&self.model_params)?),
-            "adaptive_svm" => DetectorParams::AdaptiveSvm(AdaptiveSvmParams::check(&self.model_params)?),
-            "mahalanobis" => DetectorParams::Mahalanobis(MahalanobisParams::check(&self.model_params)?),
-            "moving_average" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Average, &self.model_params)?),
-            "moving_variance" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Variance, &self.model_params)?),
-            "moving_median" => DetectorParams::Moving(MovingStatParams::check(MovingKind::Median, &self.model_params)?),
-            "isolation_forest" => DetectorParams::IsolationForest(IsolationForestParams::check(&self.model_params)?),
-            "half_space_trees" => DetectorParams::HalfSpaceTrees(HalfSpaceTreesParams::check(&self.model_params)?),
-            "rshash" => DetectorParams::RsHash(RsHashParams::check(&self.model_params)?),
-            "holt_winters" => DetectorParams::HoltWinters(HoltWintersParams::check(&self.model_params)?),
-            "arima" => DetectorParams::Arima(ArimaParams::check(&self.model_params)?),
-            "mad" => DetectorParams::Mad(MadParams::check(&self.model_params)?),
-            other => return Err(SpecError::UnknownName { what: "model_type", name: other.to_string(), known: MODEL_TYPES.join(", ") }),
-        };
-        let steps =
-            self.preprocessing_steps.iter().map(|step| TransformParams::check(&step.kind, &step.params)).collect::<Result<Vec<_>, _>>()?;
+        let detector = ModelSpec::read(&self.model_type, &self.model_params)?.check()?;
+        let steps = self
+            .preprocessing_steps
+            .iter()
+            .map(|step| StepParamsSpec::read(&step.kind, &step.params)?.check())
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PipelineFactory {
             detector,
             steps,
@@ -260,7 +344,7 @@ impl PipelineFactory {
             steps,
             bufs,
             detector,
-            calibrator: Calibrator::new(DEFAULT_CALIBRATION_WINDOW),
+            calibrator: Calibrator::new(),
             thresholds: self.thresholds,
             learn_first: self.learn_first,
             learn_anomalies: self.learn_anomalies,
@@ -325,60 +409,6 @@ pub struct Scored {
     /// reading was learned, for detectors that have them (`holt_winters`, `arima`, `mad`) and
     /// no preprocessing steps (a band in scaled units would not be the sensor's); else empty.
     pub bands: Vec<Band>,
-}
-
-/// Raw scores remembered by the calibrator; also the smallest tail probability it can tell.
-pub const DEFAULT_CALIBRATION_WINDOW: usize = 2000;
-/// Raw scores to see before the calibrator gives anything but 0.
-const CALIBRATION_WARM_UP: usize = 100;
-
-/// Maps an unbounded raw score to [0, 1] by its surprise against recent raw scores.
-///
-/// p = (1 + #{window scores > raw} + #{window scores == raw} / 2) / (1 + n) is the empirical
-/// tail probability (the mid-p value: ties count half, so a detector that gives every clear
-/// outlier the same saturated raw score, as RS-Hash's 0 for never-seen cells, is not penalised
-/// for each earlier outlier it tied with); the score is min(1, -log10(p) / 3), so 0.7 means
-/// p ~ 0.008, 0.8 p ~ 0.004, 0.9 p ~ 0.002 and 1.0 p <= 0.001, whatever the detector's scale.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Calibrator {
-    /// Window capacity.
-    window: usize,
-    /// Raw scores in arrival order (for forgetting the oldest).
-    fifo: VecDeque<f64>,
-    /// The same scores, sorted (for tail counts by binary search).
-    sorted: Vec<f64>,
-}
-
-impl Calibrator {
-    /// A calibrator over the last `window` raw scores.
-    pub fn new(window: usize) -> Self {
-        Self { window, fifo: VecDeque::with_capacity(window), sorted: Vec::with_capacity(window) }
-    }
-
-    /// The calibrated score of `raw` against the window (not updating it).
-    pub fn score(&self, raw: f64) -> f64 {
-        let n = self.sorted.len();
-        if n < CALIBRATION_WARM_UP {
-            return 0.0;
-        }
-        let below = self.sorted.partition_point(|v| *v < raw);
-        let not_above = self.sorted.partition_point(|v| *v <= raw);
-        let p = (1.0 + (n - not_above) as f64 + 0.5 * (not_above - below) as f64) / (1 + n) as f64;
-        (-p.log10() / 3.0).clamp(0.0, 1.0)
-    }
-
-    /// Add `raw` to the window, forgetting the oldest when full.
-    pub fn learn(&mut self, raw: f64) {
-        if self.fifo.len() == self.window {
-            if let Some(old) = self.fifo.pop_front() {
-                let i = self.sorted.partition_point(|v| *v < old);
-                self.sorted.remove(i);
-            }
-        }
-        self.fifo.push_back(raw);
-        let i = self.sorted.partition_point(|v| *v < raw);
-        self.sorted.insert(i, raw);
-    }
 }
 
 /// One sensor's model: detector + calibrator + thresholds. Plain data, serializable.
@@ -481,7 +511,7 @@ impl Pipeline {
     /// in [0, 1]: the Online Isolation Forest's score compresses into a narrow band (on 10
     /// Gaussian features typical points score ~0.26 and +6 sigma outliers ~0.49), and
     /// Half-Space Trees put typical points near 0.99, so neither means the same as a
-    /// threshold of 0.7 on a calibrated score.
+    /// threshold of 0.8 on a calibrated score (1 in 10,000).
     pub fn process(&mut self, x: &[f64]) -> Scored {
         self.process_at(x, None)
     }

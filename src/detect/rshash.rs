@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// pysad's default ensemble size.
@@ -78,47 +78,78 @@ impl Default for RsHashParams {
     }
 }
 
-impl RsHashParams {
-    /// Check `rshash` parameters (pysad's names, plus `warm_up` and `table_size`).
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("rshash", params);
-        let d = Self::default();
-        let num_components = r.usize("num_components", d.num_components)?;
-        let num_hash_fns = r.usize("num_hash_fns", d.num_hash_fns)?;
-        let sampling_points = r.usize("sampling_points", d.sampling_points)?;
-        let decay = r.f64("decay", d.decay)?;
-        let warm_up = r.usize("warm_up", d.warm_up)?;
-        let table_size = r.usize("table_size", d.table_size)?;
-        let has_min = params.contains_key("feature_mins");
-        let has_max = params.contains_key("feature_maxes");
-        let lo = r.f64("feature_mins", 0.0)?;
-        let hi = r.f64("feature_maxes", 1.0)?;
-        let limits = match (has_min, has_max) {
-            (false, false) => None,
-            (true, true) if lo < hi => Some((lo, hi)),
-            (true, true) => return Err(r.error("feature_mins", format!("{lo} is not below feature_maxes ({hi})"))),
-            _ => return Err(r.error(if has_min { "feature_maxes" } else { "feature_mins" }, "feature_mins and feature_maxes go together")),
+/// `rshash`'s `model_params` as config writes them (pysad's names, plus `warm_up` and
+/// `table_size`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RsHashSpec {
+    /// See [`RsHashParams::num_components`].
+    pub num_components: usize,
+    /// See [`RsHashParams::num_hash_fns`].
+    pub num_hash_fns: usize,
+    /// See [`RsHashParams::sampling_points`].
+    pub sampling_points: usize,
+    /// See [`RsHashParams::decay`].
+    pub decay: f64,
+    /// Low end of [`RsHashParams::limits`] (given with `feature_maxes` or not at all).
+    pub feature_mins: Option<f64>,
+    /// High end of [`RsHashParams::limits`].
+    pub feature_maxes: Option<f64>,
+    /// See [`RsHashParams::warm_up`].
+    pub warm_up: usize,
+    /// See [`RsHashParams::table_size`].
+    pub table_size: usize,
+}
+
+impl Default for RsHashSpec {
+    fn default() -> Self {
+        let d = RsHashParams::default();
+        Self {
+            num_components: d.num_components,
+            num_hash_fns: d.num_hash_fns,
+            sampling_points: d.sampling_points,
+            decay: d.decay,
+            feature_mins: None,
+            feature_maxes: None,
+            warm_up: d.warm_up,
+            table_size: d.table_size,
+        }
+    }
+}
+
+impl RsHashSpec {
+    /// Check `rshash` parameters from config.
+    pub fn check(self) -> Result<RsHashParams, SpecError> {
+        let bad = invalid("rshash");
+        let Self { num_components, num_hash_fns, sampling_points, decay, feature_mins, feature_maxes, warm_up, table_size } = self;
+        let limits = match (feature_mins, feature_maxes) {
+            (None, None) => None,
+            (Some(lo), Some(hi)) if lo < hi => Some((lo, hi)),
+            (Some(lo), Some(hi)) => return Err(bad("feature_mins", format!("{lo} is not below feature_maxes ({hi})"))),
+            (lo, _) => {
+                let missing = if lo.is_some() { "feature_maxes" } else { "feature_mins" };
+                return Err(bad(missing, "feature_mins and feature_maxes go together".into()));
+            }
         };
         if !(1..=10_000).contains(&num_components) {
-            return Err(r.error("num_components", format!("{num_components} is not in 1..=10000")));
+            return Err(bad("num_components", format!("{num_components} is not in 1..=10000")));
         }
         if !(1..=16).contains(&num_hash_fns) {
-            return Err(r.error("num_hash_fns", format!("{num_hash_fns} is not in 1..=16")));
+            return Err(bad("num_hash_fns", format!("{num_hash_fns} is not in 1..=16")));
         }
         if sampling_points < 2 {
-            return Err(r.error("sampling_points", format!("{sampling_points} must be at least 2")));
+            return Err(bad("sampling_points", format!("{sampling_points} must be at least 2")));
         }
         if !(1e-6..=1.0).contains(&decay) {
-            return Err(r.error("decay", format!("{decay} is not in [1e-6, 1]")));
+            return Err(bad("decay", format!("{decay} is not in [1e-6, 1]")));
         }
         if warm_up == 0 && limits.is_none() {
-            return Err(r.error("warm_up", "must be at least 1 when no feature_mins / feature_maxes are given"));
+            return Err(bad("warm_up", "must be at least 1 when no feature_mins / feature_maxes are given".into()));
         }
         if !table_size.is_power_of_two() || !(64..=1 << 24).contains(&table_size) {
-            return Err(r.error("table_size", format!("{table_size} is not a power of two in 64..=16777216")));
+            return Err(bad("table_size", format!("{table_size} is not a power of two in 64..=16777216")));
         }
-        r.finish()?;
-        Ok(Self { num_components, num_hash_fns, sampling_points, decay, limits, warm_up, table_size })
+        Ok(RsHashParams { num_components, num_hash_fns, sampling_points, decay, limits, warm_up, table_size })
     }
 }
 
@@ -414,7 +445,7 @@ impl Detector for RsHash {
 mod tests {
     use super::*;
     use crate::detect::metrics::roc_auc;
-    use crate::detect::params::ParamValue as V;
+    use crate::detect::params::{read_params, ParamValue as V, Params};
     use crate::detect::synthetic::{generate, StreamKind, StreamSpec};
 
     #[test]
@@ -443,14 +474,8 @@ mod tests {
     #[test]
     fn fused_learn_score_equals_learn_then_score() {
         let s = generate(&StreamSpec { len: 1_000, ..StreamSpec::benchmark(StreamKind::ShiftOne, 6) });
-        let mut a = RsHash::new(RsHashParams { num_hash_fns: 3, table_size: 256, ..Default::default() }, 10, 2);
-        let mut b = a.clone();
-        for x in &s.points {
-            let fused = a.learn_score_one(x);
-            b.learn_one(x);
-            assert_eq!(fused.to_bits(), b.score_one(x).to_bits());
-        }
-        assert_eq!(a, b);
+        let d = RsHash::new(RsHashParams { num_hash_fns: 3, table_size: 256, ..Default::default() }, 10, 2);
+        crate::detect::testutil::assert_learn_score_equals_learn_then_score(d, &s.points);
     }
 
     #[test]
@@ -505,8 +530,9 @@ mod tests {
 
     #[test]
     fn params_are_checked_with_pysad_names() {
+        let check = |p: &Params| read_params::<RsHashSpec>("rshash", p)?.check();
         let p: Params = [("feature_mins".to_string(), V::Float(-3.0)), ("feature_maxes".to_string(), V::Int(3))].into();
-        assert_eq!(RsHashParams::check(&p).unwrap().limits, Some((-3.0, 3.0)));
+        assert_eq!(check(&p).unwrap().limits, Some((-3.0, 3.0)));
         for (key, value, expect) in [
             ("num_component", V::Int(3), "unknown parameter `num_component`"),
             ("decay", V::Float(0.0), "invalid `decay`"),
@@ -514,7 +540,7 @@ mod tests {
             ("feature_mins", V::Float(0.0), "invalid `feature_maxes`"),
         ] {
             let p: Params = [(key.to_string(), value)].into();
-            let err = RsHashParams::check(&p).unwrap_err().to_string();
+            let err = check(&p).unwrap_err().to_string();
             assert!(err.contains(expect), "{key}: {err}");
         }
     }

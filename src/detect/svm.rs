@@ -35,7 +35,7 @@ use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// γ is adapted (and the scale checked) every this many learned points (ONAD's 20).
@@ -66,41 +66,71 @@ pub struct AdaptiveSvmParams {
     pub seed: Option<u64>,
 }
 
-impl AdaptiveSvmParams {
+/// `adaptive_svm`'s `model_params` as config writes them (names and defaults of ONAD's
+/// constructor).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveSvmSpec {
+    /// See [`AdaptiveSvmParams::nu`].
+    pub nu: f64,
+    /// See [`AdaptiveSvmParams::initial_gamma`].
+    pub initial_gamma: f64,
+    /// See [`AdaptiveSvmParams::gamma_bounds`].
+    pub gamma_bounds: (f64, f64),
+    /// See [`AdaptiveSvmParams::adaptation_rate`].
+    pub adaptation_rate: f64,
+    /// See [`AdaptiveSvmParams::buffer_size`].
+    pub buffer_size: usize,
+    /// See [`AdaptiveSvmParams::sv_budget`].
+    pub sv_budget: usize,
+    /// See [`AdaptiveSvmParams::tolerance`].
+    pub tolerance: f64,
+    /// See [`AdaptiveSvmParams::seed`].
+    pub seed: Option<u64>,
+}
+
+impl Default for AdaptiveSvmSpec {
+    fn default() -> Self {
+        Self {
+            nu: 0.1,
+            initial_gamma: 1.0,
+            gamma_bounds: (0.001, 100.0),
+            adaptation_rate: 0.1,
+            buffer_size: 200,
+            sv_budget: 100,
+            tolerance: 1e-6,
+            seed: None,
+        }
+    }
+}
+
+impl AdaptiveSvmSpec {
     /// Check `adaptive_svm` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("adaptive_svm", params);
-        let nu = r.f64("nu", 0.1)?;
-        let initial_gamma = r.f64("initial_gamma", 1.0)?;
-        let gamma_bounds = r.pair("gamma_bounds", (0.001, 100.0))?;
-        let adaptation_rate = r.f64("adaptation_rate", 0.1)?;
-        let buffer_size = r.usize("buffer_size", 200)?;
-        let sv_budget = r.usize("sv_budget", 100)?;
-        let tolerance = r.f64("tolerance", 1e-6)?;
-        let seed = if params.contains_key("seed") { Some(r.u64("seed", 0)?) } else { None };
+    pub fn check(self) -> Result<AdaptiveSvmParams, SpecError> {
+        let bad = invalid("adaptive_svm");
+        let Self { nu, initial_gamma, gamma_bounds, adaptation_rate, buffer_size, sv_budget, tolerance, seed } = self;
         if !(nu > 0.0 && nu <= 1.0) {
-            return Err(r.error("nu", format!("{nu} is not in (0, 1]")));
+            return Err(bad("nu", format!("{nu} is not in (0, 1]")));
         }
         if !(gamma_bounds.0 > 0.0 && gamma_bounds.0 <= gamma_bounds.1) {
-            return Err(r.error("gamma_bounds", format!("{gamma_bounds:?} must satisfy 0 < low <= high")));
+            return Err(bad("gamma_bounds", format!("{gamma_bounds:?} must satisfy 0 < low <= high")));
         }
         if !(gamma_bounds.0..=gamma_bounds.1).contains(&initial_gamma) {
-            return Err(r.error("initial_gamma", format!("{initial_gamma} is outside gamma_bounds {gamma_bounds:?}")));
+            return Err(bad("initial_gamma", format!("{initial_gamma} is outside gamma_bounds {gamma_bounds:?}")));
         }
         if !(0.0..=1.0).contains(&adaptation_rate) {
-            return Err(r.error("adaptation_rate", format!("{adaptation_rate} is not in [0, 1]")));
+            return Err(bad("adaptation_rate", format!("{adaptation_rate} is not in [0, 1]")));
         }
         if buffer_size == 0 {
-            return Err(r.error("buffer_size", "must be at least 1"));
+            return Err(bad("buffer_size", "must be at least 1".into()));
         }
         if sv_budget == 0 {
-            return Err(r.error("sv_budget", "must be at least 1"));
+            return Err(bad("sv_budget", "must be at least 1".into()));
         }
         if tolerance < 0.0 {
-            return Err(r.error("tolerance", "must be >= 0"));
+            return Err(bad("tolerance", "must be >= 0".into()));
         }
-        r.finish()?;
-        Ok(Self { nu, initial_gamma, gamma_bounds, adaptation_rate, buffer_size, sv_budget, tolerance, seed })
+        Ok(AdaptiveSvmParams { nu, initial_gamma, gamma_bounds, adaptation_rate, buffer_size, sv_budget, tolerance, seed })
     }
 }
 
@@ -472,7 +502,7 @@ mod tests {
     use super::*;
 
     fn svm() -> AdaptiveSvm {
-        AdaptiveSvm::new(AdaptiveSvmParams::check(&Params::new()).unwrap(), 3, 1)
+        AdaptiveSvm::new(AdaptiveSvmSpec::default().check().unwrap(), 3, 1)
     }
 
     fn normal(i: u64) -> [f64; 3] {

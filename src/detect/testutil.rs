@@ -1,7 +1,8 @@
 //! Test helpers shared by the model files (compiled in tests only).
 
 use super::params::{ParamValue, Params};
-use super::pipeline::{Pipeline, PipelineSpec, StepSpec, Thresholds};
+use super::pipeline::{Pipeline, PipelineSpec, StepSpec};
+use super::Detector;
 
 /// A deterministic pseudo-random stream: `dim` features, roughly N(0, 1) (sum of uniforms from
 /// a 64-bit LCG), with every 97th point shifted by +6 on all features.
@@ -34,11 +35,20 @@ pub fn spec(model_type: &str, params: &[(&str, ParamValue)], steps: &[(&str, &[(
         model_type: model_type.into(),
         model_params: to_params(params),
         preprocessing_steps: steps.iter().map(|(k, p)| StepSpec { kind: k.to_string(), params: to_params(p) }).collect(),
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: true,
-        seed: 42,
+        ..PipelineSpec::default()
     }
+}
+
+/// A detector's fused `learn_score_one` gives, on every point, the bits `learn_one` then
+/// `score_one` give, and leaves the same state (the [`Detector`] contract).
+pub fn assert_learn_score_equals_learn_then_score<D: Detector + Clone + PartialEq + std::fmt::Debug>(detector: D, points: &[Vec<f64>]) {
+    let (mut fused, mut apart) = (detector.clone(), detector);
+    for (i, x) in points.iter().enumerate() {
+        let score = fused.learn_score_one(x);
+        apart.learn_one(x);
+        assert_eq!(score.to_bits(), apart.score_one(x).to_bits(), "point {i}");
+    }
+    assert_eq!(fused, apart, "state after {} points", points.len());
 }
 
 /// Run `warm` points, snapshot with postcard, restore, and check that the original and the

@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::{invalid, SpecError};
 use super::Detector;
 
 /// Which statistic.
@@ -69,25 +69,43 @@ pub struct MovingStatParams {
     pub abs_diff: bool,
 }
 
-impl MovingStatParams {
-    /// Check parameters of a `moving_*` model from config.
-    pub fn check(kind: MovingKind, params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new(kind.name(), params);
-        let window_size = r.usize("window_size", 100)?;
-        let abs_diff = r.bool("abs_diff", true)?;
-        let kind = match kind {
-            MovingKind::Median | MovingKind::MedianDeviation => match r.str("score", "deviation")?.as_str() {
-                "deviation" => MovingKind::MedianDeviation,
-                "shift" => MovingKind::Median,
-                other => return Err(r.error("score", format!("`{other}` is not deviation or shift"))),
-            },
-            other => other,
+/// The `model_params` of a `moving_*` model as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MovingStatSpec {
+    /// See [`MovingStatParams::window_size`].
+    pub window_size: usize,
+    /// See [`MovingStatParams::abs_diff`].
+    pub abs_diff: bool,
+    /// `moving_median` only: `"deviation"` (the default, |x − median|) or `"shift"` (ONAD's
+    /// change of the median). An `Option` because the three models share this struct: the
+    /// others must refuse the key rather than silently ignore it.
+    pub score: Option<String>,
+}
+
+impl Default for MovingStatSpec {
+    fn default() -> Self {
+        Self { window_size: 100, abs_diff: true, score: None }
+    }
+}
+
+impl MovingStatSpec {
+    /// Check the parameters of the `moving_*` model `kind` from config.
+    pub fn check(self, kind: MovingKind) -> Result<MovingStatParams, SpecError> {
+        let bad = invalid(kind.name());
+        let kind = match (kind, self.score.as_deref()) {
+            (MovingKind::Median | MovingKind::MedianDeviation, None | Some("deviation")) => MovingKind::MedianDeviation,
+            (MovingKind::Median | MovingKind::MedianDeviation, Some("shift")) => MovingKind::Median,
+            (MovingKind::Median | MovingKind::MedianDeviation, Some(other)) => {
+                return Err(bad("score", format!("`{other}` is not deviation or shift")));
+            }
+            (other, None) => other,
+            (_, Some(_)) => return Err(bad("score", "only moving_median takes `score`".into())),
         };
-        if window_size == 0 {
-            return Err(r.error("window_size", "must be a positive integer"));
+        if self.window_size == 0 {
+            return Err(bad("window_size", "must be a positive integer".into()));
         }
-        r.finish()?;
-        Ok(Self { kind, window_size, abs_diff })
+        Ok(MovingStatParams { kind, window_size: self.window_size, abs_diff: self.abs_diff })
     }
 }
 
@@ -344,10 +362,7 @@ mod tests {
 
     #[test]
     fn moving_median_scores_the_distance_from_the_median_and_shift_is_onads() {
-        let p = |score: &str| {
-            let params: Params = [("score".to_string(), crate::detect::ParamValue::Str(score.into()))].into_iter().collect();
-            MovingStatParams::check(MovingKind::Median, &params).unwrap()
-        };
+        let p = |score: &str| MovingStatSpec { score: Some(score.into()), ..MovingStatSpec::default() }.check(MovingKind::Median).unwrap();
         let (mut dev, mut shift) = (MovingStat::new(p("deviation"), 1), MovingStat::new(p("shift"), 1));
         for v in [1.0, 2.0, 3.0, 4.0] {
             dev.learn_one(&[v]);
@@ -357,11 +372,17 @@ mod tests {
         // ONAD's shift is blind to the outlier's size: 3 - 2.5 for 4.5 and for 100.
         assert_eq!(shift.score_one(&[100.0]), 0.5);
         assert_eq!(shift.score_one(&[4.5]), 0.5);
-        assert!(MovingStatParams::check(
-            MovingKind::Average,
-            &[("score".to_string(), crate::detect::ParamValue::Str("shift".into()))].into_iter().collect()
-        )
-        .is_err());
+        assert_eq!(MovingStatSpec::default().check(MovingKind::Median).unwrap().kind, MovingKind::MedianDeviation);
+    }
+
+    #[test]
+    fn score_is_refused_outside_moving_median_and_checked_within_it() {
+        use crate::detect::testutil::spec;
+        use crate::detect::ParamValue;
+        let err = spec("moving_average", &[("score", ParamValue::Str("shift".into()))], &[]).check().unwrap_err().to_string();
+        assert!(err.starts_with("moving_average: invalid `score`"), "{err}");
+        let err = spec("moving_median", &[("score", ParamValue::Str("mean".into()))], &[]).check().unwrap_err().to_string();
+        assert_eq!(err, "moving_median: invalid `score`: `mean` is not deviation or shift");
     }
 
     #[test]

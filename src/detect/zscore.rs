@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{ParamReader, Params, SpecError};
+use super::params::SpecError;
 use super::Detector;
 
 /// Checked parameters of [`ZScore`].
@@ -16,13 +16,24 @@ pub struct ZScoreParams {
     pub warm_up: usize,
 }
 
-impl ZScoreParams {
-    /// Check `zscore` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("zscore", params);
-        let warm_up = r.usize("warm_up", 2)?;
-        r.finish()?;
-        Ok(Self { warm_up })
+/// `zscore`'s `model_params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZScoreSpec {
+    /// See [`ZScoreParams::warm_up`].
+    pub warm_up: usize,
+}
+
+impl Default for ZScoreSpec {
+    fn default() -> Self {
+        Self { warm_up: 2 }
+    }
+}
+
+impl ZScoreSpec {
+    /// Check `zscore` parameters from config (any value is valid).
+    pub fn check(self) -> Result<ZScoreParams, SpecError> {
+        Ok(ZScoreParams { warm_up: self.warm_up })
     }
 }
 

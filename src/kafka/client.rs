@@ -1,5 +1,15 @@
-//! librdkafka settings of the worker's clients. The `[kafka.settings]` passthrough is applied
-//! last, so a deployment can override anything here (security, timeouts, a mock cluster).
+//! The one place that builds librdkafka client settings: one function per client role, every
+//! non-default setting named once, here, with its reason (style.md, convention 12). Everything
+//! else in the crate asks this module for a [`ClientConfig`].
+//!
+//! Roles: the group [`consumer`] of the worker, the idempotent [`producer`] (outputs, the
+//! changelog, `produce`), the [`admin`] client (metadata, topic creation), the [`reader`]
+//! (assign-only: output tails, the changelog, `tail`, the demo's view, `replay`'s group
+//! offsets) and the embedded [`mock_cluster`] of the demo.
+//!
+//! The `[kafka.settings]` passthrough is applied after the role's settings, so a deployment
+//! can override anything here (security, timeouts, a mock cluster) — except what a reader
+//! is: its group id, no commits and no end-of-partition events are applied last.
 
 use rdkafka::ClientConfig;
 
@@ -14,10 +24,20 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 pub const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
 /// Producer linger: small batches keep the end-to-end latency low at modest rates.
 pub const LINGER_MS: &str = "5";
+/// Key partitioner of the producer: Java clients hash keys with murmur2, so the same sensor
+/// lands on the same partition whichever client produced it. (Outputs and the changelog name
+/// their partition, so only keyed records — `produce`, the demo — are affected.)
+pub const PARTITIONER: &str = "murmur2_random";
+/// Brokers for the demo's embedded mock cluster.
+pub const MOCK_BROKERS: &str = "1";
 
+/// What every role shares: the bootstrap servers, and no topic created as a side effect.
 fn base(k: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.bootstrap);
+    c.set("bootstrap.servers", &k.bootstrap)
+        // Topics are created on purpose, with the right partition count (and the changelog
+        // compacted), by `admin`; a metadata request or a produce must never create one.
+        .set("allow.auto.create.topics", "false");
     c
 }
 
@@ -47,18 +67,70 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
     passthrough(c, k)
 }
 
-/// The output producer: idempotent, so retries neither duplicate nor reorder within a
-/// partition.
+/// The producer: idempotent, so retries neither duplicate nor reorder within a partition
+/// (the outputs' effectively-once argument and the changelog's marker-after-chunks order
+/// rest on it).
 pub fn producer(k: &KafkaConfig) -> ClientConfig {
     let mut c = base(k);
-    c.set("enable.idempotence", "true").set("linger.ms", LINGER_MS);
+    c.set("enable.idempotence", "true").set("linger.ms", LINGER_MS).set("partitioner", PARTITIONER);
     passthrough(c, k)
 }
 
 /// The admin client (topic creation, metadata).
 pub fn admin(k: &KafkaConfig) -> ClientConfig {
-    let mut c = base(k);
-    // Topics are created on purpose, with the right partition count, never as a side effect.
-    c.set("allow.auto.create.topics", "false");
-    passthrough(c, k)
+    passthrough(base(k), k)
+}
+
+/// A reader: a consumer that only `assign`s partitions and reads them (output tails, the
+/// changelog, `tail`, the demo's view) or reads and sets a group's offsets explicitly
+/// (`replay`). librdkafka wants a `group` even then; a reader never joins it and never
+/// commits on its own.
+pub fn reader(k: &KafkaConfig, group: &str) -> ClientConfig {
+    let mut c = passthrough(base(k), k);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        // End-of-partition events would read as errors to a reader that waits for records.
+        .set("enable.partition.eof", "false")
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    c
+}
+
+/// A client that starts librdkafka's embedded mock cluster (the demo; design.md, Brokers)
+/// and keeps it alive while it lives; the other roles then use its bootstrap servers.
+pub fn mock_cluster() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("test.mock.num.brokers", MOCK_BROKERS);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka() -> KafkaConfig {
+        let mut k = KafkaConfig::default();
+        k.settings.insert("linger.ms".into(), "50".into());
+        k.settings.insert("enable.auto.commit".into(), "true".into());
+        k
+    }
+
+    #[test]
+    fn passthrough_settings_override_the_role_settings() {
+        assert_eq!(producer(&kafka()).get("linger.ms"), Some("50"));
+        assert_eq!(consumer(&kafka()).get("enable.auto.commit"), Some("true"));
+    }
+
+    #[test]
+    fn a_reader_never_commits_whatever_the_passthrough_says() {
+        let r = reader(&kafka(), "g");
+        assert_eq!((r.get("group.id"), r.get("enable.auto.commit")), (Some("g"), Some("false")));
+    }
+
+    #[test]
+    fn no_role_creates_topics_as_a_side_effect() {
+        let k = kafka();
+        for c in [consumer(&k), producer(&k), admin(&k), reader(&k, "g")] {
+            assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
+        }
+    }
 }

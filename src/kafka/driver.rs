@@ -21,45 +21,15 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::offsets;
-use super::producer::OutputProducer;
-use crate::partition::task::{PartitionTask, TaskExit};
-use crate::partition::{Models, ProcessorConfig, StateHooks};
-use crate::worker::{WorkerError, WorkerStats};
+use super::task::{PartitionTask, Shared, TaskExit};
+use crate::error::WorkerError;
+use crate::partition::{resume, Models};
 
 /// The worker's consumer type.
 pub type Consumer = BaseConsumer<WorkerContext>;
 
 /// How long the driver waits on the main queue before checking for shutdown.
 const DRIVER_POLL: Duration = Duration::from_millis(100);
-
-/// What every partition thread shares.
-pub struct Shared {
-    /// Input topic.
-    pub topic: Arc<str>,
-    /// Pipeline factory and validation limits.
-    pub processor: Arc<ProcessorConfig>,
-    /// Output producer.
-    pub producer: OutputProducer,
-    /// Counters.
-    pub stats: Arc<WorkerStats>,
-    /// State store seam.
-    pub hooks: Arc<dyn StateHooks>,
-    /// Set when the worker must stop (shutdown requested or a fatal error).
-    pub stop: AtomicBool,
-    /// The first fatal error, reported by `run`.
-    pub fatal: Mutex<Option<WorkerError>>,
-}
-
-impl Shared {
-    /// Record a fatal error (the first one wins) and stop the worker.
-    pub fn fail(&self, e: WorkerError) {
-        tracing::error!(cause = %e, "worker stopping on a fatal error");
-        if let Ok(mut slot) = self.fatal.lock() {
-            slot.get_or_insert(e);
-        }
-        self.stop.store(true, Ordering::Release);
-    }
-}
 
 /// A running partition thread.
 struct Running {
@@ -94,13 +64,29 @@ impl WorkerContext {
         let topic = self.shared.topic.clone();
         let Ok(mut running) = self.running.lock() else { return };
         let new: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
-        let committed = offsets::committed(consumer, &topic, &new);
+        let mut committed = offsets::committed(consumer, &topic, &new);
+        let mut clamped = std::collections::BTreeSet::new();
+        // A group committed past the last record (an offset reset beyond the end) would wait
+        // there in silence while every reading produced meanwhile is skipped. The rule: such
+        // a partition resumes at its end, as if the group had committed the end, and says so.
+        match super::bounds::past_end(&self.shared.bounds_reader, &topic, &committed) {
+            Ok(past) => {
+                for (p, end) in past {
+                    let c = committed.get(&p).copied().flatten();
+                    tracing::error!(topic = %topic, partition = p, committed = ?c, end, "the group's committed offset is beyond the partition's last record: resuming at the end, so no new reading is skipped");
+                    self.shared.stats.past_end_resets.fetch_add(1, Ordering::Relaxed);
+                    committed.insert(p, Some(end));
+                    clamped.insert(p);
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "cannot check the committed offsets against the partitions' ends"),
+        }
         let committed = |p: i32| committed.get(&p).copied().flatten();
         // Models kept from an earlier ownership continue only if the group resumes exactly
         // after the last record they learned; otherwise another member has moved on.
         let parked: Vec<Option<Models>> = new
             .iter()
-            .map(|p| self.parked.lock().ok().and_then(|mut all| all.remove(p)).filter(|m| m.last_offset.map(|l| l + 1) == committed(*p)))
+            .map(|p| self.parked.lock().ok().and_then(|mut all| all.remove(p)).filter(|m| resume::parked_continues(m, committed(*p))))
             .collect();
         // Restoring state and reading output tails take about a second per partition, mostly
         // waiting on the broker: do the partitions side by side, not one after another.
@@ -126,6 +112,16 @@ impl WorkerContext {
                     self.shared.fail(WorkerError::Thread(format!("restoring partition {partition}: {e}")));
                     return;
                 }
+            };
+            // A partition resumed at its end starts there even when its snapshot claims more
+            // (`replay` relabelled it beyond the end): the records arriving below that claim
+            // are new. (Otherwise a snapshot ahead of the committed offset is normal: the
+            // commit lags the snapshot, and those records were delivered.)
+            let resume = match committed {
+                Some(end) if clamped.contains(&partition) && resume.start_at.is_none_or(|s| s > end) => {
+                    crate::partition::Resume { start_at: Some(end), ..resume }
+                }
+                _ => resume,
             };
             if let Some(start) = resume.start_at {
                 if let Err(e) = offsets::start_at(tpl, &topic, partition, start) {

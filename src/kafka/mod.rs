@@ -1,5 +1,19 @@
-//! Everything that talks to Kafka: client settings, topic administration, the consumer
-//! driver and rebalance coordination, the output producer and offsets.
+//! Everything that talks to Kafka: client settings (one builder per role), topic
+//! administration (the one topic-creation and metadata path), the consumer driver and
+//! rebalance coordination, the per-partition loop, the output producer, offsets, the
+//! changelog topic's I/O, reading output tails, and the state hooks that tie them to the
+//! store.
+//!
+//! Below `worker`, above [`crate::partition`] (the pure per-partition state machine
+//! this layer runs) and [`crate::state`] (RocksDB, the codec, the restore policy):
+//!
+//! - [`client`]: the librdkafka settings of every client role;
+//! - [`admin`]: metadata (never naming a topic) and topic creation, the changelog's included;
+//! - [`driver`]: the consumer, its rebalance callbacks, one thread per assigned partition;
+//! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
+//! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
+//! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
+//! - [`recovery`]: [`recovery::StoreHooks`], the state seam wired to RocksDB and these topics.
 //!
 //! Threads, not async tasks, carry the data path: one driver thread polls the consumer's main
 //! queue (rebalance callbacks run there) and one thread per assigned partition polls that
@@ -21,10 +35,15 @@
 //!   broker transactions would fence it, but neither development broker honours them.
 
 pub mod admin;
+pub mod bounds;
+pub mod changelog;
 pub mod client;
 pub mod driver;
 pub mod offsets;
 pub mod producer;
+pub mod recovery;
+pub mod tails;
+pub mod task;
 
 pub use admin::AdminError;
 pub use driver::{Consumer, WorkerContext};

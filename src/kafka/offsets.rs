@@ -1,33 +1,21 @@
 //! The one place that touches offsets: per partition, the input offsets whose outputs are in
 //! flight, stored (for the next commit) strictly in order and only once every output of that
-//! record and of every record before it is delivered.
+//! record and of every record before it is delivered; the group's committed offsets read on
+//! assignment; and `replay`'s explicit reset of a stopped group's offsets.
+//!
+//! Generic over the consumer's context, so that it depends on no other part of the worker.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::DeliveryFuture;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::time::Duration;
 
-use super::driver::Consumer;
-
-/// An output that could not be delivered: its input offset must not be committed.
-#[derive(Debug, thiserror::Error)]
-#[error("output of {topic}/{partition} offset {offset} was not delivered: {reason}")]
-pub struct DeliveryError {
-    /// Input topic.
-    pub topic: String,
-    /// Input partition.
-    pub partition: i32,
-    /// Input offset whose output failed.
-    pub offset: i64,
-    /// Producer's error.
-    pub reason: String,
-}
+pub use crate::error::DeliveryError;
 
 /// One input record whose outputs are not all delivered yet.
 struct Pending {
@@ -82,7 +70,7 @@ impl Acks {
     /// Retire the leading records whose outputs are all delivered and store the last one's
     /// offset. With [`Wait::Below`], blocks the calling thread on deliveries first.
     /// Returns the number of records retired.
-    pub fn advance(&mut self, consumer: &Consumer, wait: Wait) -> Result<usize, DeliveryError> {
+    pub fn advance<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: Wait) -> Result<usize, DeliveryError> {
         let mut last = None;
         let mut retired = 0;
         let (topic, partition) = (&self.topic, self.partition);
@@ -126,7 +114,7 @@ impl Acks {
 }
 
 /// Commit the stored offsets of the current assignment now (revoke, shutdown).
-pub fn commit_stored(consumer: &Consumer) {
+pub fn commit_stored<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
     match consumer.commit_consumer_state(CommitMode::Sync) {
         Ok(()) => tracing::debug!("stored offsets committed"),
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -139,7 +127,7 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The group's committed offset (next record to read) of each of `partitions`; `None` where
 /// the group has none or the broker did not answer.
-pub fn committed(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
+pub fn committed<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partitions: &[i32]) -> BTreeMap<i32, Option<i64>> {
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
         tpl.add_partition(topic, *p);
@@ -164,4 +152,64 @@ pub fn committed(consumer: &Consumer, topic: &str, partitions: &[i32]) -> BTreeM
 /// Make the assignment in `tpl` start `partition` at `offset` (instead of the committed one).
 pub fn start_at(tpl: &mut TopicPartitionList, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
     tpl.set_partition_offset(topic, partition, Offset::Offset(offset))
+}
+
+/// The offset of the first record at or after `timestamp_ms` (ms since the epoch) in each of
+/// `partitions` of `topic` (an `Offset::End` or `Offset::Invalid` where there is none). On
+/// Tansu this searches the broker's append time, not the record's CreateTime (design.md).
+pub fn offsets_for_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timestamp_ms: i64,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, Offset>, KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(timestamp_ms))?;
+    }
+    let found = consumer.offsets_for_times(tpl, timeout)?;
+    Ok(found.elements().iter().map(|e| (e.partition(), e.offset())).collect())
+}
+
+/// Why a group's offsets could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum ResetError {
+    /// The commit (or reading it back) failed.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// The broker answered with another offset than the one committed.
+    #[error("partition {partition}: committed offset reads back as {got:?}, not {want:?}")]
+    ReadBack {
+        /// Partition.
+        partition: i32,
+        /// What the broker says now.
+        got: Offset,
+        /// What was committed.
+        want: Option<i64>,
+    },
+}
+
+/// Commit `targets` (partition -> next offset to read) of `topic` as the group's offsets
+/// (the consumer's `group.id`; its members must be stopped), and check them by reading them
+/// back. Next-offset values, not record offsets: a hand-built commit list is not shifted.
+pub fn reset_group<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    targets: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> Result<(), ResetError> {
+    let mut tpl = TopicPartitionList::new();
+    for (&p, &o) in targets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    for e in committed.elements() {
+        let want = targets.get(&e.partition()).copied();
+        if e.offset() != Offset::Offset(want.unwrap_or(-1)) {
+            return Err(ResetError::ReadBack { partition: e.partition(), got: e.offset(), want });
+        }
+    }
+    Ok(())
 }

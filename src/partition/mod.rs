@@ -1,14 +1,19 @@
-//! One input partition's work: decode -> validate -> route by key -> score -> build outputs.
+//! One input partition's work, as a pure state machine: decode -> validate -> route by key ->
+//! score -> build outputs. No Kafka, RocksDB or threads here.
 //!
-//! [`Processor`] is the synchronous, Kafka-free core (unit-testable); [`task`] runs it on its
-//! own thread per assigned partition, produces its outputs and acknowledges offsets.
+//! [`Processor`] is the synchronous core (unit-testable); `kafka::task` runs it on its own
+//! thread per assigned partition, produces its outputs and acknowledges offsets. [`output`]
+//! builds every output record; [`resume`] decides where a partition resumes after assignment
+//! and which of its records are answered already.
 //!
 //! State seam (issue 4): all of a partition's learned state is [`Models`], plain serde data
 //! with the last input offset applied to it. [`StateHooks`] is called on assignment (restore),
-//! after each batch (snapshot when due) and on revocation (final snapshot).
+//! after each batch (snapshot when due) and on revocation (final snapshot); the layers above
+//! implement it (`kafka::recovery`), so this one imports none of them.
 
 pub mod output;
-pub mod task;
+pub mod replay_plan;
+pub mod resume;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +26,9 @@ use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
 
+pub use crate::error::StateFailure;
 pub use output::{Dest, OutRecord, Source};
+pub use resume::{EmittedUpTo, Resume};
 
 /// One sensor's pipeline and what it was fixed with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,7 +88,7 @@ pub struct ProcessorConfig {
     pub factory: PipelineFactory,
     /// Validation limits.
     pub limits: ValidationConfig,
-    /// Run the pipelines. `false` (only through [`crate::Worker::without_scoring`]) emits every
+    /// Run the pipelines. `false` (only through `Worker::without_scoring`) emits every
     /// valid reading with score 0 and detector "none": it measures the worker without the
     /// detector's cost and is never a production setting.
     pub scoring: bool,
@@ -201,53 +208,6 @@ impl Processor {
         Ok(s.is_anomaly)
     }
 }
-
-/// Where a partition starts after assignment: decided by [`StateHooks::on_assign`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resume {
-    /// The state to start from.
-    pub models: Models,
-    /// First offset to read (e.g. snapshot offset + 1). `None`: the group's committed
-    /// offset (or the earliest, for a new group).
-    pub start_at: Option<i64>,
-    /// Records below this offset are learned but produce no outputs (they were delivered
-    /// before a crash). Their offsets are stored only from the group's committed offset on,
-    /// so the commit never moves back. `None`: emit everything.
-    pub emit_from: Option<i64>,
-    /// Per output topic, the highest source offset already in it (state store, issue 4):
-    /// an output to that topic of a record at or below it is not produced again. Per topic,
-    /// because deliveries to different topics are not ordered with each other: a crash can
-    /// leave a dead letter of offset 900 delivered and the score of offset 850 not.
-    pub emitted: EmittedUpTo,
-}
-
-/// Highest source offset already present in each output topic (for this partition).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EmittedUpTo {
-    /// In `kafka.scores_topic`.
-    pub scores: Option<i64>,
-    /// In `kafka.alerts_topic`.
-    pub alerts: Option<i64>,
-    /// In `kafka.dead_letter_topic`.
-    pub dead_letters: Option<i64>,
-}
-
-impl EmittedUpTo {
-    /// Whether the output of input `offset` to `dest` is already there.
-    pub fn contains(&self, dest: Dest, offset: i64) -> bool {
-        let bound = match dest {
-            Dest::Scores => self.scores,
-            Dest::Alerts => self.alerts,
-            Dest::DeadLetters => self.dead_letters,
-        };
-        bound.is_some_and(|b| offset <= b)
-    }
-}
-
-/// A state store failure that stops the worker (offsets stop advancing with it).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StateFailure(pub String);
 
 /// Where a partition's state comes from and goes to (implemented by the state store, issue 4).
 /// Every method has a default, which is the behaviour without a state store: models live in

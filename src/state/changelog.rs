@@ -1,6 +1,11 @@
-//! The changelog: snapshots published to a compacted topic, so that a replica that takes a
-//! partition over (and has no local snapshot, or an older one) continues with the previous
-//! owner's models instead of fresh ones (Kafka Streams' approach).
+//! The changelog's record format: snapshots published to a compacted topic, so that a replica
+//! that takes a partition over (and has no local snapshot, or an older one) continues with the
+//! previous owner's models instead of fresh ones (Kafka Streams' approach).
+//!
+//! This module is the format and its decoding only, plain data in and out, testable without a
+//! broker; `kafka::changelog` moves these records to and from the topic (and creates it,
+//! compacted). The seam is the record: everything that knows what a key or a value means is
+//! here, everything that knows a producer or a consumer is there.
 //!
 //! # Records
 //! Changelog partition p holds input partition p (the topic has the input's partition
@@ -28,15 +33,7 @@
 //! at least every key changed since its previous marker).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -46,9 +43,6 @@ use super::StateError;
 /// Largest model bytes per record: under the 1 MB default of `message.max.bytes` (producer
 /// and broker) with room for the key, the chunk header and the record overhead.
 pub const DEFAULT_MAX_CHUNK_BYTES: usize = 900_000;
-/// Records published before waiting for their deliveries (librdkafka's local queue holds
-/// 100k messages by default; staying well under it avoids `QueueFull`).
-const PUBLISH_WINDOW: usize = 5_000;
 
 /// A chunk record's payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +209,11 @@ impl Assembler {
         None
     }
 
+    /// The record keys currently live (not deleted), as compaction would leave them.
+    pub fn live_keys(self) -> Vec<String> {
+        self.latest.into_iter().filter(|(_, v)| v.is_some()).map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect()
+    }
+
     /// Decode what was collected.
     pub fn finish<T: DeserializeOwned>(self) -> ChangelogState<T> {
         let corrupt = |key: String, source: CodecError| StateError::Corrupt {
@@ -283,235 +282,28 @@ impl Assembler {
     }
 }
 
-/// Publishes snapshots to, and restores them from, the changelog topic.
-pub struct Changelog {
-    /// Idempotent producer for chunks and markers.
-    producer: FutureProducer,
-    /// Settings for the short-lived restore consumers.
-    consumer_config: ClientConfig,
-    /// The changelog topic.
-    topic: String,
-    /// See [`DEFAULT_MAX_CHUNK_BYTES`].
-    max_chunk_bytes: usize,
+/// The record (key, value) a reader appends before reading `partition` from the beginning:
+/// reading it back (same `nonce`) proves the end of the log is reached.
+pub fn end_marker(partition: i32, nonce: u64) -> Result<(String, Vec<u8>), StateError> {
+    let marker = MarkerRecord { partition, offset: -1, keys: 0, nonce };
+    let value = codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode {
+        partition,
+        key: end_marker_key(partition),
+        source,
+    })?;
+    Ok((end_marker_key(partition), value))
 }
 
-impl std::fmt::Debug for Changelog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Changelog").field("topic", &self.topic).finish()
-    }
+/// The record (key, value) of the replay epoch of `partition`.
+pub fn epoch_record(partition: i32, epoch: u32) -> Result<(String, Vec<u8>), StateError> {
+    let value =
+        codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode { partition, key: epoch_key(partition), source })?;
+    Ok((epoch_key(partition), value))
 }
 
-/// What a publish wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// Records, marker included.
-    pub records: usize,
-    /// Value bytes.
-    pub bytes: usize,
-}
-
-impl Changelog {
-    /// A changelog on `topic`, with `base` holding the connection settings (bootstrap and
-    /// any passthrough security settings).
-    pub fn new(base: &ClientConfig, topic: &str) -> Result<Self, StateError> {
-        let err = |e: KafkaError| StateError::Changelog { topic: topic.into(), partition: -1, reason: e.to_string() };
-        let producer: FutureProducer = base.clone().set("enable.idempotence", "true").set("linger.ms", "5").create().map_err(err)?;
-        let mut consumer_config = base.clone();
-        // librdkafka wants a group id even for `assign`; the reader never joins or commits.
-        consumer_config
-            .set("group.id", "onad-stream-changelog-reader")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("fetch.queue.backoff.ms", "10");
-        Ok(Self { producer, consumer_config, topic: topic.into(), max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES })
-    }
-
-    /// Use a smaller record limit (tests of chunking).
-    pub fn with_max_chunk_bytes(mut self, bytes: usize) -> Self {
-        self.max_chunk_bytes = bytes.max(1);
-        self
-    }
-
-    /// Create the compacted changelog topic with `partitions` partitions if it is missing.
-    pub async fn ensure_topic(&self, base: &ClientConfig, partitions: i32, replication: i32) -> Result<(), StateError> {
-        let err = |reason: String| StateError::Changelog { topic: self.topic.clone(), partition: -1, reason };
-        let admin: AdminClient<DefaultClientContext> = base.create().map_err(|e| err(e.to_string()))?;
-        let topic = NewTopic::new(&self.topic, partitions, TopicReplication::Fixed(replication)).set("cleanup.policy", "compact");
-        let results = admin.create_topics([&topic], &AdminOptions::new()).await.map_err(|e| err(e.to_string()))?;
-        for r in results {
-            match r {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((_, code)) => return Err(err(format!("create topic: {code}"))),
-            }
-        }
-        Ok(())
-    }
-
-    /// Publish a snapshot of `partition` at `offset` (at least every key changed since the
-    /// previous publish), marker last; returns once every record is acknowledged.
-    pub async fn publish<'a, K, T, I>(&self, partition: i32, offset: i64, models: I) -> Result<Published, StateError>
-    where
-        K: AsRef<str>,
-        T: Serialize + 'a,
-        I: IntoIterator<Item = (K, &'a T)>,
-    {
-        let records = encode_snapshot(partition, offset, models, self.max_chunk_bytes)?;
-        let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
-        self.send_all(partition, &records).await?;
-        Ok(Published { records: count, bytes })
-    }
-
-    /// As [`Changelog::publish`], with models already in their envelopes.
-    pub async fn publish_encoded(&self, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<Published, StateError> {
-        let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
-        let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
-        self.send_all(partition, &records).await?;
-        Ok(Published { records: count, bytes })
-    }
-
-    /// Make the changelog of `partition` say exactly `models` at `offset` (`replay`: state
-    /// rewound, relabelled or reset): publish them, then delete (tombstone) every other key
-    /// the changelog holds for the partition.
-    pub async fn replace(
-        &self,
-        partition: i32,
-        offset: i64,
-        models: Vec<(String, Vec<u8>)>,
-        timeout: Duration,
-    ) -> Result<Published, StateError> {
-        let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
-        let keep: std::collections::HashSet<String> = records.iter().map(|(k, _)| k.clone()).collect();
-        let keys_now = self.record_keys(partition, timeout).await?;
-        let mut all: Vec<(String, Option<Vec<u8>>)> = keys_now.into_iter().filter(|k| !keep.contains(k)).map(|k| (k, None)).collect();
-        let (count, bytes) = (records.len() + all.len(), records.iter().map(|(_, v)| v.len()).sum());
-        // Tombstones first, then the models, marker last (an empty set still gets its marker:
-        // "at `offset` the partition has no models", i.e. a reset).
-        all.extend(records.into_iter().map(|(k, v)| (k, Some(v))));
-        self.send(partition, &all).await?;
-        Ok(Published { records: count, bytes })
-    }
-
-    /// Record the replay epoch of `partition` (after [`Changelog::replace`]).
-    pub async fn publish_epoch(&self, partition: i32, epoch: u32) -> Result<(), StateError> {
-        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode {
-            partition,
-            key: epoch_key(partition),
-            source,
-        })?;
-        self.send(partition, &[(epoch_key(partition), Some(value))]).await
-    }
-
-    /// The record keys currently live (not deleted) in `partition`.
-    async fn record_keys(&self, partition: i32, timeout: Duration) -> Result<Vec<String>, StateError> {
-        let nonce = nonce();
-        self.send_end_marker(partition, nonce).await?;
-        let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
-        let asm = tokio::task::spawn_blocking(move || read_to_marker_raw(&config, &topic, partition, nonce, timeout))
-            .await
-            .map_err(|e| StateError::Changelog { topic: self.topic.clone(), partition, reason: format!("reader task: {e}") })??;
-        Ok(asm.latest.into_iter().filter(|(_, v)| v.is_some()).map(|(k, _)| String::from_utf8_lossy(&k).into_owned()).collect())
-    }
-
-    async fn send_end_marker(&self, partition: i32, nonce: u64) -> Result<(), StateError> {
-        let marker = MarkerRecord { partition, offset: -1, keys: 0, nonce };
-        let value = codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode {
-            partition,
-            key: end_marker_key(partition),
-            source,
-        })?;
-        self.send(partition, &[(end_marker_key(partition), Some(value))]).await
-    }
-
-    async fn send_all(&self, partition: i32, records: &[(String, Vec<u8>)]) -> Result<(), StateError> {
-        let records: Vec<(String, Option<Vec<u8>>)> = records.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
-        self.send(partition, &records).await
-    }
-
-    /// Produce `records` (a `None` value is a tombstone) to `partition`, in order, and wait
-    /// for every delivery.
-    async fn send(&self, partition: i32, records: &[(String, Option<Vec<u8>>)]) -> Result<(), StateError> {
-        let err = |reason: String| StateError::Changelog { topic: self.topic.clone(), partition, reason };
-        // The idempotent producer keeps per-partition order, so the marker lands after its
-        // chunks.
-        for window in records.chunks(PUBLISH_WINDOW) {
-            let mut pending = Vec::with_capacity(window.len());
-            for (k, v) in window {
-                let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).partition(partition).key(k.as_str());
-                if let Some(v) = v {
-                    rec = rec.payload(v.as_slice());
-                }
-                pending.push(self.producer.send_result(rec).map_err(|(e, _)| err(format!("enqueue: {e}")))?);
-            }
-            for f in pending {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(err(format!("delivery: {e}"))),
-                    Err(_) => return Err(err("producer dropped the delivery".into())),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Read `partition` of the changelog from the beginning and assemble its latest state.
-    /// Appends an end marker first and reads up to it, so the end is known exactly; fails
-    /// if the marker is not read back within `timeout`.
-    pub async fn restore<T: DeserializeOwned + Send + 'static>(
-        &self,
-        partition: i32,
-        timeout: Duration,
-    ) -> Result<ChangelogState<T>, StateError> {
-        let nonce = nonce();
-        self.send_end_marker(partition, nonce).await?;
-        let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
-        tokio::task::spawn_blocking(move || read_to_marker(&config, &topic, partition, nonce, timeout))
-            .await
-            .map_err(|e| StateError::Changelog { topic: self.topic.clone(), partition, reason: format!("reader task: {e}") })?
-    }
-}
-
-/// A nonce that differs between readers (time and process id; it only has to be unique
-/// among concurrent readers of one partition, not unpredictable).
-fn nonce() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    crate::detect::pipeline::fnv1a(&[t.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat()) | 1
-}
-
-/// Blocking read of one changelog partition from the beginning up to the end marker `nonce`.
-fn read_to_marker<T: DeserializeOwned>(
-    config: &ClientConfig,
-    topic: &str,
-    partition: i32,
-    nonce: u64,
-    timeout: Duration,
-) -> Result<ChangelogState<T>, StateError> {
-    Ok(read_to_marker_raw(config, topic, partition, nonce, timeout)?.finish())
-}
-
-/// As [`read_to_marker`], without decoding.
-fn read_to_marker_raw(config: &ClientConfig, topic: &str, partition: i32, nonce: u64, timeout: Duration) -> Result<Assembler, StateError> {
-    let err = |reason: String| StateError::Changelog { topic: topic.into(), partition, reason };
-    let consumer: BaseConsumer = config.create().map_err(|e| err(e.to_string()))?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning).map_err(|e| err(e.to_string()))?;
-    consumer.assign(&tpl).map_err(|e| err(e.to_string()))?;
-    let mut asm = Assembler::new(topic, partition);
-    let deadline = Instant::now() + timeout;
-    let mut read = 0u64;
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(e)) => return Err(err(format!("read: {e}"))),
-            Some(Ok(m)) => {
-                read += 1;
-                let key = m.key().unwrap_or_default();
-                if asm.feed(key, m.payload()) == Some(nonce) {
-                    return Ok(asm);
-                }
-            }
-        }
-    }
-    Err(err(format!("end marker not read back within {timeout:?} ({read} records read)")))
+/// The replay epoch in the value of an [`epoch_key`] record.
+pub fn decode_epoch(value: &[u8]) -> Result<u32, CodecError> {
+    codec::decode::<u32>(Kind::ReplayEpoch, value)
 }
 
 #[cfg(test)]

@@ -25,7 +25,11 @@ pub const MAGIC: [u8; 4] = *b"ONSS";
 /// The only version this build writes and reads. Bump it when the payload layout of any
 /// kind changes (postcard is not self-describing: a changed struct would otherwise decode
 /// to garbage or fail obscurely), and keep a decoder for the previous one.
-pub const VERSION: u8 = 1;
+///
+/// 2: a pipeline's calibrator is a peaks-over-threshold summary instead of a window of 2,000
+/// raw scores. There is no decoder for 1 (pre-release): a version-1 snapshot is an
+/// `UnknownVersion`, handled like any unreadable snapshot (changelog, else rebuild).
+pub const VERSION: u8 = 2;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 
@@ -192,18 +196,10 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, CodecE
 mod tests {
     use super::*;
     use crate::detect::Pipeline;
-    use crate::detect::{Params, PipelineSpec, Thresholds};
+    use crate::detect::PipelineSpec;
 
     fn pipeline() -> Pipeline {
-        let spec = PipelineSpec {
-            model_type: "zscore".into(),
-            model_params: Params::default(),
-            preprocessing_steps: vec![],
-            thresholds: Thresholds::default(),
-            learn_first: false,
-            learn_anomalies: false,
-            seed: 7,
-        };
+        let spec = PipelineSpec { learn_anomalies: false, seed: 7, ..PipelineSpec::default() };
         let mut p = spec.check().expect("valid spec").build(3, "s-1");
         for i in 0..300 {
             let v = i as f64;

@@ -1,15 +1,17 @@
-//! Durable state: the RocksDB snapshot store, the snapshot codec and the changelog.
+//! Durable state: the RocksDB snapshot store, the snapshot codec, the changelog's record
+//! format and the restore policy. No Kafka client here: `kafka::changelog` moves the
+//! changelog's records and `kafka::recovery` applies the [`policy`] on assignment.
 //!
 //! This is the only module that touches RocksDB. A *snapshot* of an input partition is every
 //! key's model plus the last input offset applied to them, written in one atomic WriteBatch
 //! ([`store::StateStore::write_snapshot`]); a bounded history of them per partition serves
 //! `replay --state rewind` and the fallback past a corrupt snapshot. Every stored value is a
-//! checked envelope ([`codec`]); the [`changelog`] carries the same bytes to a compacted
+//! checked envelope ([`codec`]); the [`changelog`] records carry the same bytes to a compacted
 //! topic so that another replica can take a partition over with its model.
 
 pub mod changelog;
 pub mod codec;
-pub mod hooks;
+pub mod policy;
 pub mod store;
 
 pub use codec::{CodecError, Kind};
@@ -127,3 +129,16 @@ pub enum StateError {
 /// The per-key model the worker stores (one seam: the worker's own per-key type goes here
 /// if it wraps the pipeline with more state).
 pub type KeyModel = crate::partition::KeyPipeline;
+
+/// Every key's model of `partition` in its envelope, for a snapshot or the changelog.
+pub fn encode_models<'a>(
+    partition: i32,
+    models: impl IntoIterator<Item = (&'a String, &'a KeyModel)>,
+) -> Result<EncodedModels, StateError> {
+    models
+        .into_iter()
+        .map(|(k, m)| {
+            codec::encode(Kind::Model, m).map(|v| (k.clone(), v)).map_err(|source| StateError::Encode { partition, key: k.clone(), source })
+        })
+        .collect()
+}

@@ -1,4 +1,13 @@
-//! Logs, metrics and health. Log events and metric names are declared here, in one place.
+//! Logs, metrics, health and the worker's counters. Log events, metric names and counters are
+//! declared here, in one place.
+//!
+//! A leaf for the rest of the crate: it depends only on [`crate::config`] (for
+//! [`TelemetryConfig`]), so every layer may count and log through it.
+
+pub mod metrics;
+pub mod stats;
+
+pub use stats::{RunSummary, WorkerStats};
 
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -11,4 +20,3 @@ pub fn init(config: &TelemetryConfig) {
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if config.log_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
-pub mod metrics;

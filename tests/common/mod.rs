@@ -3,13 +3,17 @@
 //! in-process, and collecting outputs with bounded waits and clear failure messages.
 #![allow(dead_code)]
 
+mod small_disk;
+#[allow(unused_imports)]
+pub use small_disk::{Filler, SmallDisk};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onad_stream::config::Config;
-use onad_stream::partition::output::Dest;
+use onad_stream::partition::output::{Dest, HEADER_REPLAY_EPOCH, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION};
 use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
 use onad_stream::proto::{ScoredReading, SensorReading};
 use onad_stream::{RunSummary, Worker, WorkerError, WorkerStats};
@@ -143,6 +147,37 @@ pub fn fleet(sensors: usize, partitions: i32, per_sensor: usize, spike_at: Optio
     v
 }
 
+/// A fleet of sensors reading in step: sensor `i` is `{prefix}-{i}` (also its record key) on
+/// partition `i % partitions`, and at step `j` it reads `values(j, i)`, timestamped `j`.
+pub struct Fleet {
+    /// Sensor id prefix.
+    pub prefix: &'static str,
+    /// Number of sensors.
+    pub sensors: usize,
+    /// Partitions of the input topic.
+    pub partitions: i32,
+    /// Features of sensor `i` at step `j`.
+    pub values: fn(usize, usize) -> Vec<(&'static str, f64)>,
+}
+
+impl Fleet {
+    /// Steps `from..to` of every sensor, step by step (sensor 0 first within a step).
+    pub fn readings(&self, from: usize, to: usize) -> Vec<In> {
+        let mut v = Vec::with_capacity(to.saturating_sub(from) * self.sensors);
+        for j in from..to {
+            for i in 0..self.sensors {
+                let id = format!("{}-{i}", self.prefix);
+                v.push(In {
+                    key: Some(id.clone().into_bytes()),
+                    value: reading(&id, j as i64, &(self.values)(j, i)),
+                    partition: (i as i32) % self.partitions,
+                });
+            }
+        }
+        v
+    }
+}
+
 /// A worker running in-process on its own tokio task.
 pub struct RunningWorker {
     /// Resolves the worker's shutdown future.
@@ -252,9 +287,9 @@ impl Collector {
                     for hdr in h.iter() {
                         let v = hdr.value.and_then(|v| std::str::from_utf8(v).ok());
                         match hdr.key {
-                            "onad-source-offset" => src_off = v.and_then(|s| s.parse().ok()),
-                            "onad-source-partition" => src_part = v.and_then(|s| s.parse().ok()),
-                            "onad-replay-epoch" => epoch = v.and_then(|s| s.parse().ok()),
+                            HEADER_SOURCE_OFFSET => src_off = v.and_then(|s| s.parse().ok()),
+                            HEADER_SOURCE_PARTITION => src_part = v.and_then(|s| s.parse().ok()),
+                            HEADER_REPLAY_EPOCH => epoch = v.and_then(|s| s.parse().ok()),
                             _ => {}
                         }
                     }
@@ -367,6 +402,13 @@ impl ChildWorker {
         }
     }
 
+    /// SIGTERM, and assert (bounded) that the worker exits cleanly; returns its log.
+    pub fn stop(self) -> String {
+        let (status, log) = self.terminate(Duration::from_secs(60));
+        assert!(status.success(), "the worker did not exit cleanly ({status}):\n{log}");
+        log
+    }
+
     /// SIGKILL: a crash, no drain, no commit.
     pub fn crash(mut self) {
         let _ = self.child.kill();
@@ -378,6 +420,48 @@ impl Drop for ChildWorker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What an end-to-end test of the binary starts from: fresh topics named after a prefix, a
+/// state store that outlives the workers started on it, the inputs sent so far by (partition,
+/// offset), and a collector of the scores topic.
+pub struct Scenario {
+    /// Topic, group and file name stem.
+    pub name: String,
+    /// The checked config of those topics.
+    pub config: Config,
+    /// The workers' state store.
+    pub state: tempfile::TempDir,
+    /// Every reading sent, by (partition, offset).
+    pub inputs: BTreeMap<(i32, i64), In>,
+    /// Reads the scores topic from the beginning.
+    pub scores: Collector,
+    /// Partitions of every topic.
+    pub partitions: i32,
+}
+
+impl Scenario {
+    /// Create the topics of a fresh name from `prefix`, with `partitions` partitions.
+    pub async fn new(prefix: &str, partitions: i32) -> Self {
+        let name = unique(prefix);
+        let config = config(&name, partitions, &[]);
+        create_topics(&config).await;
+        let state = tempfile::tempdir().expect("state dir");
+        let scores = Collector::new(&config.kafka.scores_topic, partitions);
+        Self { name, config, state, inputs: BTreeMap::new(), scores, partitions }
+    }
+
+    /// `onad-stream run` with `toml` as its config file, on the scenario's topics and store.
+    pub fn worker(&self, toml: &str) -> ChildWorker {
+        ChildWorker::start_with_state(&self.name, self.partitions, toml, self.state.path())
+    }
+
+    /// Send `records`, then wait (up to 2 minutes) until every reading sent has a score.
+    pub async fn send_and_score(&mut self, records: Vec<In>, what: &str) {
+        send(&self.config, &mut self.inputs, records).await;
+        let n = self.inputs.len();
+        self.scores.until(Duration::from_secs(120), what, |s| s.len() >= n);
     }
 }
 
@@ -403,73 +487,6 @@ pub fn reference(config: &onad_stream::config::Config, inputs: &BTreeMap<(i32, i
         expected.insert((p, o), scored);
     }
     expected
-}
-
-/// A tmpfs of `mb` MiB mounted on a temporary directory, unmounted on drop: a disk that can
-/// really be filled. Mounting needs root, which the test machines (and CI) run as.
-pub struct SmallDisk {
-    /// The mount point.
-    pub dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    /// Mount it.
-    pub fn mount(mb: u32) -> Self {
-        let dir = tempfile::tempdir().expect("mount point");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
-        Self { dir }
-    }
-
-    /// Fill the disk to the last byte with one file, and keep it full (RocksDB frees files
-    /// as it compacts; another writer takes that space at once) until [`Filler::free`].
-    pub fn fill(&self) -> Filler {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut f = std::fs::File::create(&path).expect("filler");
-        let buf = vec![7u8; 1 << 16];
-        while f.write_all(&buf).is_ok() {}
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                while f.write(&buf[..4096]).is_ok_and(|n| n > 0) {}
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Filler { path, stop, thread: Some(thread) }
-    }
-}
-
-/// Keeps a [`SmallDisk`] full.
-pub struct Filler {
-    /// The filling file.
-    path: std::path::PathBuf,
-    /// Tells the thread to stop.
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    /// The thread taking any freed space.
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Filler {
-    /// Stop filling and delete the file.
-    pub fn free(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("filler thread");
-        }
-        std::fs::remove_file(&self.path).expect("delete the filler");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
 }
 
 /// `GET path` on `addr`: (status code, body).

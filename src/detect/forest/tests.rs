@@ -2,8 +2,13 @@ use super::*;
 use crate::detect::metrics::roc_auc;
 use crate::detect::synthetic::{generate, StreamKind, StreamSpec};
 
-fn params(pairs: &[(&str, super::super::params::ParamValue)]) -> Params {
+fn params(pairs: &[(&str, super::super::params::ParamValue)]) -> super::super::params::Params {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// `isolation_forest`'s `model_params` read and checked as config's are.
+fn check(params: &super::super::params::Params) -> Result<IsolationForestParams, SpecError> {
+    super::super::params::read_params::<IsolationForestSpec>("isolation_forest", params)?.check()
 }
 
 fn forest(num_trees: usize, window_size: usize, subsample: f64, seed: u64, dim: usize) -> OnlineIsolationForest {
@@ -187,7 +192,7 @@ fn same_seed_same_scores_other_seed_other_scores() {
 fn fixed_type_and_wider_branching_work() {
     for (ty, b) in [("fixed", 2), ("adaptive", 4), ("fixed", 3)] {
         use super::super::params::ParamValue as V;
-        let p = IsolationForestParams::check(&params(&[
+        let p = check(&params(&[
             ("type", V::Str(ty.into())),
             ("branching_factor", V::Int(b)),
             ("num_trees", V::Int(40)),
@@ -204,13 +209,9 @@ fn fixed_type_and_wider_branching_work() {
 #[test]
 fn params_are_checked_with_onad_names() {
     use super::super::params::ParamValue as V;
-    let d = IsolationForestParams::check(&Params::new()).unwrap();
+    let d = check(&Default::default()).unwrap();
     assert_eq!(d, IsolationForestParams::default());
-    let ok = IsolationForestParams::check(&params(&[
-        ("metric", V::Str("axisparallel".into())),
-        ("n_jobs", V::Int(-1)),
-        ("subsample", V::Float(0.5)),
-    ]));
+    let ok = check(&params(&[("metric", V::Str("axisparallel".into())), ("n_jobs", V::Int(-1)), ("subsample", V::Float(0.5))]));
     assert!(ok.is_ok(), "{ok:?}");
     for (key, value, expect) in [
         ("num_tree", V::Int(3), "unknown parameter `num_tree`"),
@@ -222,7 +223,7 @@ fn params_are_checked_with_onad_names() {
         ("num_trees", V::Int(0), "invalid `num_trees`"),
         ("metric", V::Str("oblique".into()), "invalid `metric`"),
     ] {
-        let err = IsolationForestParams::check(&params(&[(key, value)])).unwrap_err().to_string();
+        let err = check(&params(&[(key, value)])).unwrap_err().to_string();
         assert!(err.contains(expect), "{key}: {err}");
     }
 }
@@ -231,14 +232,7 @@ fn params_are_checked_with_onad_names() {
 fn fused_learn_score_equals_learn_then_score() {
     for subsample in [1.0, 0.7] {
         let s = generate(&StreamSpec { len: 3_000, ..StreamSpec::benchmark(StreamKind::ConstantThenVarying, 4) });
-        let mut a = forest(30, 256, subsample, 9, 10);
-        let mut b = a.clone();
-        for x in &s.points {
-            let fused = a.learn_score_one(x);
-            b.learn_one(x);
-            assert_eq!(fused.to_bits(), b.score_one(x).to_bits());
-        }
-        assert_eq!(a, b);
+        crate::detect::testutil::assert_learn_score_equals_learn_then_score(forest(30, 256, subsample, 9, 10), &s.points);
     }
 }
 

@@ -9,11 +9,11 @@ pub mod scaler;
 
 use serde::{Deserialize, Serialize};
 
-pub use pca::{IncrementalPca, IncrementalPcaParams};
-pub use projection::{RandomProjection, RandomProjectionParams};
-pub use scaler::{MinMaxScaler, MinMaxScalerParams, StandardScaler, StandardScalerParams};
+pub use pca::{IncrementalPca, IncrementalPcaParams, IncrementalPcaSpec};
+pub use projection::{RandomProjection, RandomProjectionParams, RandomProjectionSpec};
+pub use scaler::{MinMaxScaler, MinMaxScalerParams, MinMaxScalerSpec, StandardScaler, StandardScalerParams, StandardScalerSpec};
 
-use super::params::{Params, SpecError};
+use super::params::{read_tagged, Params, SpecError};
 use super::Transformer;
 
 /// Step names accepted in `preprocessing_steps`.
@@ -32,20 +32,44 @@ pub enum TransformParams {
     Projection(RandomProjectionParams),
 }
 
-impl TransformParams {
-    /// Check one step from config by its name.
-    pub fn check(kind: &str, params: &Params) -> Result<Self, SpecError> {
-        Ok(match kind {
-            "scaler" => Self::Standard(StandardScalerParams::check(params)?),
-            "minmax" => Self::MinMax(MinMaxScalerParams::check(params)?),
-            "pca" => Self::Pca(IncrementalPcaParams::check(params)?),
-            "random_projection" => Self::Projection(RandomProjectionParams::check(params)?),
-            other => {
-                return Err(SpecError::UnknownName { what: "preprocessing step", name: other.to_string(), known: STEP_TYPES.join(", ") })
-            }
-        })
+/// A step's `type` + `params` as serde reads them: one variant per step, each with the step's
+/// defaults and `deny_unknown_fields` (see [`super::params`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", content = "params", deny_unknown_fields)]
+pub enum StepParamsSpec {
+    /// `scaler`.
+    #[serde(rename = "scaler")]
+    Standard(StandardScalerSpec),
+    /// `minmax`.
+    #[serde(rename = "minmax")]
+    MinMax(MinMaxScalerSpec),
+    /// `pca`.
+    #[serde(rename = "pca")]
+    Pca(IncrementalPcaSpec),
+    /// `random_projection`.
+    #[serde(rename = "random_projection")]
+    Projection(RandomProjectionSpec),
+}
+
+impl StepParamsSpec {
+    /// Read a step's `params` for its `type`: unknown names, unknown keys and wrong types are
+    /// errors naming them.
+    pub fn read(kind: &str, params: &Params) -> Result<Self, SpecError> {
+        read_tagged(("type", "preprocessing step", STEP_TYPES), "params", kind, params)
     }
 
+    /// Range-check the parameters (each step's own `check`).
+    pub fn check(self) -> Result<TransformParams, SpecError> {
+        Ok(match self {
+            Self::Standard(s) => TransformParams::Standard(s.check()?),
+            Self::MinMax(s) => TransformParams::MinMax(s.check()?),
+            Self::Pca(s) => TransformParams::Pca(s.check()?),
+            Self::Projection(s) => TransformParams::Projection(s.check()?),
+        })
+    }
+}
+
+impl TransformParams {
     /// Check that the step accepts `dim` input features; returns its output dimension.
     pub fn check_dim(&self, dim: usize) -> Result<usize, SpecError> {
         match self {

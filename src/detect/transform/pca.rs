@@ -19,7 +19,7 @@
 use nalgebra::{DMatrix, DVector, SymmetricEigen, SVD};
 use serde::{Deserialize, Serialize};
 
-use crate::detect::params::{ParamReader, Params, SpecError};
+use crate::detect::params::{invalid, SpecError};
 use crate::detect::Transformer;
 
 /// Iteration cap for the eigen/SVD solvers: never hit on finite data, but a bound means a
@@ -39,37 +39,51 @@ pub struct IncrementalPcaParams {
     pub forgetting_factor: Option<f64>,
 }
 
-impl IncrementalPcaParams {
+/// `pca`'s `params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncrementalPcaSpec {
+    /// See [`IncrementalPcaParams::n_components`] (required).
+    pub n_components: Option<usize>,
+    /// See [`IncrementalPcaParams::n0`].
+    pub n0: usize,
+    /// See [`IncrementalPcaParams::tol`].
+    pub tol: f64,
+    /// See [`IncrementalPcaParams::forgetting_factor`].
+    pub forgetting_factor: Option<f64>,
+}
+
+impl Default for IncrementalPcaSpec {
+    fn default() -> Self {
+        Self { n_components: None, n0: 50, tol: 1e-7, forgetting_factor: None }
+    }
+}
+
+impl IncrementalPcaSpec {
     /// Check `pca` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("pca", params);
-        if !params.contains_key("n_components") {
-            return Err(r.error("n_components", "is required (number of components to keep)"));
-        }
-        let n_components = r.usize("n_components", 0)?;
-        let n0 = r.usize("n0", 50)?;
-        let tol = r.f64("tol", 1e-7)?;
-        let ff = if params.contains_key("forgetting_factor") { Some(r.f64("forgetting_factor", 0.0)?) } else { None };
+    pub fn check(self) -> Result<IncrementalPcaParams, SpecError> {
+        let bad = invalid("pca");
+        let Self { n_components, n0, tol, forgetting_factor } = self;
+        let n_components = n_components.ok_or_else(|| bad("n_components", "is required (number of components to keep)".into()))?;
         if n_components == 0 {
-            return Err(r.error("n_components", "must be at least 1"));
+            return Err(bad("n_components", "must be at least 1".into()));
         }
         if n0 < n_components {
-            return Err(
-                r.error("n0", format!("{n0} is below n_components ({n_components}): the warm-up SVD needs at least that many points"))
-            );
+            return Err(bad("n0", format!("{n0} is below n_components ({n_components}): the warm-up SVD needs at least that many points")));
         }
         if tol < 0.0 {
-            return Err(r.error("tol", "must be >= 0"));
+            return Err(bad("tol", "must be >= 0".into()));
         }
-        if let Some(f) = ff {
+        if let Some(f) = forgetting_factor {
             if !(f > 0.0 && f < 1.0) {
-                return Err(r.error("forgetting_factor", format!("{f} is not in (0, 1)")));
+                return Err(bad("forgetting_factor", format!("{f} is not in (0, 1)")));
             }
         }
-        r.finish()?;
-        Ok(Self { n_components, n0, tol, forgetting_factor: ff })
+        Ok(IncrementalPcaParams { n_components, n0, tol, forgetting_factor })
     }
+}
 
+impl IncrementalPcaParams {
     /// Check that the input has at least `n_components` features.
     pub fn check_dim(&self, dim: usize) -> Result<(), SpecError> {
         if self.n_components > dim {
@@ -249,10 +263,8 @@ mod tests {
 
     #[test]
     fn pca_requires_n_components_and_enough_warm_up() {
-        assert!(IncrementalPcaParams::check(&Params::new()).unwrap_err().to_string().contains("n_components"));
-        let mut p = Params::new();
-        p.insert("n_components".into(), crate::detect::ParamValue::Int(5));
-        p.insert("n0".into(), crate::detect::ParamValue::Int(3));
-        assert!(IncrementalPcaParams::check(&p).unwrap_err().to_string().contains("n0"));
+        assert!(IncrementalPcaSpec::default().check().unwrap_err().to_string().contains("n_components"));
+        let p = IncrementalPcaSpec { n_components: Some(5), n0: 3, ..Default::default() };
+        assert!(p.check().unwrap_err().to_string().contains("n0"));
     }
 }

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
-use crate::detect::params::{ParamReader, Params, SpecError};
+use crate::detect::params::{invalid, SpecError};
 use crate::detect::Transformer;
 
 /// Checked parameters of [`RandomProjection`].
@@ -24,22 +24,29 @@ pub struct RandomProjectionParams {
     pub seed: Option<u64>,
 }
 
-impl RandomProjectionParams {
-    /// Check `random_projection` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("random_projection", params);
-        if !params.contains_key("n_components") {
-            return Err(r.error("n_components", "is required (output dimension)"));
-        }
-        let n_components = r.usize("n_components", 0)?;
-        if n_components == 0 {
-            return Err(r.error("n_components", "must be at least 1"));
-        }
-        let seed = if params.contains_key("seed") { Some(r.u64("seed", 0)?) } else { None };
-        r.finish()?;
-        Ok(Self { n_components, seed })
-    }
+/// `random_projection`'s `params` as config writes them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RandomProjectionSpec {
+    /// See [`RandomProjectionParams::n_components`] (required).
+    pub n_components: Option<usize>,
+    /// See [`RandomProjectionParams::seed`].
+    pub seed: Option<u64>,
+}
 
+impl RandomProjectionSpec {
+    /// Check `random_projection` parameters from config.
+    pub fn check(self) -> Result<RandomProjectionParams, SpecError> {
+        let bad = invalid("random_projection");
+        let n_components = self.n_components.ok_or_else(|| bad("n_components", "is required (output dimension)".into()))?;
+        if n_components == 0 {
+            return Err(bad("n_components", "must be at least 1".into()));
+        }
+        Ok(RandomProjectionParams { n_components, seed: self.seed })
+    }
+}
+
+impl RandomProjectionParams {
     /// Check that the input has at least `n_components` features (as ONAD requires).
     pub fn check_dim(&self, dim: usize) -> Result<(), SpecError> {
         if self.n_components > dim {

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::params::{ParamReader, Params, SpecError};
+use crate::detect::params::{invalid, SpecError};
 use crate::detect::Transformer;
 
 /// Checked parameters of [`StandardScaler`].
@@ -24,13 +24,24 @@ pub struct StandardScalerParams {
     pub with_std: bool,
 }
 
-impl StandardScalerParams {
-    /// Check `scaler` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("scaler", params);
-        let with_std = r.bool("with_std", true)?;
-        r.finish()?;
-        Ok(Self { with_std })
+/// `scaler`'s `params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StandardScalerSpec {
+    /// See [`StandardScalerParams::with_std`].
+    pub with_std: bool,
+}
+
+impl Default for StandardScalerSpec {
+    fn default() -> Self {
+        Self { with_std: true }
+    }
+}
+
+impl StandardScalerSpec {
+    /// Check `scaler` parameters from config (any value is valid).
+    pub fn check(self) -> Result<StandardScalerParams, SpecError> {
+        Ok(StandardScalerParams { with_std: self.with_std })
     }
 }
 
@@ -93,16 +104,29 @@ pub struct MinMaxScalerParams {
     pub feature_range: (f64, f64),
 }
 
-impl MinMaxScalerParams {
+/// `minmax`'s `params` as config writes them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinMaxScalerSpec {
+    /// See [`MinMaxScalerParams::feature_range`].
+    pub feature_range: (f64, f64),
+}
+
+impl Default for MinMaxScalerSpec {
+    fn default() -> Self {
+        Self { feature_range: (0.0, 1.0) }
+    }
+}
+
+impl MinMaxScalerSpec {
     /// Check `minmax` parameters from config.
-    pub fn check(params: &Params) -> Result<Self, SpecError> {
-        let mut r = ParamReader::new("minmax", params);
-        let feature_range = r.pair("feature_range", (0.0, 1.0))?;
+    pub fn check(self) -> Result<MinMaxScalerParams, SpecError> {
+        let feature_range = self.feature_range;
         if feature_range.0 >= feature_range.1 {
-            return Err(r.error("feature_range", format!("low ({}) must be below high ({})", feature_range.0, feature_range.1)));
+            let reason = format!("low ({}) must be below high ({})", feature_range.0, feature_range.1);
+            return Err(invalid("minmax")("feature_range", reason));
         }
-        r.finish()?;
-        Ok(Self { feature_range })
+        Ok(MinMaxScalerParams { feature_range })
     }
 }
 
@@ -179,12 +203,7 @@ mod tests {
 
     #[test]
     fn minmax_rejects_empty_range() {
-        let mut p = Params::new();
-        p.insert(
-            "feature_range".into(),
-            crate::detect::ParamValue::List(vec![crate::detect::ParamValue::Int(1), crate::detect::ParamValue::Int(1)]),
-        );
-        let err = MinMaxScalerParams::check(&p).unwrap_err().to_string();
+        let err = MinMaxScalerSpec { feature_range: (1.0, 1.0) }.check().unwrap_err().to_string();
         assert!(err.contains("feature_range"), "{err}");
     }
 }

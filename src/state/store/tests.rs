@@ -1,23 +1,13 @@
 //! Store tests on real RocksDB in temporary directories.
 
 use super::*;
-use crate::detect::{Params, Pipeline, PipelineSpec, Thresholds};
+use crate::detect::{Pipeline, PipelineSpec};
 use crate::state::CodecError;
 
 const TOPIC: &str = "readings";
 
 fn factory() -> crate::detect::PipelineFactory {
-    PipelineSpec {
-        model_type: "zscore".into(),
-        model_params: Params::default(),
-        preprocessing_steps: vec![],
-        thresholds: Thresholds::default(),
-        learn_first: false,
-        learn_anomalies: false,
-        seed: 3,
-    }
-    .check()
-    .expect("valid spec")
+    PipelineSpec { learn_anomalies: false, seed: 3, ..PipelineSpec::default() }.check().expect("valid spec")
 }
 
 /// `n` keys, each fed `steps` deterministic readings.
@@ -101,6 +91,34 @@ fn rewriting_an_offset_replaces_that_snapshot() {
     let snap = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("present");
     assert_same(&snap.models, &fewer);
     assert_eq!(store.snapshots(TOPIC, 0).expect("list").len(), 1);
+}
+
+#[test]
+fn a_snapshot_written_below_newer_ones_is_the_state_now_and_survives_pruning() {
+    // `replay --state keep` relabels the newest models as applied up to an earlier offset
+    // while the history is full of newer snapshots: the relabelled one must be what a
+    // restore finds, not the "oldest" that pruning drops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    for o in [1000, 1500, 2000, 2500] {
+        write(&store, 0, o, &models(3, 10));
+    }
+    let kept = models(3, 40);
+    write(&store, 0, 499, &kept);
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(offsets, vec![499], "the newer snapshots describe a future the partition no longer has");
+    let snap = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("the relabelled snapshot is kept");
+    assert_eq!(snap.info.offset, 499);
+    assert_same(&snap.models, &kept);
+    // Older snapshots below it are history as usual.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 3).expect("open");
+    for o in [100, 200, 300, 900] {
+        write(&store, 0, o, &models(2, 5));
+    }
+    write(&store, 0, 250, &models(2, 5));
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(offsets, vec![250, 200]);
 }
 
 #[test]
@@ -219,40 +237,11 @@ fn offsets_below_minus_one_are_refused() {
     assert_eq!(offsets, vec![0, -1]);
 }
 
-/// A tmpfs of `mb` MiB mounted on a temporary directory (the tests run as root, as CI does),
-/// unmounted on drop: a disk that can really be filled.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(mb: u32) -> Self {
-        let dir = tempfile::tempdir().expect("mount point");
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
-        Self { dir }
-    }
-
-    /// Fill the disk to the last byte with a file at `filler`.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let filler = self.dir.path().join("filler");
-        let mut f = std::fs::File::create(&filler).expect("filler");
-        let buf = vec![7u8; 1 << 16];
-        while f.write_all(&buf).is_ok() {}
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
+// The integration tests' tmpfs helper, one definition for both.
+#[allow(dead_code)]
+#[path = "../../../tests/common/small_disk.rs"]
+mod small_disk;
+use small_disk::SmallDisk;
 
 #[test]
 fn a_full_disk_fails_the_write_loses_nothing_and_the_store_writes_again_once_space_is_freed() {
@@ -272,7 +261,7 @@ fn a_full_disk_fails_the_write_loses_nothing_and_the_store_writes_again_once_spa
     // What was written before stays readable, and the failed writes left nothing behind.
     let r = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable while full");
     assert_eq!(r.snapshot.expect("older snapshot").info.offset, 10);
-    std::fs::remove_file(filler).expect("free the disk");
+    filler.free();
     // RocksDB keeps refusing writes after an I/O error until reopened; the store reopens.
     let info = snap(30).expect("writes again once space is freed");
     assert_eq!(info.keys, 50);

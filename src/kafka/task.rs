@@ -1,18 +1,24 @@
 //! The thread of one assigned partition: poll its queue, process records in small batches,
 //! produce their outputs and acknowledge offsets in order; on stop, finish what was taken,
 //! wait for its deliveries and store its offsets.
+//!
+//! The Kafka side of a partition only: what a record means is [`Processor`]'s business, and
+//! which records are answered already is [`Replay`]'s (both pure, in [`crate::partition`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message as _};
 
-use super::{now_ms, InputRecord, Models, Outcome, Processor, Resume, Source};
-use crate::kafka::driver::{Consumer, Shared, WorkerContext};
-use crate::kafka::offsets::{Acks, Wait};
-use crate::worker::WorkerError;
+use super::offsets::{Acks, Wait};
+use super::producer::OutputProducer;
+use crate::error::{StateFailure, WorkerError};
+use crate::partition::resume::Replay;
+use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
+use crate::telemetry::WorkerStats;
 
 /// How long a poll waits for the first record of a batch (bounds the reaction to stop).
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -22,6 +28,37 @@ const MAX_BATCH: usize = 1024;
 const MAX_IN_FLIGHT: usize = 20_000;
 /// First and longest wait before retrying a snapshot that failed.
 const STATE_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// What every partition thread shares.
+pub struct Shared {
+    /// Input topic.
+    pub topic: Arc<str>,
+    /// Pipeline factory and validation limits.
+    pub processor: Arc<ProcessorConfig>,
+    /// Output producer.
+    pub producer: OutputProducer,
+    /// Counters.
+    pub stats: Arc<WorkerStats>,
+    /// State store seam.
+    pub hooks: Arc<dyn StateHooks>,
+    /// Settings of the reader that checks partition ends on assignment.
+    pub bounds_reader: rdkafka::ClientConfig,
+    /// Set when the worker must stop (shutdown requested or a fatal error).
+    pub stop: AtomicBool,
+    /// The first fatal error, reported by `run`.
+    pub fatal: Mutex<Option<WorkerError>>,
+}
+
+impl Shared {
+    /// Record a fatal error (the first one wins) and stop the worker.
+    pub fn fail(&self, e: WorkerError) {
+        tracing::error!(cause = %e, "worker stopping on a fatal error");
+        if let Ok(mut slot) = self.fatal.lock() {
+            slot.get_or_insert(e);
+        }
+        self.stop.store(true, Ordering::Release);
+    }
+}
 
 /// What a partition thread leaves behind.
 pub struct TaskExit {
@@ -33,12 +70,12 @@ pub struct TaskExit {
     pub error: Option<WorkerError>,
 }
 
-/// One assigned partition's work.
-pub struct PartitionTask {
+/// One assigned partition's work (`C`: the consumer's context).
+pub struct PartitionTask<C: ConsumerContext + 'static> {
     /// The partition's own queue.
-    queue: PartitionQueue<WorkerContext>,
+    queue: PartitionQueue<C>,
     /// The consumer (for storing offsets).
-    consumer: Arc<Consumer>,
+    consumer: Arc<BaseConsumer<C>>,
     /// Shared worker parts.
     shared: Arc<Shared>,
     /// Decode, validate, score, build outputs.
@@ -53,25 +90,12 @@ pub struct PartitionTask {
     stalled: Option<(std::time::Instant, Duration)>,
 }
 
-/// Output suppression while replaying records already answered before a crash.
-#[derive(Debug, Clone, Copy)]
-struct Replay {
-    /// Records below this offset produce no outputs.
-    emit_from: Option<i64>,
-    /// Outputs already in each output topic (not produced again).
-    emitted: super::EmittedUpTo,
-    /// The group's committed offset at assignment: offsets below it are never stored again.
-    committed: Option<i64>,
-    /// Whether a record has been seen since assignment (for the continuity check).
-    started: bool,
-}
-
-impl PartitionTask {
+impl<C: ConsumerContext + 'static> PartitionTask<C> {
     /// A task for `partition`, starting as `resume` says; `committed` is the group's
     /// committed offset at assignment.
     pub fn new(
-        queue: PartitionQueue<WorkerContext>,
-        consumer: Arc<Consumer>,
+        queue: PartitionQueue<C>,
+        consumer: Arc<BaseConsumer<C>>,
         shared: Arc<Shared>,
         partition: i32,
         resume: Resume,
@@ -79,8 +103,8 @@ impl PartitionTask {
         stop: Arc<AtomicBool>,
     ) -> Self {
         let topic = shared.topic.clone();
+        let replay = Replay::new(&resume, committed);
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
-        let replay = Replay { emit_from: resume.emit_from, emitted: resume.emitted, committed, started: false };
         Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None }
     }
 
@@ -153,7 +177,7 @@ impl PartitionTask {
 
     /// Track whether the partition's state can be saved: a failure pauses the partition and
     /// makes the worker unhealthy until a retry succeeds.
-    fn state_saved(&mut self, saved: Result<(), super::StateFailure>) {
+    fn state_saved(&mut self, saved: Result<(), StateFailure>) {
         let stats = &self.shared.stats;
         let partition = self.processor.partition();
         match (saved, self.stalled) {
@@ -197,27 +221,22 @@ fn handle(
     shared: &Shared,
     acks: &mut Acks,
     replay: &mut Replay,
-    out: &mut Vec<super::OutRecord>,
+    out: &mut Vec<OutRecord>,
 ) -> Result<(), WorkerError> {
     let offset = m.offset();
-    if !replay.started {
-        replay.started = true;
-        if let Some(last) = processor.models().last_offset {
-            if offset != last + 1 {
-                // Records were skipped (retention, or an offset reset): the models have not
-                // seen them. Logged, not fatal: the models are still the best available.
-                tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
-            }
-        }
+    if let Some(last) = replay.gap_before(offset, processor.models().last_offset) {
+        // Records were skipped (retention, or an offset reset): the models have not seen
+        // them. Logged, not fatal: the models are still the best available.
+        tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
     }
     out.clear();
     let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now_ms(), out);
     let stats = &shared.stats;
     stats.consumed.fetch_add(1, Ordering::Relaxed);
-    if replay.emit_from.is_some_and(|e| offset < e) {
+    if replay.answered(offset) {
         // Answered before a crash: the models learn it again, its outputs are not repeated.
         stats.replayed.fetch_add(1, Ordering::Relaxed);
-        if replay.committed.is_none_or(|c| offset >= c) {
+        if replay.stores(offset) {
             acks.push(offset, Vec::new());
         }
         return Ok(());
@@ -235,7 +254,7 @@ fn handle(
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };
     let mut deliveries = Vec::with_capacity(out.len());
-    for rec in out.iter().filter(|r| !replay.emitted.contains(r.dest, offset)) {
+    for rec in out.iter().filter(|r| replay.emits(r.dest, offset)) {
         deliveries.push(shared.producer.send(&src, rec)?);
     }
     acks.push(offset, deliveries);

@@ -1,0 +1,247 @@
+//! The restore policy and the snapshot cadence: decisions over offsets and clocks, with no
+//! I/O. `kafka::recovery` applies them to the store and the changelog topic.
+//!
+//! # Restore (committed offset C = the next record the group would read)
+//! The newest local snapshot that decodes (offset S; corrupt ones are reported and skipped)
+//! is the state, unless it is missing or behind C ([`needs_changelog`]): then the changelog's
+//! state is used if it is newer and whole ([`judge_changelog`]). A changelog state with a
+//! model ahead of its last marker is a publish torn half-way and is not used.
+//!
+//! # Snapshots and delivery
+//! A snapshot is due every `checkpoint_interval` records or `checkpoint_secs` ([`due`]). A
+//! snapshot at offset L may only be written once every output up to L is delivered: a crash
+//! right after it would otherwise resume at L + 1 and lose the undelivered outputs. So when a
+//! snapshot is due the models are *encoded* at once (the expensive part) and written when
+//! the delivered offset reaches L (usually the next batch) — [`Checkpoints`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::changelog::ChangelogState;
+use super::{encode_models, EncodedModels, KeyModel};
+use crate::error::StateFailure;
+use crate::partition::Models;
+
+/// Whether the changelog is worth reading on assignment: there is no local snapshot, or it
+/// is behind the group's `committed` offset (another replica carried on meanwhile).
+pub fn needs_changelog(local: Option<i64>, committed: Option<i64>) -> bool {
+    match (local, committed) {
+        (None, _) => true,
+        (Some(s), Some(c)) => s + 1 < c,
+        (Some(_), None) => false,
+    }
+}
+
+/// What the changelog's state is worth next to a local snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangelogVerdict {
+    /// Some records did not decode or a model is torn: not safe to use.
+    Unusable,
+    /// Newer than the local snapshot and whole: use it, at this marker offset.
+    Newer(i64),
+    /// A model is ahead of the last marker (a publish torn half-way): not used.
+    TornAhead(i64),
+    /// Not newer than the local snapshot (or empty).
+    NotNewer,
+}
+
+/// Judge the changelog's state `st` against a local snapshot at `local`.
+pub fn judge_changelog<T>(local: Option<i64>, st: &ChangelogState<T>) -> ChangelogVerdict {
+    if !st.is_usable() {
+        return ChangelogVerdict::Unusable;
+    }
+    match st.marker {
+        Some(m) if local.is_none_or(|s| m > s) && st.models.iter().all(|r| r.offset <= m) => ChangelogVerdict::Newer(m),
+        Some(m) if m > local.unwrap_or(-1) => ChangelogVerdict::TornAhead(m),
+        _ => ChangelogVerdict::NotNewer,
+    }
+}
+
+/// A partition's models as restored from a snapshot at `offset` (-1: nothing applied yet).
+/// The replay epoch is set by the resume decision, not here.
+pub fn models_at(offset: i64, keys: impl IntoIterator<Item = (String, KeyModel)>) -> Models {
+    Models { keys: keys.into_iter().collect(), last_offset: (offset >= 0).then_some(offset), epoch: 0 }
+}
+
+/// Whether a snapshot is due: `applied` is the last offset applied, `last` the offset of the
+/// last snapshot written (or restored), `elapsed` the time since.
+pub fn due(interval: u64, every: Duration, applied: i64, last: Option<i64>, elapsed: Duration) -> bool {
+    let since = applied - last.unwrap_or(-1);
+    since as u64 >= interval || (since > 0 && elapsed >= every)
+}
+
+/// An encoded snapshot waiting for its outputs to be delivered.
+#[derive(Debug)]
+pub struct Pending {
+    /// Last input offset applied to these models.
+    pub offset: i64,
+    /// (key, model envelope).
+    pub models: EncodedModels,
+}
+
+/// Per-partition snapshot bookkeeping.
+#[derive(Default)]
+struct Progress {
+    /// Offset of the last snapshot written (or restored).
+    last: Option<i64>,
+    /// When it was written (or the partition assigned).
+    at: Option<Instant>,
+    /// A due snapshot waiting for delivery.
+    pending: Option<Pending>,
+}
+
+/// The snapshot cadence of every partition of a worker.
+pub struct Checkpoints {
+    /// `checkpoint_interval`.
+    interval: u64,
+    /// `checkpoint_secs`.
+    every: Duration,
+    /// Per input partition.
+    progress: Mutex<HashMap<i32, Progress>>,
+}
+
+impl std::fmt::Debug for Checkpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoints").field("interval", &self.interval).field("every", &self.every).finish()
+    }
+}
+
+impl Checkpoints {
+    /// A snapshot every `interval` records or `every`.
+    pub fn new(interval: u64, every: Duration) -> Self {
+        Self { interval, every, progress: Mutex::new(HashMap::new()) }
+    }
+
+    /// `partition` was assigned with state that has applied up to `last`.
+    pub fn assigned(&self, partition: i32, last: Option<i64>) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(partition, Progress { last, at: Some(Instant::now()), pending: None });
+        }
+    }
+
+    /// After a batch: encode a snapshot of `models` if one is due, and hand back the pending
+    /// one once every output up to it is `delivered` (then write it and call
+    /// [`Checkpoints::written`]).
+    pub fn ready(&self, partition: i32, models: &Models, delivered: Option<i64>) -> Result<Option<Pending>, StateFailure> {
+        let Some(applied) = models.last_offset else { return Ok(None) };
+        let Ok(mut all) = self.progress.lock() else { return Err(StateFailure("state bookkeeping poisoned".into())) };
+        let p = all.entry(partition).or_default();
+        let at = *p.at.get_or_insert_with(Instant::now);
+        if p.pending.is_none() && due(self.interval, self.every, applied, p.last, at.elapsed()) {
+            let encoded = encode_models(partition, &models.keys).map_err(|e| StateFailure(e.to_string()))?;
+            p.pending = Some(Pending { offset: applied, models: encoded });
+        }
+        if p.pending.as_ref().is_some_and(|pe| delivered.is_some_and(|d| d >= pe.offset)) {
+            return Ok(p.pending.take());
+        }
+        Ok(None)
+    }
+
+    /// The write of `pending` succeeded (`ok`) or failed; a failed one is kept for the retry
+    /// (the models have moved on only if records were taken since, and the partition takes
+    /// none while its state fails).
+    pub fn written(&self, partition: i32, pending: Pending, ok: bool) {
+        if let Ok(mut all) = self.progress.lock() {
+            let p = all.entry(partition).or_default();
+            if ok {
+                p.last = Some(pending.offset);
+                p.at = Some(Instant::now());
+            } else {
+                p.pending = Some(pending);
+            }
+        }
+    }
+
+    /// `partition` is revoked: forget it. Returns the offset of its last snapshot written.
+    pub fn revoked(&self, partition: i32) -> Option<i64> {
+        self.progress.lock().ok().and_then(|mut all| all.remove(&partition)).and_then(|p| p.last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::changelog::{encode_snapshot, Assembler};
+
+    #[test]
+    fn the_changelog_is_read_only_without_a_local_snapshot_or_behind_the_commit() {
+        assert!(needs_changelog(None, None));
+        assert!(needs_changelog(None, Some(10)));
+        assert!(needs_changelog(Some(5), Some(10)), "another replica went on from 6 to 9");
+        assert!(!needs_changelog(Some(9), Some(10)), "the local snapshot is right before the commit");
+        assert!(!needs_changelog(Some(5), None));
+    }
+
+    fn changelog(publishes: &[(i64, &[(&str, u64)])]) -> ChangelogState<u64> {
+        let mut asm = Assembler::new("cl", 0);
+        for (offset, models) in publishes {
+            for (k, v) in encode_snapshot(0, *offset, models.iter().map(|(k, v)| (*k, v)), 1000).expect("encodes") {
+                asm.feed(k.as_bytes(), Some(&v));
+            }
+        }
+        asm.finish()
+    }
+
+    #[test]
+    fn a_newer_whole_changelog_state_wins_over_the_local_snapshot() {
+        let st = changelog(&[(50, &[("a", 1)])]);
+        assert_eq!(judge_changelog(Some(20), &st), ChangelogVerdict::Newer(50));
+        assert_eq!(judge_changelog(None, &st), ChangelogVerdict::Newer(50));
+        assert_eq!(judge_changelog(Some(50), &st), ChangelogVerdict::NotNewer);
+    }
+
+    #[test]
+    fn a_model_ahead_of_the_last_marker_is_a_torn_publish_and_is_not_used() {
+        let mut st = changelog(&[(50, &[("a", 1)])]);
+        st.models[0].offset = 60;
+        assert_eq!(judge_changelog(Some(20), &st), ChangelogVerdict::TornAhead(50));
+    }
+
+    #[test]
+    fn a_changelog_with_rejected_records_is_unusable() {
+        let mut st = changelog(&[(50, &[("a", 1)])]);
+        st.rejected.push(crate::state::StateError::InvalidOffset(-2));
+        assert_eq!(judge_changelog(None, &st), ChangelogVerdict::Unusable);
+    }
+
+    #[test]
+    fn restored_models_at_minus_one_have_applied_nothing() {
+        assert_eq!(models_at(-1, []).last_offset, None);
+        assert_eq!(models_at(7, []).last_offset, Some(7));
+    }
+
+    #[test]
+    fn a_snapshot_is_due_every_interval_records_or_every_period_with_new_records() {
+        let every = Duration::from_secs(30);
+        assert!(due(100, every, 99, None, Duration::ZERO), "100 records applied (0..=99)");
+        assert!(!due(100, every, 98, None, Duration::ZERO));
+        assert!(due(100, every, 150, Some(140), every), "time-based, with new records");
+        assert!(!due(100, every, 140, Some(140), every), "nothing new: no snapshot");
+    }
+
+    fn models(last: i64) -> Models {
+        Models { last_offset: Some(last), ..Models::default() }
+    }
+
+    #[test]
+    fn a_due_snapshot_waits_until_its_outputs_are_delivered() {
+        let c = Checkpoints::new(10, Duration::from_secs(3600));
+        c.assigned(0, None);
+        assert!(c.ready(0, &models(9), Some(5)).expect("bookkeeping").is_none(), "encoded, waiting for delivery");
+        let pe = c.ready(0, &models(12), Some(9)).expect("bookkeeping").expect("delivered up to 9");
+        assert_eq!(pe.offset, 9, "the snapshot taken when due, not the models since");
+        c.written(0, pe, true);
+        assert!(c.ready(0, &models(12), Some(12)).expect("bookkeeping").is_none(), "not due again yet");
+        assert_eq!(c.revoked(0), Some(9));
+    }
+
+    #[test]
+    fn a_failed_write_is_kept_for_the_retry() {
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        let pe = c.ready(3, &models(4), Some(4)).expect("bookkeeping").expect("due and delivered");
+        c.written(3, pe, false);
+        let again = c.ready(3, &models(4), Some(4)).expect("bookkeeping").expect("retried");
+        assert_eq!(again.offset, 4);
+    }
+}
