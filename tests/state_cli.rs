@@ -66,3 +66,38 @@ fn snapshot_inspect_lists_partitions_keys_and_dumps_a_model() {
     let (ok, text) = inspect(dir.path(), &["--partition", "1", "--key", "nope"]);
     assert!(!ok && text.contains("no key \"nope\""), "{text}");
 }
+
+#[test]
+fn snapshot_inspect_dumps_every_model_type_and_transform() {
+    // Models hold u128 RNG states and long arrays: each must come out as JSON (this failed
+    // with "number out of range" for isolation_forest).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    let steps = r#"preprocessing_steps=[{type="scaler"},{type="minmax"},{type="pca",params={n_components=2}},{type="random_projection",params={n_components=2}}]"#;
+    let pipelines: Vec<(String, Vec<String>)> = onad_stream::detect::pipeline::MODEL_TYPES
+        .iter()
+        .map(|m| (m.to_string(), vec![format!("model_type=\"{m}\"")]))
+        .chain([("all-transforms".to_string(), vec!["model_type=\"knn\"".to_string(), steps.to_string()])])
+        .collect();
+    let models: Vec<(String, KeyPipeline)> = pipelines
+        .iter()
+        .map(|(name, sets)| {
+            let config = onad_stream::config::Config::load_from(None, &[], sets).expect("valid config");
+            let mut pipeline = config.pipeline.build(3, name);
+            for t in 0..300 {
+                let t = t as f64;
+                pipeline.process(&[t.sin(), (t * 0.3).cos(), t % 7.0]);
+            }
+            (name.clone(), KeyPipeline { features: vec!["a".into(), "b".into(), "c".into()], pipeline, processed: 300, anomalies: 0 })
+        })
+        .collect();
+    store.write_snapshot("plant-in", 0, 299, models.iter().map(|(k, m)| (k.as_str(), m))).expect("written");
+    for (name, _) in &pipelines {
+        let (ok, text) = inspect(dir.path(), &["--partition", "0", "--key", name]);
+        assert!(ok, "snapshot inspect --key {name}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {text}"));
+        assert_eq!(v["key"], name.as_str());
+        assert_eq!(v["model"]["processed"], 300, "{name}: {text}");
+        assert!(v["model"]["pipeline"].is_object(), "{name}: the pipeline is dumped: {text}");
+    }
+}

@@ -36,13 +36,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Offset;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::ConfigArgs;
 use crate::config::Config;
 use crate::kafka::changelog::Changelog;
 use crate::kafka::tails::TailReader;
-use crate::kafka::{admin, client, offsets};
+use crate::kafka::{admin, bounds, client, offsets};
+use crate::partition::replay_plan::{self, Bounds, Lookup, PlanLine};
 use crate::partition::resume;
 use crate::state::{encode_models, KeyModel, StateStore};
 
@@ -90,6 +91,9 @@ pub struct ReplayArgs {
     /// Do not touch the changelog topic (e.g. it is not used).
     #[arg(long, env = "ONAD_REPLAY_NO_CHANGELOG")]
     pub no_changelog: bool,
+    /// Print the plan (per partition: from, to, state action, replay epoch) and change nothing.
+    #[arg(long, env = "ONAD_REPLAY_DRY_RUN")]
+    pub dry_run: bool,
 }
 
 /// Run the subcommand.
@@ -130,7 +134,9 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     match consumer.fetch_group_list(Some(&group), BROKER_TIMEOUT) {
         Ok(list) => {
             if let Some(g) = list.groups().iter().find(|g| g.name() == group) {
-                if !g.members().is_empty() {
+                if !g.members().is_empty() && args.dry_run {
+                    eprintln!("warning: group {group:?} has {} active member(s); a real replay would be refused", g.members().len());
+                } else if !g.members().is_empty() {
                     bail!(
                         "group {group:?} has {} active member(s): stop its workers first (as kafka-consumer-groups requires)",
                         g.members().len()
@@ -144,29 +150,24 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let partitions = admin::topic_partitions(consumer.client(), &topic, BROKER_TIMEOUT)
         .context("fetching topic metadata")?
         .with_context(|| format!("input topic {topic:?} not found"))?;
-    let targets = match args.to_timestamp {
-        Some(ts) => {
-            let found = offsets::offsets_for_time(&consumer, &topic, &partitions, ts, BROKER_TIMEOUT)
-                .context("looking up offsets for the timestamp")?;
-            let mut out = BTreeMap::new();
-            for (p, offset) in found {
-                match offset {
-                    Offset::Offset(o) => {
-                        out.insert(p, o);
-                    }
-                    other => eprintln!("partition {p}: no record at or after {ts} ({other:?}); left alone"),
-                }
-            }
-            out
-        }
-        None => parse_targets(&args.to_offset)?,
-    };
-    for p in targets.keys() {
-        if !partitions.contains(p) {
+    for p in args.to_offset.iter().filter_map(|s| s.split_once(':')).filter_map(|(p, _)| p.trim().parse::<i32>().ok()) {
+        if !partitions.contains(&p) {
             bail!("partition {p} is not a partition of {topic:?} (it has {})", partitions.len());
         }
     }
-
+    // Every target is checked against what the partition holds before anything is written.
+    let tail = bounds::reader(&config.kafka);
+    let bounds = bounds::bounds(&tail, &topic, &partitions).context("reading the bounds of the input partitions")?;
+    let targets = match args.to_timestamp {
+        Some(ts) => timestamp_targets(&consumer, &tail, &topic, &partitions, &bounds, ts)?,
+        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &bounds).map_err(|refused| {
+            let lines: Vec<String> = refused.iter().map(|r| format!("  {r}")).collect();
+            anyhow::anyhow!("refused, nothing changed:\n{}", lines.join("\n"))
+        })?,
+    };
+    if args.dry_run {
+        return dry_run(config, args, &consumer, &targets);
+    }
     // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
     admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
@@ -221,6 +222,68 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     offsets::reset_group(&consumer, &topic, &targets, BROKER_TIMEOUT)
         .with_context(|| format!("committing the new offsets of group {group:?}"))?;
     println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
+
+/// `--to-timestamp T`: per partition, the broker's answer, verified by reading the record it
+/// points at. Partitions without a record at or after T are left alone (and say so); an error
+/// when none has one.
+fn timestamp_targets(
+    consumer: &BaseConsumer,
+    tail: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    bounds: &BTreeMap<i32, Bounds>,
+    ts: i64,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let found =
+        offsets::offsets_for_time(consumer, topic, partitions, ts, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
+    let answered: BTreeMap<i32, i64> =
+        found.into_iter().filter_map(|(p, o)| if let Offset::Offset(o) = o { Some((p, o)) } else { None }).collect();
+    let record_ts = bounds::timestamps_at(tail, topic, &answered).context("reading the records the lookup points at")?;
+    let mut out = BTreeMap::new();
+    for &p in partitions {
+        let Some(&b) = bounds.get(&p) else { continue };
+        let lookup = Lookup { offset: answered.get(&p).copied(), record_ts: record_ts.get(&p).copied().flatten() };
+        match replay_plan::check_timestamp(p, ts, lookup, b) {
+            Ok(o) => {
+                out.insert(p, o);
+            }
+            Err(why) => eprintln!("{why}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("no partition of {topic:?} has a record at or after {ts}: nothing changed");
+    }
+    Ok(out)
+}
+
+/// `--dry-run`: what the replay would do, per partition; nothing is written.
+fn dry_run(config: &Config, args: &ReplayArgs, consumer: &BaseConsumer, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    let topic = &config.kafka.input_topic;
+    let mut tpl = TopicPartitionList::new();
+    for p in targets.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT).context("reading the group's committed offsets")?;
+    let from = |p: i32| committed.elements().iter().find(|e| e.partition() == p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+    // Read-only: a dry run may look at the store of a running worker.
+    let store = StateStore::open_read_only(&config.state.path).ok();
+    let tails = TailReader::new(&config.kafka);
+    let action = match args.state {
+        StateMode::Keep => "keep",
+        StateMode::Rewind => "rewind",
+        StateMode::Reset => "reset",
+    };
+    println!("dry run: nothing is changed");
+    for (&p, &to) in targets {
+        let local = store.as_ref().and_then(|s| s.epoch(topic, p).ok()).unwrap_or(0);
+        // Unreadable tails count as none (the command itself would fail on them).
+        let seen = tails.read(p).unwrap_or_default();
+        let now = resume::epoch(local, Some(&seen)).current;
+        let after = if args.state == StateMode::Rewind { now } else { resume::next_epoch(local, &seen) };
+        println!("{}", PlanLine { partition: p, from: from(p), to, action, epoch: (now, after) });
+    }
     Ok(())
 }
 
@@ -280,8 +343,9 @@ fn apply_state(store: &StateStore, topic: &str, p: i32, o: i64, mode: StateMode)
         }
         StateMode::Keep => match newest(&|_| true)? {
             Some((from, models)) => {
+                // Written as the partition's state now: the newer snapshots go in the same batch,
+                // and this one is not pruned as the "oldest" (the store orders by meaning).
                 store.write_encoded(topic, p, target, models.iter().cloned().map(Ok))?;
-                store.delete_after(topic, p, Some(target))?;
                 StateReport {
                     summary: format!("kept the models of snapshot {from} ({} keys), relabelled as applied up to {target}", models.len()),
                     offset: target,

@@ -64,7 +64,23 @@ impl WorkerContext {
         let topic = self.shared.topic.clone();
         let Ok(mut running) = self.running.lock() else { return };
         let new: Vec<i32> = tpl.elements_for_topic(&topic).iter().map(|e| e.partition()).filter(|p| !running.contains_key(p)).collect();
-        let committed = offsets::committed(consumer, &topic, &new);
+        let mut committed = offsets::committed(consumer, &topic, &new);
+        let mut clamped = std::collections::BTreeSet::new();
+        // A group committed past the last record (an offset reset beyond the end) would wait
+        // there in silence while every reading produced meanwhile is skipped. The rule: such
+        // a partition resumes at its end, as if the group had committed the end, and says so.
+        match super::bounds::past_end(&self.shared.bounds_reader, &topic, &committed) {
+            Ok(past) => {
+                for (p, end) in past {
+                    let c = committed.get(&p).copied().flatten();
+                    tracing::error!(topic = %topic, partition = p, committed = ?c, end, "the group's committed offset is beyond the partition's last record: resuming at the end, so no new reading is skipped");
+                    self.shared.stats.past_end_resets.fetch_add(1, Ordering::Relaxed);
+                    committed.insert(p, Some(end));
+                    clamped.insert(p);
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "cannot check the committed offsets against the partitions' ends"),
+        }
         let committed = |p: i32| committed.get(&p).copied().flatten();
         // Models kept from an earlier ownership continue only if the group resumes exactly
         // after the last record they learned; otherwise another member has moved on.
@@ -96,6 +112,11 @@ impl WorkerContext {
                     self.shared.fail(WorkerError::Thread(format!("restoring partition {partition}: {e}")));
                     return;
                 }
+            };
+            // A partition resumed at its end starts there (see `resume::at_end`).
+            let resume = match committed {
+                Some(end) if clamped.contains(&partition) => resume::at_end(resume, end),
+                _ => resume,
             };
             if let Some(start) = resume.start_at {
                 if let Err(e) = offsets::start_at(tpl, &topic, partition, start) {

@@ -41,6 +41,8 @@ pub struct Shared {
     pub stats: Arc<WorkerStats>,
     /// State store seam.
     pub hooks: Arc<dyn StateHooks>,
+    /// Settings of the reader that checks partition ends on assignment.
+    pub bounds_reader: rdkafka::ClientConfig,
     /// Set when the worker must stop (shutdown requested or a fatal error).
     pub stop: AtomicBool,
     /// The first fatal error, reported by `run`.

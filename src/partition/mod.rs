@@ -12,6 +12,7 @@
 //! implement it (`kafka::recovery`), so this one imports none of them.
 
 pub mod output;
+pub mod replay_plan;
 pub mod resume;
 
 use std::collections::BTreeMap;

@@ -10,7 +10,9 @@
 //! - `models`: `stream ++ (offset + 1)(u64 BE) ++ key` -> envelope([`Kind::Model`]): one key's model.
 //!
 //! A snapshot is written as one WriteBatch (its models, its meta record, and the deletion of
-//! the snapshots that fall out of the history), so a crash leaves either all of it or none.
+//! the snapshots it supersedes: those above its offset, and the oldest past the history), so
+//! a crash leaves either all of it or none. The newest snapshot is always the one written
+//! last, which is what `replay --state keep` (models relabelled at an earlier offset) needs.
 //! Each snapshot is a full copy: simpler and independent of the others (a corrupt one does
 //! not poison its successors), at the price of `history` times the bytes on disk.
 //!
@@ -296,7 +298,8 @@ impl StateStore {
 
     /// Write a snapshot of `topic`/`partition` holding `models`, having applied every input
     /// offset up to and including `offset`. One atomic, synced WriteBatch, which also drops
-    /// the snapshots that fall out of the history (and any earlier one at the same offset).
+    /// any earlier one at the same offset, every snapshot above `offset` (this one is the
+    /// partition's state now) and the oldest ones past the history.
     ///
     /// An error means nothing was written: the caller keeps its last successful snapshot as
     /// the limit of what it may commit, and reports unhealthy.
@@ -348,12 +351,19 @@ impl StateStore {
         let meta_value =
             codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
         batch.put_cf(meta_cf, &prefix, &meta_value);
-        // History: keep the `history` largest offsets, counting this one.
-        let mut offsets = Self::offsets_in(db, topic, partition)?;
-        offsets.retain(|o| *o != offset);
-        offsets.push(offset);
-        offsets.sort_unstable_by(|a, b| b.cmp(a));
-        for old in offsets.iter().skip(self.history) {
+        // History, ordered by what a snapshot means, not by when it was written: the one
+        // written now is the partition's current state. Snapshots above its offset describe
+        // a future the partition no longer has (`replay --state keep` relabels the models at
+        // an earlier offset; a worker that fell back past a corrupt snapshot writes below
+        // it), so they go in this batch; of the rest, the `history` newest stay, this one
+        // first. (Pruning by offset alone deleted a relabelled snapshot as the "oldest".)
+        let mut older = Self::offsets_in(db, topic, partition)?;
+        for newer in older.iter().filter(|o| **o > offset) {
+            Self::delete_snapshot_in(db, &mut batch, topic, partition, *newer);
+        }
+        older.retain(|o| *o < offset);
+        older.sort_unstable_by(|a, b| b.cmp(a));
+        for old in older.iter().skip(self.history - 1) {
             Self::delete_snapshot_in(db, &mut batch, topic, partition, *old);
         }
         drop(guard);

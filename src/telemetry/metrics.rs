@@ -64,6 +64,12 @@ const EXPOSED: &[Exposed] = &[
         help: "Times a paused partition saved its state again and carried on.",
         read: |s| &s.state_recoveries,
     },
+    Exposed {
+        name: "onad_partitions_resumed_at_end_total",
+        kind: "counter",
+        help: "Partitions assigned with a committed offset beyond their last record, resumed at the end.",
+        read: |s| &s.past_end_resets,
+    },
     Exposed { name: "onad_assigned_partitions", kind: "gauge", help: "Input partitions this worker owns now.", read: |s| &s.partitions },
 ];
 

@@ -31,6 +31,8 @@ pub struct WorkerStats {
     pub state_write_failures: AtomicU64,
     /// Times a paused partition saved its state again and carried on.
     pub state_recoveries: AtomicU64,
+    /// Partitions assigned with a committed offset beyond their last record, resumed at the end.
+    pub past_end_resets: AtomicU64,
     /// The last state failure's message, while one lasts (for `/health`).
     pub state_error: Mutex<Option<String>>,
 }

@@ -104,6 +104,34 @@ fn rewriting_an_offset_replaces_that_snapshot() {
 }
 
 #[test]
+fn a_snapshot_written_below_newer_ones_is_the_state_now_and_survives_pruning() {
+    // `replay --state keep` relabels the newest models as applied up to an earlier offset
+    // while the history is full of newer snapshots: the relabelled one must be what a
+    // restore finds, not the "oldest" that pruning drops.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 4).expect("open");
+    for o in [1000, 1500, 2000, 2500] {
+        write(&store, 0, o, &models(3, 10));
+    }
+    let kept = models(3, 40);
+    write(&store, 0, 499, &kept);
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(offsets, vec![499], "the newer snapshots describe a future the partition no longer has");
+    let snap = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("the relabelled snapshot is kept");
+    assert_eq!(snap.info.offset, 499);
+    assert_same(&snap.models, &kept);
+    // Older snapshots below it are history as usual.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = StateStore::open(dir.path(), 3).expect("open");
+    for o in [100, 200, 300, 900] {
+        write(&store, 0, o, &models(2, 5));
+    }
+    write(&store, 0, 250, &models(2, 5));
+    let offsets: Vec<i64> = store.snapshots(TOPIC, 0).expect("list").into_iter().map(|s| s.expect("valid").offset).collect();
+    assert_eq!(offsets, vec![250, 200]);
+}
+
+#[test]
 fn rewind_picks_the_nearest_snapshot_at_or_before_the_target() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = StateStore::open(dir.path(), 4).expect("open");
