@@ -78,7 +78,7 @@ impl Worker {
             producer: OutputProducer::new(k)?,
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),
-            bounds_reader: crate::kafka::client::reader(k, crate::kafka::bounds::READER_GROUP),
+            bounds_reader: crate::kafka::bounds::reader(k),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
         });

@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Offset;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::ConfigArgs;
 use crate::config::Config;
@@ -156,11 +156,11 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         }
     }
     // Every target is checked against what the partition holds before anything is written.
-    let reader = client::reader(&config.kafka, bounds::READER_GROUP);
-    let held = bounds::bounds(&reader, &topic, &partitions).context("reading the bounds of the input partitions")?;
+    let tail = bounds::reader(&config.kafka);
+    let bounds = bounds::bounds(&tail, &topic, &partitions).context("reading the bounds of the input partitions")?;
     let targets = match args.to_timestamp {
-        Some(ts) => timestamp_targets(&consumer, &reader, &topic, &partitions, &held, ts)?,
-        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &held).map_err(|refused| {
+        Some(ts) => timestamp_targets(&consumer, &tail, &topic, &partitions, &bounds, ts)?,
+        None => replay_plan::check_offsets(&parse_targets(&args.to_offset)?, &bounds).map_err(|refused| {
             let lines: Vec<String> = refused.iter().map(|r| format!("  {r}")).collect();
             anyhow::anyhow!("refused, nothing changed:\n{}", lines.join("\n"))
         })?,
@@ -168,7 +168,6 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return dry_run(config, args, &consumer, &targets);
     }
-
     // The outputs' tails say which replay epochs exist; a backfill's topics may not yet.
     admin::ensure_output_topics(&config.kafka).await.context("checking the output topics")?;
 
@@ -231,20 +230,20 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
 /// when none has one.
 fn timestamp_targets(
     consumer: &BaseConsumer,
-    reader: &rdkafka::ClientConfig,
+    tail: &ClientConfig,
     topic: &str,
     partitions: &[i32],
-    held: &BTreeMap<i32, Bounds>,
+    bounds: &BTreeMap<i32, Bounds>,
     ts: i64,
 ) -> anyhow::Result<BTreeMap<i32, i64>> {
     let found =
         offsets::offsets_for_time(consumer, topic, partitions, ts, BROKER_TIMEOUT).context("looking up offsets for the timestamp")?;
     let answered: BTreeMap<i32, i64> =
-        found.iter().filter_map(|(p, o)| if let Offset::Offset(o) = o { Some((*p, *o)) } else { None }).collect();
-    let record_ts = bounds::timestamps_at(reader, topic, &answered).context("reading the records the lookup points at")?;
+        found.into_iter().filter_map(|(p, o)| if let Offset::Offset(o) = o { Some((p, o)) } else { None }).collect();
+    let record_ts = bounds::timestamps_at(tail, topic, &answered).context("reading the records the lookup points at")?;
     let mut out = BTreeMap::new();
     for &p in partitions {
-        let Some(&b) = held.get(&p) else { continue };
+        let Some(&b) = bounds.get(&p) else { continue };
         let lookup = Lookup { offset: answered.get(&p).copied(), record_ts: record_ts.get(&p).copied().flatten() };
         match replay_plan::check_timestamp(p, ts, lookup, b) {
             Ok(o) => {
@@ -262,8 +261,12 @@ fn timestamp_targets(
 /// `--dry-run`: what the replay would do, per partition; nothing is written.
 fn dry_run(config: &Config, args: &ReplayArgs, consumer: &BaseConsumer, targets: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
     let topic = &config.kafka.input_topic;
-    let partitions: Vec<i32> = targets.keys().copied().collect();
-    let from = offsets::committed(consumer, topic, &partitions);
+    let mut tpl = TopicPartitionList::new();
+    for p in targets.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = consumer.committed_offsets(tpl, BROKER_TIMEOUT).context("reading the group's committed offsets")?;
+    let from = |p: i32| committed.elements().iter().find(|e| e.partition() == p).and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
     // Read-only: a dry run may look at the store of a running worker.
     let store = StateStore::open_read_only(&config.state.path).ok();
     let tails = TailReader::new(&config.kafka);
@@ -275,10 +278,11 @@ fn dry_run(config: &Config, args: &ReplayArgs, consumer: &BaseConsumer, targets:
     println!("dry run: nothing is changed");
     for (&p, &to) in targets {
         let local = store.as_ref().and_then(|s| s.epoch(topic, p).ok()).unwrap_or(0);
-        let seen = tails.read(p).map_err(|e| anyhow::anyhow!("partition {p}: reading the output tails: {e}"))?;
+        // Unreadable tails count as none (the command itself would fail on them).
+        let seen = tails.read(p).unwrap_or_default();
         let now = resume::epoch(local, Some(&seen)).current;
         let after = if args.state == StateMode::Rewind { now } else { resume::next_epoch(local, &seen) };
-        println!("{}", PlanLine { partition: p, from: from.get(&p).copied().flatten(), to, action, epoch: (now, after) });
+        println!("{}", PlanLine { partition: p, from: from(p), to, action, epoch: (now, after) });
     }
     Ok(())
 }

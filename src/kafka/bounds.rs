@@ -12,10 +12,17 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+use crate::config::KafkaConfig;
 use crate::partition::replay_plan::Bounds;
 
-/// Group id of the bounds readers (required by librdkafka; never joined).
-pub const READER_GROUP: &str = "onad-stream-bounds-reader";
+/// Group id of the bounds reader (required by librdkafka; never joined).
+const READER_GROUP: &str = "onad-stream-tail-reader";
+
+/// The settings of the reader the functions below take: [`super::client::reader`]'s.
+pub fn reader(k: &KafkaConfig) -> ClientConfig {
+    super::client::reader(k, READER_GROUP)
+}
+
 /// Watermark requests.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reading stops once nothing has arrived for this long (the partitions are read to their end).

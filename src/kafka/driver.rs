@@ -113,14 +113,9 @@ impl WorkerContext {
                     return;
                 }
             };
-            // A partition resumed at its end starts there even when its snapshot claims more
-            // (`replay` relabelled it beyond the end): the records arriving below that claim
-            // are new. (Otherwise a snapshot ahead of the committed offset is normal: the
-            // commit lags the snapshot, and those records were delivered.)
+            // A partition resumed at its end starts there (see `resume::at_end`).
             let resume = match committed {
-                Some(end) if clamped.contains(&partition) && resume.start_at.is_none_or(|s| s > end) => {
-                    crate::partition::Resume { start_at: Some(end), ..resume }
-                }
+                Some(end) if clamped.contains(&partition) => resume::at_end(resume, end),
                 _ => resume,
             };
             if let Some(start) = resume.start_at {

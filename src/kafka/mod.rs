@@ -13,6 +13,7 @@
 //! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
 //! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
+//! - [`bounds`]: a partition's true end and the record at an offset, read from the log;
 //! - [`recovery`]: [`recovery::StoreHooks`], the state seam wired to RocksDB and these topics.
 //!
 //! Threads, not async tasks, carry the data path: one driver thread polls the consumer's main

@@ -168,6 +168,19 @@ pub fn resume(committed: Option<i64>, state: Restored, tails: Option<&Tails>, ep
     Resume { models, start_at, emit_from, emitted }
 }
 
+/// A partition whose group committed past its last record resumes at its `end` (as if the
+/// group had committed the end), even when its state claims more (`replay` relabelled it
+/// beyond the end): the records arriving below that claim are new. (Otherwise a snapshot
+/// ahead of the committed offset is normal: the commit lags the snapshot, and those records
+/// were delivered.)
+pub fn at_end(resume: Resume, end: i64) -> Resume {
+    if resume.start_at.is_none_or(|s| s > end) {
+        Resume { start_at: Some(end), ..resume }
+    } else {
+        resume
+    }
+}
+
 /// How a resumed partition treats each record it reads, from its [`Resume`].
 #[derive(Debug, Clone, Copy)]
 pub struct Replay {
@@ -309,6 +322,14 @@ mod tests {
         assert_eq!(next_epoch(0, &Tails::default()), 1);
         assert_eq!(next_epoch(1, &tails(&[(4, 5)], &[], &[], Some(2))), 5);
         assert_eq!(next_epoch(6, &tails(&[(4, 5)], &[], &[], None)), 7);
+    }
+
+    #[test]
+    fn a_group_committed_past_the_end_resumes_at_the_end_even_if_its_state_claims_more() {
+        let claims = |start_at| Resume { start_at, ..Resume::default() };
+        assert_eq!(at_end(claims(Some(120)), 100).start_at, Some(100), "relabelled beyond the end");
+        assert_eq!(at_end(claims(None), 100).start_at, Some(100));
+        assert_eq!(at_end(claims(Some(40)), 100).start_at, Some(40), "an older snapshot still replays its gap");
     }
 
     #[test]
