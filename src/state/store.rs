@@ -374,16 +374,7 @@ impl StateStore {
     /// Every model of a snapshot as its checked envelope bytes (envelopes verified, payloads
     /// not decoded), failing like [`StateStore::load`] on any bad value.
     pub fn encoded_models(&self, info: &SnapshotInfo) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let raw = self.raw_models(info)?;
-        if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                offset: info.offset,
-                expected: info.keys,
-                found: raw.len() as u64,
-            });
-        }
+        let raw = self.complete_models(info)?;
         raw.into_iter()
             .map(|(k, v)| {
                 let key = String::from_utf8_lossy(&k).into_owned();
@@ -468,6 +459,22 @@ impl StateStore {
         })
     }
 
+    /// As [`StateStore::raw_models`], failing when the snapshot holds another number of keys
+    /// than its metadata recorded (a snapshot is used whole or not at all).
+    fn complete_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
+        let raw = self.raw_models(info)?;
+        if raw.len() as u64 != info.keys {
+            return Err(StateError::Incomplete {
+                topic: info.topic.clone(),
+                partition: info.partition,
+                offset: info.offset,
+                expected: info.keys,
+                found: raw.len() as u64,
+            });
+        }
+        Ok(raw)
+    }
+
     /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
     fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
         let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
@@ -506,16 +513,7 @@ impl StateStore {
     /// the metadata) fails the whole snapshot: a partition is restored consistently or not
     /// at all.
     pub fn load<T: DeserializeOwned>(&self, info: &SnapshotInfo) -> Result<Snapshot<T>, StateError> {
-        let raw = self.raw_models(info)?;
-        if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                offset: info.offset,
-                expected: info.keys,
-                found: raw.len() as u64,
-            });
-        }
+        let raw = self.complete_models(info)?;
         let mut models = Vec::with_capacity(raw.len());
         for (k, v) in raw {
             let corrupt = |key: String, source| StateError::Corrupt {
