@@ -136,6 +136,7 @@ impl WorkerContext {
                     tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");
                     running.insert(partition, Running { stop, thread });
                     self.shared.stats.partitions.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.partition(&topic, partition);
                 }
                 Err(e) => {
                     self.shared.fail(WorkerError::Thread(e.to_string()));
@@ -163,7 +164,10 @@ impl WorkerContext {
         let n = taken.len();
         self.shared.stats.partitions.fetch_sub(n as u64, Ordering::Relaxed);
         for (partition, r) in taken {
-            match r.thread.join() {
+            let joined = r.thread.join();
+            // After the join: the thread may touch its stats until it returns.
+            self.shared.stats.forget_partition(&self.shared.topic, partition);
+            match joined {
                 Ok(exit) => {
                     // A thread that failed has already reported it; its models are not parked.
                     if exit.error.is_some() {

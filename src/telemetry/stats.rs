@@ -1,8 +1,9 @@
 //! The worker's live counters: plain atomics the hot path bumps, read by `/metrics`
 //! ([`super::metrics`]), `/health` and the [`RunSummary`] a run returns.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Live counters of a running worker (read them any time; they only grow).
@@ -35,9 +36,68 @@ pub struct WorkerStats {
     pub past_end_resets: AtomicU64,
     /// The last state failure's message, while one lasts (for `/health`).
     pub state_error: Mutex<Option<String>>,
+    /// The consumer has joined its group and holds an assignment (set by the rebalance
+    /// callbacks; an empty assignment still counts as joined).
+    pub group_joined: AtomicBool,
+    /// Unix time (ms) of the consumer's last poll of its main queue; 0 before the first.
+    pub last_poll_ms: AtomicU64,
+    /// Unix time (ms) since which no broker has been reachable; 0 while one is.
+    pub broker_down_since_ms: AtomicU64,
+    /// Why the worker is going down, once a fatal error was seen (for `/ready`).
+    pub fatal_reason: Mutex<Option<String>>,
+    /// Per assigned partition: the state `/ready` and `/metrics` report. Entries are
+    /// created on assignment ([`WorkerStats::partition`]) and removed on revocation.
+    pub per_partition: Mutex<BTreeMap<(String, i32), Arc<PartitionStats>>>,
+}
+
+/// What one assigned partition reports (gauges; written by its owner, read by telemetry).
+#[derive(Debug, Default)]
+pub struct PartitionStats {
+    /// Consumer lag in records, from librdkafka's statistics (`consumer_lag`); -1 unknown.
+    pub lag: std::sync::atomic::AtomicI64,
+    /// Sensor pipelines of this partition (in memory and evicted).
+    pub models: AtomicU64,
+    /// Sensor pipelines held in memory now.
+    pub models_resident: AtomicU64,
+    /// Bytes of the resident pipelines' state (their encoded size).
+    pub model_bytes: AtomicU64,
+    /// Pipelines written to the store and dropped from memory to keep the budget.
+    pub evictions: AtomicU64,
+    /// Evicted pipelines loaded back on their sensor's next reading.
+    pub reloads: AtomicU64,
+    /// Circuit breakers open now (their pipelines are scored by the fallback).
+    pub breakers_open: AtomicU64,
+    /// Circuit breakers half-open now (a trial reading decides).
+    pub breakers_half_open: AtomicU64,
+    /// Readings scored by a fallback detector (`degraded = true`).
+    pub degraded: AtomicU64,
+    /// Unix time (ms) of the last snapshot written; 0 before the first.
+    pub last_snapshot_ms: AtomicU64,
+    /// Duration of the last snapshot write, microseconds.
+    pub last_snapshot_us: AtomicU64,
+    /// Bytes of the last snapshot written.
+    pub last_snapshot_bytes: AtomicU64,
 }
 
 impl WorkerStats {
+    /// The stats of an assigned partition, created on first use (call on assignment).
+    pub fn partition(&self, topic: &str, partition: i32) -> Arc<PartitionStats> {
+        let mut map = self.per_partition.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((topic.to_string(), partition)).or_default().clone()
+    }
+
+    /// Forget a partition's stats (call on revocation).
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        let mut map = self.per_partition.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&(topic.to_string(), partition));
+    }
+
+    /// The assigned partitions' stats now, in (topic, partition) order.
+    pub fn partitions_now(&self) -> Vec<((String, i32), Arc<PartitionStats>)> {
+        let map = self.per_partition.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// Why the worker is unhealthy, if it is: state that cannot be saved.
     pub fn unhealthy_reason(&self) -> Option<String> {
         let failing = self.state_failing.load(Ordering::Relaxed);
