@@ -36,6 +36,16 @@ pub const DEFAULT_MAX_FEATURES: usize = 1024;
 pub const DEFAULT_MAX_SENSOR_ID_BYTES: usize = 256;
 /// Largest input record accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+/// ONAD's `ResilientAnomalyDetector.error_window`: readings whose outcomes a breaker weighs.
+pub const DEFAULT_ERROR_WINDOW: u32 = 100;
+/// ONAD's `error_threshold`: a breaker opens when more than 10% of its window failed.
+pub const DEFAULT_ERROR_THRESHOLD: f64 = 0.1;
+/// ONAD's `circuit_breaker_timeout` (300 s), here in event time (reading timestamps).
+pub const DEFAULT_OPEN_TIMEOUT: &str = "5m";
+/// The fallback detector of an open breaker (ONAD's "simple statistical" fallback).
+pub const DEFAULT_FALLBACK: &str = "zscore";
+/// Per-sensor alert cooldown: 0 keeps one alert per anomalous reading.
+pub const DEFAULT_ALERT_COOLDOWN: &str = "0s";
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
 
@@ -113,6 +123,12 @@ pub struct RawConfig {
     /// Input validation limits.
     #[serde(default)]
     pub validation: ValidationConfig,
+    /// Circuit breaker and fallback per sensor pipeline.
+    #[serde(default)]
+    pub resilience: ResilienceConfig,
+    /// `AnomalyAlert` de-duplication.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 fn default_model_type() -> String {
@@ -236,6 +252,50 @@ impl Default for ValidationConfig {
     }
 }
 
+/// `[resilience]`: a circuit breaker per sensor pipeline (see `ops::breaker`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// Readings (per sensor) whose main-detector outcomes the breaker weighs.
+    pub error_window: u32,
+    /// Fraction of `error_window` that must fail, strictly exceeded, to open the breaker.
+    pub error_threshold: f64,
+    /// How long a breaker stays open before a trial reading, in event time (the readings'
+    /// timestamps), e.g. `"30s"`, `"5m"`.
+    pub open_timeout: String,
+    /// Detector that scores while a breaker is open (a `model_type` with its default
+    /// parameters, kept warm on every reading), or `"none"`: failed readings then go to
+    /// dead letters of kind PROCESSING.
+    pub fallback: String,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            error_window: DEFAULT_ERROR_WINDOW,
+            error_threshold: DEFAULT_ERROR_THRESHOLD,
+            open_timeout: DEFAULT_OPEN_TIMEOUT.into(),
+            fallback: DEFAULT_FALLBACK.into(),
+        }
+    }
+}
+
+/// `[alerts]`: what becomes an `AnomalyAlert`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Per sensor, in event time: after an alert, anomalous readings within this long of it
+    /// raise no further alert (their `ScoredReading`s still say `is_anomaly = true`).
+    /// `"0s"` (the default): every anomalous reading raises one.
+    pub cooldown: String,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { cooldown: DEFAULT_ALERT_COOLDOWN.into() }
+    }
+}
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -245,6 +305,12 @@ pub struct Config {
     pub pipeline: PipelineFactory,
     /// `state.checkpoint_secs` as a duration.
     pub checkpoint_every: Duration,
+    /// `resilience.open_timeout`, checked.
+    pub open_timeout: Duration,
+    /// Builds fallback pipelines (`resilience.fallback`); `None` for `"none"`.
+    pub fallback: Option<PipelineFactory>,
+    /// `alerts.cooldown`, checked.
+    pub alert_cooldown: Duration,
 }
 
 impl std::ops::Deref for Config {
@@ -333,7 +399,7 @@ impl Config {
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
             return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
         }
-        let pipeline = PipelineSpec {
+        let spec = PipelineSpec {
             model_type: raw.model_type.clone(),
             model_params: raw.model_params.clone(),
             preprocessing_steps: raw.preprocessing_steps.clone(),
@@ -341,11 +407,42 @@ impl Config {
             learn_first: raw.learn_first,
             learn_anomalies: raw.learn_anomalies,
             seed: raw.seed,
+        };
+        let pipeline = spec.check()?;
+        let r = &raw.resilience;
+        if r.error_window < 1 {
+            return Err(invalid("resilience.error_window", "must be at least 1"));
         }
-        .check()?;
+        if !(0.0..1.0).contains(&r.error_threshold) {
+            return Err(invalid("resilience.error_threshold", "must be in [0, 1)"));
+        }
+        let open_timeout = parse_duration("resilience.open_timeout", &r.open_timeout)?;
+        // The fallback: the model's thresholds and learning order, default parameters, no
+        // preprocessing (a z-score is already per-feature scale-free).
+        let fallback = match r.fallback.as_str() {
+            "none" => None,
+            model => Some(
+                PipelineSpec { model_type: model.into(), model_params: Params::new(), preprocessing_steps: Vec::new(), ..spec }
+                    .check()
+                    .map_err(|e| invalid("resilience.fallback", &format!("{e} (or \"none\")")))?,
+            ),
+        };
+        let alert_cooldown = parse_duration("alerts.cooldown", &raw.alerts.cooldown)?;
         let checkpoint_every = Duration::from_secs(raw.state.checkpoint_secs);
-        Ok(Self { raw, pipeline, checkpoint_every })
+        Ok(Self { raw, pipeline, checkpoint_every, open_timeout, fallback, alert_cooldown })
     }
+}
+
+/// A non-negative duration such as `"30s"`, `"5m"`, `"1h 30m"` or `"0"`, naming `key` when
+/// it is not one.
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { key: key.into(), reason };
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d: jiff::SignedDuration =
+        text.trim().parse().map_err(|e| invalid(format!("`{text}` is not a duration like \"30s\" or \"5m\": {e}")))?;
+    Duration::try_from(d).map_err(|_| invalid(format!("`{text}` is negative")))
 }
 
 /// Set `dotted.key` in `table` to `value` parsed as a TOML value (or a string).
@@ -411,6 +508,34 @@ mod tests {
         assert!(err.contains("nope"), "{err}");
         let err = load("[model_params]\nwarm_upp = 3\n", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("warm_upp"), "{err}");
+    }
+
+    #[test]
+    fn resilience_and_alert_cooldown_default_to_onad_and_one_alert_per_anomaly() {
+        let c = load("", &[], &[]).unwrap();
+        assert_eq!((c.resilience.error_window, c.resilience.error_threshold), (100, 0.1));
+        assert_eq!(c.open_timeout, Duration::from_secs(300));
+        assert_eq!(c.fallback.as_ref().map(|f| f.detector_name()), Some("zscore"));
+        assert_eq!(c.alert_cooldown, Duration::ZERO);
+        let c = load("[resilience]\nfallback = \"none\"\nopen_timeout = \"1m 30s\"\n[alerts]\ncooldown = \"5m\"\n", &[], &[]).unwrap();
+        assert!(c.fallback.is_none());
+        assert_eq!(c.open_timeout, Duration::from_secs(90));
+        assert_eq!(c.alert_cooldown, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn impossible_resilience_values_name_the_key() {
+        for (text, key) in [
+            ("[resilience]\nerror_window = 0\n", "resilience.error_window"),
+            ("[resilience]\nerror_threshold = 1.0\n", "resilience.error_threshold"),
+            ("[resilience]\nopen_timeout = \"soon\"\n", "resilience.open_timeout"),
+            ("[resilience]\nfallback = \"zscorre\"\n", "resilience.fallback"),
+            ("[alerts]\ncooldown = \"-5m\"\n", "alerts.cooldown"),
+            ("[alerts]\ncooldwn = \"5m\"\n", "cooldwn"),
+        ] {
+            let err = load(text, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

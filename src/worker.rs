@@ -70,11 +70,7 @@ impl Worker {
         tracing::info!(topic = %k.input_topic, partitions, group = %k.group_id, detector = self.config.pipeline.detector_name(), "worker starting");
         let shared = Arc::new(Shared {
             topic: k.input_topic.as_str().into(),
-            processor: Arc::new(ProcessorConfig {
-                factory: self.config.pipeline.clone(),
-                limits: self.config.validation.clone(),
-                scoring: self.scoring,
-            }),
+            processor: Arc::new(ProcessorConfig::new(&self.config, self.scoring)),
             producer: OutputProducer::new(k)?,
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),

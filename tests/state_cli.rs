@@ -25,7 +25,7 @@ fn snapshot_inspect_lists_partitions_keys_and_dumps_a_model() {
             for t in 0..50 {
                 pipeline.process(&[t as f64, (t * i) as f64]);
             }
-            (format!("pump-{i}"), KeyPipeline { features: vec!["flow".into(), "temp".into()], pipeline, processed: 50, anomalies: 0 })
+            (format!("pump-{i}"), KeyPipeline { processed: 50, ..KeyPipeline::new(vec!["flow".into(), "temp".into()], pipeline) })
         })
         .collect();
     let store = StateStore::open(dir.path(), 4).expect("open");
@@ -78,7 +78,7 @@ fn snapshot_inspect_dumps_every_model_type_and_transform() {
                 let t = t as f64;
                 pipeline.process(&[t.sin(), (t * 0.3).cos(), t % 7.0]);
             }
-            (name.clone(), KeyPipeline { features: vec!["a".into(), "b".into(), "c".into()], pipeline, processed: 300, anomalies: 0 })
+            (name.clone(), KeyPipeline { processed: 300, ..KeyPipeline::new(vec!["a".into(), "b".into(), "c".into()], pipeline) })
         })
         .collect();
     store.write_snapshot("plant-in", 0, 299, models.iter().map(|(k, m)| (k.as_str(), m))).expect("written");

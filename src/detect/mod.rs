@@ -31,7 +31,7 @@ pub mod univariate;
 pub mod zscore;
 
 pub use params::{ParamValue, Params, SpecError};
-pub use pipeline::{Pipeline, PipelineFactory, PipelineSpec, Scored, Severity, StepSpec, Thresholds};
+pub use pipeline::{Pipeline, PipelineFactory, PipelineSpec, ScoreError, Scored, Severity, StepSpec, Thresholds};
 pub use series::Band;
 
 /// An online feature transform (scaler, projection).

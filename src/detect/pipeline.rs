@@ -411,6 +411,20 @@ pub struct Scored {
     pub bands: Vec<Band>,
 }
 
+/// Why [`Pipeline::try_process_at`] could not score a point.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    /// The detector's raw score is NaN or infinite (e.g. squared distances that overflow on
+    /// huge but finite values).
+    #[error("non-finite raw score {raw}")]
+    NonFinite {
+        /// The raw score.
+        raw: f64,
+        /// The detector learned the point before scoring it (`learn_first`).
+        learned: bool,
+    },
+}
+
 /// One sensor's model: detector + calibrator + thresholds. Plain data, serializable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pipeline {
@@ -522,12 +536,56 @@ impl Pipeline {
     /// [`Detector::set_time`] before it scores and learns, so `score_one` / `learn_one` keep
     /// their signatures and every other detector is untouched.
     pub fn process_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Scored {
+        let (raw, bands) = self.raw_at(x, ts_ms);
+        self.finish(x, raw, bands)
+    }
+
+    /// [`Self::process_at`], refusing a non-finite raw score: it is neither calibrated nor
+    /// learned (a NaN or infinity would push the calibrator's tail and the model's running
+    /// statistics out of range for good). In score-then-learn order the pipeline is then
+    /// exactly as before the call; with `learn_first` its detector has already learned `x`
+    /// ([`ScoreError::NonFinite::learned`]), and the caller should start the model over.
+    pub fn try_process_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Result<Scored, ScoreError> {
+        let (raw, bands) = self.raw_at(x, ts_ms);
+        if !raw.is_finite() {
+            return Err(ScoreError::NonFinite { raw, learned: self.learn_first });
+        }
+        Ok(self.finish(x, raw, bands))
+    }
+
+    /// Score `x` at `ts_ms` without learning it (neither the model nor its calibrator, in
+    /// either learning order): how a fallback answers for a reading it must not learn from.
+    /// A non-finite raw score is refused, as in [`Self::try_process_at`].
+    pub fn try_score_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Result<Scored, ScoreError> {
+        self.detector().set_time(ts_ms);
+        let mut bands = Vec::new();
+        if self.steps.is_empty() && !self.detector().bands(x, &mut bands) {
+            bands.clear();
+        }
+        let raw = self.raw_score(x);
+        if !raw.is_finite() {
+            return Err(ScoreError::NonFinite { raw, learned: false });
+        }
+        let score = self.calibrator.score(raw);
+        let is_anomaly = score > self.thresholds.anomaly;
+        let top_features = if is_anomaly { self.explain(x) } else { Vec::new() };
+        Ok(Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features, bands })
+    }
+
+    /// The detector's raw score of `x` at `ts_ms` and its bands; learned first with
+    /// `learn_first`.
+    fn raw_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> (f64, Vec<Band>) {
         self.detector().set_time(ts_ms);
         let mut bands = Vec::new();
         if self.steps.is_empty() && !self.detector().bands(x, &mut bands) {
             bands.clear();
         }
         let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
+        (raw, bands)
+    }
+
+    /// Calibrate `raw`, threshold it, explain an anomaly and learn `x` (score-then-learn).
+    fn finish(&mut self, x: &[f64], raw: f64, bands: Vec<Band>) -> Scored {
         let score = self.calibrator.score(raw);
         self.calibrator.learn(raw);
         let is_anomaly = score > self.thresholds.anomaly;

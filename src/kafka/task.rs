@@ -18,6 +18,7 @@ use super::producer::OutputProducer;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
 use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
+use crate::telemetry::stats::PartitionStats;
 use crate::telemetry::WorkerStats;
 
 /// How long a poll waits for the first record of a batch (bounds the reaction to stop).
@@ -88,6 +89,8 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     replay: Replay,
     /// While the state cannot be saved: when to retry, and the wait after that.
     stalled: Option<(std::time::Instant, Duration)>,
+    /// This partition's gauges (breakers, degraded readings) for `/ready` and `/metrics`.
+    gauges: Arc<PartitionStats>,
 }
 
 impl<C: ConsumerContext + 'static> PartitionTask<C> {
@@ -105,7 +108,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let topic = shared.topic.clone();
         let replay = Replay::new(&resume, committed);
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
-        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None }
+        let gauges = shared.stats.partition(&topic, partition);
+        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None, gauges }
     }
 
     /// Run until told to stop (or a fatal error); then drain.
@@ -160,6 +164,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
+            // A trial reading is decided within the reading, so no breaker is half-open here.
+            self.gauges.breakers_open.store(self.processor.breakers_open(), Ordering::Relaxed);
+            self.gauges.degraded.store(self.processor.degraded(), Ordering::Relaxed);
             // Every round, idle ones too: a time-based snapshot is due without new records,
             // and a due one is written once its outputs are delivered.
             if self.stalled.is_none() || retry_due {

@@ -1,4 +1,6 @@
-//! Operational safeguards around the detection core: input validation now; circuit breaker and
-//! fallback, rate limiting and the memory budget later.
+//! Operational safeguards around the detection core: input validation, the per-sensor
+//! circuit breaker and its warm fallback; rate limiting and the memory budget later.
 
+pub mod breaker;
+pub mod fallback;
 pub mod validate;

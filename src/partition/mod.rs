@@ -21,8 +21,10 @@ use std::sync::Arc;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ValidationConfig;
+use crate::config::{Config, ValidationConfig};
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
+use crate::ops::breaker::{BreakerParams, BreakerState};
+use crate::ops::fallback::{self, Guard, Resilience, Verdict};
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
 
@@ -42,6 +44,20 @@ pub struct KeyPipeline {
     pub processed: u64,
     /// Readings flagged as anomalies so far.
     pub anomalies: u64,
+    /// The sensor's circuit breaker and warm fallback pipeline.
+    #[serde(default)]
+    pub guard: Guard,
+    /// Event time (reading timestamp, ms) of the sensor's last `AnomalyAlert`, for
+    /// `alerts.cooldown`; `None` before the first.
+    #[serde(default)]
+    pub last_alert_ms: Option<i64>,
+}
+
+impl KeyPipeline {
+    /// A sensor's fresh entry: its features and main pipeline, nothing counted yet.
+    pub fn new(features: Vec<String>, pipeline: Pipeline) -> Self {
+        Self { features, pipeline, processed: 0, anomalies: 0, guard: Guard::default(), last_alert_ms: None }
+    }
 }
 
 /// Everything a partition has learned: the unit of a snapshot.
@@ -61,7 +77,8 @@ pub struct Models {
 /// What happened to one input record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Scored; `anomaly` says whether an alert was emitted too.
+    /// Scored; `anomaly` says whether an alert was emitted too (an anomaly within the
+    /// sensor's `alerts.cooldown` is scored `is_anomaly = true` but emits none).
     Scored {
         /// An alert was emitted.
         anomaly: bool,
@@ -92,6 +109,28 @@ pub struct ProcessorConfig {
     /// valid reading with score 0 and detector "none": it measures the worker without the
     /// detector's cost and is never a production setting.
     pub scoring: bool,
+    /// Circuit breaker settings and the fallback detector.
+    pub resilience: Resilience,
+    /// `alerts.cooldown` in ms of event time (0: an alert per anomalous reading).
+    pub alert_cooldown_ms: i64,
+}
+
+impl ProcessorConfig {
+    /// The settings of a checked `config`; `scoring` as [`ProcessorConfig::scoring`].
+    pub fn new(config: &Config, scoring: bool) -> Self {
+        let r = &config.resilience;
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            factory: config.pipeline.clone(),
+            limits: config.validation.clone(),
+            scoring,
+            resilience: Resilience {
+                breaker: BreakerParams { window: r.error_window, threshold: r.error_threshold, open_timeout_ms: ms(config.open_timeout) },
+                fallback: config.fallback.clone(),
+            },
+            alert_cooldown_ms: ms(config.alert_cooldown),
+        }
+    }
 }
 
 /// The synchronous per-partition core.
@@ -106,12 +145,27 @@ pub struct Processor {
     models: Models,
     /// Reused dense feature vector.
     x: Vec<f64>,
+    /// Sensors of `models` whose breaker is open now (kept as breakers change, for stats).
+    breakers_open: u64,
+    /// Readings scored by a fallback by this processor (degraded).
+    degraded: u64,
 }
 
 impl Processor {
     /// A processor for `topic`/`partition` starting from `models`.
     pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
-        Self { topic, partition, config, models, x: Vec::new() }
+        let breakers_open = open_breakers(&models);
+        Self { topic, partition, config, models, x: Vec::new(), breakers_open, degraded: 0 }
+    }
+
+    /// Sensors whose circuit breaker is open now.
+    pub fn breakers_open(&self) -> u64 {
+        self.breakers_open
+    }
+
+    /// Readings this processor scored with a fallback detector (`degraded = true`).
+    pub fn degraded(&self) -> u64 {
+        self.degraded
     }
 
     /// The learned state.
@@ -167,29 +221,33 @@ impl Processor {
             None => {
                 let features: Vec<String> = reading.values.keys().cloned().collect();
                 let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
-                self.models.keys.entry(reading.sensor_id.clone()).or_insert(KeyPipeline { features, pipeline, processed: 0, anomalies: 0 })
+                self.models.keys.entry(reading.sensor_id.clone()).or_insert(KeyPipeline::new(features, pipeline))
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
         self.x.clear();
         self.x.extend(reading.values.values().copied());
+        let mut degraded = None;
         let s = if self.config.scoring {
-            // A detector bug must not become a crash loop on the same record: the record goes
-            // to dead letters and the sensor's model, possibly half-updated, starts over.
-            let (pipeline, x, ts) = (&mut kp.pipeline, &self.x, Some(reading.timestamp_ms));
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pipeline.process_at(x, ts))) {
-                Ok(s) => s,
-                Err(cause) => {
-                    let cause = cause
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| cause.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    self.models.keys.remove(&reading.sensor_id);
-                    return Err(Rejection::new(
-                        ErrorKind::Processing,
-                        format!("detector failed ({cause}); this sensor's model starts over"),
-                    ));
+            let main =
+                fallback::Main { factory: &self.config.factory, name: self.config.factory.detector_name(), pipeline: &mut kp.pipeline };
+            let was_open = kp.guard.breaker.state() == BreakerState::Open;
+            let g = fallback::score(&self.config.resilience, main, &mut kp.guard, &reading.sensor_id, &self.x, reading.timestamp_ms);
+            match (was_open, kp.guard.breaker.state() == BreakerState::Open) {
+                (false, true) => self.breakers_open += 1,
+                (true, false) => self.breakers_open = self.breakers_open.saturating_sub(1),
+                _ => {}
+            }
+            match g.verdict {
+                Verdict::Main(s) => s,
+                Verdict::Degraded(s, why) => {
+                    self.degraded += 1;
+                    degraded = Some(why);
+                    s
+                }
+                Verdict::Failed(why) => {
+                    // The reading is not counted by the sensor's pipeline: nobody scored it.
+                    return Err(Rejection::new(ErrorKind::Processing, why));
                 }
             }
         } else {
@@ -197,16 +255,45 @@ impl Processor {
         };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
+        let alert = s.is_anomaly && cooled_down(&mut kp.last_alert_ms, reading.timestamp_ms, self.config.alert_cooldown_ms);
+        let detector = match (&degraded, &self.config.resilience.fallback) {
+            _ if !self.config.scoring => "none",
+            (Some(_), Some(f)) => f.detector_name(),
+            _ => self.config.factory.detector_name(),
+        };
         let cx = output::ScoreContext {
-            detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },
+            detector,
             features: &kp.features,
             processed: kp.processed,
             anomalies: kp.anomalies,
             now_ms,
+            degraded: degraded.as_deref(),
+            alert,
         };
         output::scored(src, &reading, &s, &cx, out);
-        Ok(s.is_anomaly)
+        Ok(alert)
     }
+}
+
+/// Whether an anomalous reading at `ts_ms` raises an alert under a per-sensor cooldown of
+/// `cooldown_ms` (event time) after the alert at `last`; records it in `last` when it does.
+/// A reading within the cooldown of the last alert, before or after it (a late reading),
+/// raises none; the cooldown runs from the last alert *raised*, so a lasting anomaly raises
+/// one alert per cooldown.
+fn cooled_down(last: &mut Option<i64>, ts_ms: i64, cooldown_ms: i64) -> bool {
+    let due = match *last {
+        Some(t) if cooldown_ms > 0 => ts_ms.abs_diff(t) >= cooldown_ms.unsigned_abs(),
+        _ => true,
+    };
+    if due {
+        *last = Some(last.map_or(ts_ms, |t| t.max(ts_ms)));
+    }
+    due
+}
+
+/// Sensors of `models` whose breaker is open.
+fn open_breakers(models: &Models) -> u64 {
+    models.keys.values().filter(|k| k.guard.breaker.state() == BreakerState::Open).count() as u64
 }
 
 /// Where a partition's state comes from and goes to (implemented by the state store, issue 4).
@@ -247,6 +334,9 @@ pub fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
+mod resilience_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
@@ -254,7 +344,7 @@ mod tests {
 
     fn processor() -> Processor {
         let c = Config::load_from(None, &[], &[]).unwrap();
-        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true };
+        let pc = ProcessorConfig::new(&c, true);
         Processor::new("in".into(), 3, Arc::new(pc), Models::default())
     }
 

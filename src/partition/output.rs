@@ -105,9 +105,15 @@ pub struct ScoreContext<'a> {
     pub anomalies: u64,
     /// Wall clock, ms since epoch.
     pub now_ms: i64,
+    /// Why a fallback scored the reading (`degraded = true`); `None` for the main detector.
+    pub degraded: Option<&'a str>,
+    /// Emit the `AnomalyAlert` of an anomalous reading (false within the sensor's alert
+    /// cooldown: the `ScoredReading` still says `is_anomaly`).
+    pub alert: bool,
 }
 
-/// The `ScoredReading` of a valid reading, and its `AnomalyAlert` when it is an anomaly.
+/// The `ScoredReading` of a valid reading, and its `AnomalyAlert` when it is an anomaly and
+/// `cx.alert` says to raise one.
 pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreContext<'_>, out: &mut Vec<OutRecord>) {
     let key = reading.sensor_id.as_bytes().to_vec();
     let rate = if cx.processed == 0 { 0.0 } else { cx.anomalies as f64 / cx.processed as f64 };
@@ -120,15 +126,15 @@ pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreCo
         is_anomaly: s.is_anomaly,
         severity: severity(s.severity) as i32,
         detector: cx.detector.to_string(),
-        degraded: false,
-        degraded_reason: String::new(),
+        degraded: cx.degraded.is_some(),
+        degraded_reason: cx.degraded.unwrap_or_default().to_string(),
         source: Some(src.position()),
         processed_at_ms: cx.now_ms,
         counters: Some(PipelineCounters { processed: cx.processed, anomalies: cx.anomalies, anomaly_rate: rate }),
         bands: bands.clone(),
     };
     out.push(OutRecord { dest: Dest::Scores, key: key.clone(), payload: scored.encode_to_vec() });
-    if s.is_anomaly {
+    if s.is_anomaly && cx.alert {
         let top_features = s
             .top_features
             .iter()
@@ -143,7 +149,7 @@ pub fn scored(src: Source<'_>, reading: &SensorReading, s: &Scored, cx: &ScoreCo
             detector: cx.detector.to_string(),
             top_features,
             source: Some(src.position()),
-            degraded: false,
+            degraded: cx.degraded.is_some(),
             detected_at_ms: cx.now_ms,
             bands,
         };

@@ -29,7 +29,12 @@ pub const MAGIC: [u8; 4] = *b"ONSS";
 /// 2: a pipeline's calibrator is a peaks-over-threshold summary instead of a window of 2,000
 /// raw scores. There is no decoder for 1 (pre-release): a version-1 snapshot is an
 /// `UnknownVersion`, handled like any unreadable snapshot (changelog, else rebuild).
-pub const VERSION: u8 = 2;
+///
+/// 3: a sensor's entry (`KeyPipeline`) also holds its circuit breaker, its warm fallback
+/// pipeline and the time of its last alert (issue 9). Versions 1 and 2 are an
+/// `UnknownVersion`, handled as above: after an upgrade from 2, partitions rebuild their
+/// models from the input (or restore from a changelog written by version 3).
+pub const VERSION: u8 = 3;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 16;
 
