@@ -1,0 +1,116 @@
+//! Circuit breakers through the real binary and the broker: a sensor whose detector really
+//! fails (KNN's squared distances overflow on readings of 1e200, which validation accepts as
+//! finite) is scored by the warm fallback with `degraded = true` and the reason, the other
+//! sensors are not affected, no record is lost, and once `open_timeout` of event time has
+//! passed a healthy trial reading closes the breaker. Without a fallback the failed readings
+//! become PROCESSING dead letters.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use onad_stream::proto::{DeadLetter, ErrorKind, ScoredReading};
+use prost::Message as _;
+
+const WAIT: Duration = Duration::from_secs(120);
+const PARTITIONS: i32 = 2;
+
+/// KNN main detector; a breaker over 4 readings that opens above 50% (the 3rd failure) and
+/// tries again after 10 s of event time.
+fn toml(fallback: &str) -> String {
+    format!(
+        "model_type = \"knn\"\n[resilience]\nerror_window = 4\nerror_threshold = 0.5\nopen_timeout = \"10s\"\nfallback = \"{fallback}\"\n"
+    )
+}
+
+/// The value of sensor `id` at event time `ts` (ms): "bad" sends 1e200 from 60 s to 64 s.
+fn value(id: &str, ts: i64) -> f64 {
+    if id == "bad" && (60_000..=64_000).contains(&ts) {
+        1e200
+    } else {
+        10.0 + (ts / 500 % 7) as f64 * 0.1
+    }
+}
+
+/// "bad" and "good-0" on partition 0, "good-1" on partition 1: 120 healthy readings 0.5 s
+/// apart, then one a second from 60 s to 90 s.
+fn records() -> Vec<In> {
+    let times: Vec<i64> = (0..120).map(|i| i * 500).chain((60..=90).map(|s| s * 1000)).collect();
+    let mut v = Vec::new();
+    for ts in times {
+        for (id, partition) in [("bad", 0), ("good-0", 0), ("good-1", 1)] {
+            let x = value(id, ts);
+            v.push(In { key: Some(id.as_bytes().to_vec()), value: reading(id, ts, &[("a", x), ("b", x * 0.5)]), partition });
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sensor_is_scored_degraded_until_its_breaker_closes_and_others_are_unaffected() {
+    let mut s = Scenario::new("resil", PARTITIONS).await;
+    send(&s.config, &mut s.inputs, records()).await;
+    let worker = s.worker(&toml("zscore"));
+    let n = s.inputs.len();
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, &format!("{n} scores"), |o| o.len() >= n);
+        // Anything extra (a duplicate) would arrive right behind.
+        s.scores.read_for(Duration::from_secs(1));
+    });
+    worker.stop();
+    assert_exactly_once(&by_source(&s.scores.seen), &s.inputs);
+    let mut bad = BTreeMap::new();
+    for out in &s.scores.seen {
+        let r = ScoredReading::decode(&out.payload[..]).expect("scores topic holds ScoredReadings");
+        if r.sensor_id != "bad" {
+            assert!(!r.degraded && r.degraded_reason.is_empty() && r.detector == "knn", "{} is affected: {r:?}", r.sensor_id);
+            continue;
+        }
+        assert_eq!(r.degraded, !r.degraded_reason.is_empty(), "a degraded score says why: {r:?}");
+        bad.insert(r.timestamp_ms, r);
+    }
+    for (ts, r) in &bad {
+        // Failures from 60 s, open from the 3rd (62 s) until the healthy trial at 72 s.
+        let degraded = (60_000..72_000).contains(ts);
+        assert_eq!(r.degraded, degraded, "reading of `bad` at {ts} ms: {r:?}");
+        if degraded {
+            assert_eq!(r.detector, "zscore", "the fallback scored it");
+            assert!(r.score.is_finite() && (0.0..=1.0).contains(&r.score));
+        }
+    }
+    let reason = |ts: i64| bad[&ts].degraded_reason.as_str();
+    assert!(reason(60_000).starts_with("`knn` gave a non-finite raw score (inf)"), "{}", reason(60_000));
+    assert!(reason(62_000).contains("circuit breaker opened"), "{}", reason(62_000));
+    assert!(reason(70_000).starts_with("circuit breaker of `knn` open (3 of the last 4 readings failed)"), "{}", reason(70_000));
+    assert_eq!(bad[&72_000].detector, "knn", "the trial reading is the main detector's");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fallback_failed_readings_become_processing_dead_letters() {
+    let mut s = Scenario::new("resil-none", PARTITIONS).await;
+    send(&s.config, &mut s.inputs, records()).await;
+    let worker = s.worker(&toml("none"));
+    let mut dead = Collector::new(&s.config.kafka.dead_letter_topic, PARTITIONS);
+    // Failures at 60-62 s, then open until the trial at 72 s: 12 readings of `bad`.
+    let (n, letters) = (s.inputs.len(), 12);
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, &format!("{} scores", n - letters), |o| o.len() >= n - letters);
+        dead.until(WAIT, &format!("{letters} dead letters"), |d| d.len() >= letters);
+        s.scores.read_for(Duration::from_secs(1));
+        dead.read_for(Duration::from_millis(200));
+    });
+    worker.stop();
+    let mut all = s.scores.seen.clone();
+    all.extend(dead.seen.iter().cloned());
+    assert_exactly_once(&by_source(&all), &s.inputs);
+    for out in &dead.seen {
+        let d = DeadLetter::decode(&out.payload[..]).expect("dead-letter topic holds DeadLetters");
+        assert_eq!(d.error_kind, ErrorKind::Processing as i32, "{d:?}");
+        assert_eq!(d.original_key, b"bad");
+        assert!(d.error_message.contains("no fallback (resilience.fallback = \"none\")"), "{}", d.error_message);
+    }
+    let degraded = s.scores.seen.iter().filter(|o| ScoredReading::decode(&o.payload[..]).map(|r| r.degraded).unwrap_or(true)).count();
+    assert_eq!(degraded, 0, "nothing is degraded without a fallback");
+}
