@@ -165,7 +165,12 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             let retired = self.acks.advance(&self.consumer, wait)?;
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
             // A trial reading is decided within the reading, so no breaker is half-open here.
-            self.gauges.breakers_open.store(self.processor.breakers_open(), Ordering::Relaxed);
+            let open = self.processor.breakers_open();
+            let before = self.gauges.breakers_open.swap(open, Ordering::Relaxed);
+            if open != before {
+                // Per partition, not per sensor: the degraded outputs name each sensor's cause.
+                tracing::warn!(partition = self.processor.partition(), breakers_open = open, before, "circuit breakers changed");
+            }
             self.gauges.degraded.store(self.processor.degraded(), Ordering::Relaxed);
             // Every round, idle ones too: a time-based snapshot is due without new records,
             // and a due one is written once its outputs are delivered.
