@@ -10,6 +10,10 @@
 //!   worker calls it) of the time-series detectors and of `zscore` for scale, at 4 features on
 //!   the seasonal stream (e), a reading every 5 minutes; `_season288` = `season_length = 288`.
 //!
+//! - `processor/<model>/fallback_<zscore|none>`: `Processor::process` of one encoded reading
+//!   (decode, validate, score behind the circuit breaker, build outputs) with the warm
+//!   fallback on (the default) and off: the fallback's cost per reading.
+//!
 //! Every model first learns 20,000 points of stream (a), so windows are full, then the
 //! benchmark cycles through 4,096 further points. Before the benchmarks the state size of each
 //! model (postcard bytes, what a snapshot stores) is printed.
@@ -212,6 +216,59 @@ fn benches(c: &mut Criterion<CpuTime>) {
     group.finish();
 
     timeseries(c);
+    processor(c, &pts);
+}
+
+/// `Processor::process` of one encoded reading (decode, validate, route, score behind the
+/// breaker, build the outputs): what the warm fallback adds per reading, with the default
+/// `resilience.fallback = "zscore"` against `"none"`.
+fn processor(c: &mut Criterion<CpuTime>, pts: &[Vec<f64>]) {
+    use onad_stream::config::Config;
+    use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
+    use prost::Message as _;
+    let readings: Vec<Vec<u8>> = pts
+        .iter()
+        .enumerate()
+        .map(|(t, x)| {
+            let values = x.iter().enumerate().map(|(j, v)| (format!("f{j}"), *v)).collect();
+            let r = onad_stream::proto::SensorReading {
+                sensor_id: "bench".into(),
+                timestamp_ms: START_MS + t as i64 * 1000,
+                values,
+                ..Default::default()
+            };
+            r.encode_to_vec()
+        })
+        .collect();
+    let mut group = c.benchmark_group("processor");
+    group.throughput(Throughput::Elements(1));
+    for model in ["zscore", "knn", "isolation_forest"] {
+        for fallback in ["zscore", "none"] {
+            let sets = [format!("model_type=\"{model}\""), format!("resilience.fallback=\"{fallback}\""), "seed=1".to_string()];
+            let config = Config::load_from(None, &[], &sets).expect("bench config");
+            let pc = std::sync::Arc::new(ProcessorConfig::new(&config, true));
+            let mut p = Processor::new("bench".into(), 0, pc, Models::default());
+            let mut out = Vec::new();
+            let mut offset = 0i64;
+            for r in &readings[..WARM] {
+                out.clear();
+                p.process(InputRecord { key: Some(b"bench"), value: Some(r), offset }, 0, &mut out);
+                offset += 1;
+            }
+            let bytes = postcard::to_stdvec(p.models()).map(|b| b.len()).unwrap_or(0);
+            println!("  processor/{model}/fallback_{fallback}: one sensor's state {bytes} bytes (postcard)");
+            let mut i = 0;
+            group.bench_function(format!("{model}/fallback_{fallback}"), |b| {
+                b.iter(|| {
+                    i = (i + 1) % CYCLE;
+                    offset += 1;
+                    out.clear();
+                    black_box(p.process(InputRecord { key: Some(b"bench"), value: Some(&readings[WARM + i]), offset }, 0, &mut out))
+                })
+            });
+        }
+    }
+    group.finish();
 }
 
 /// The time-series detectors at 4 features, fed timestamps that keep increasing.

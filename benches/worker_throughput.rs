@@ -1,6 +1,7 @@
 //! Throughput of `run` on the local broker: readings per second from the first record taken
 //! to the last record acknowledged (all outputs delivered, offset stored), for
-//! - `zscore`: the default detector;
+//! - `zscore`: the default detector (with the default warm fallback, a second z-score);
+//! - `zscore-nofb`: the same without the fallback (`resilience.fallback = "none"`);
 //! - `no scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
 //! - `bare loop`: consume -> produce the same bytes to the same partition, no decode (the
 //!   ceiling design.md measures; run here in the same process and moment as a peer).
@@ -180,8 +181,12 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
         println!("worker_throughput: {n} readings, {PARTITIONS} partitions, {SENSORS} sensors, 4 features, broker {}", bootstrap());
-        for (mode, scoring) in [("zscore", true), ("no-scoring", false)] {
-            let config = prepare(mode, n).await;
+        for (mode, scoring) in [("zscore", true), ("zscore-nofb", true), ("no-scoring", false)] {
+            let mut config = prepare(mode, n).await;
+            if mode == "zscore-nofb" {
+                // The same worker without the warm fallback (`resilience.fallback = "none"`).
+                config.fallback = None;
+            }
             let secs = time_worker(config, n as u64, scoring).await;
             println!("  run, {mode:<10}: {secs:6.2} s  {:>9.0} readings/s", n as f64 / secs);
         }

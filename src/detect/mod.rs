@@ -26,6 +26,7 @@ pub mod svm;
 pub mod synthetic;
 #[cfg(test)]
 mod testutil;
+pub mod thresholds;
 pub mod transform;
 pub mod univariate;
 pub mod zscore;

@@ -19,83 +19,11 @@ use super::params::{read_tagged, Params, SpecError};
 use super::rshash::{RsHash, RsHashParams, RsHashSpec};
 use super::series::Band;
 use super::svm::{AdaptiveSvm, AdaptiveSvmParams, AdaptiveSvmSpec};
+pub use super::thresholds::{Severity, Thresholds};
 use super::transform::{AnyTransform, StepParamsSpec, TransformParams};
 use super::univariate::{MovingKind, MovingStat, MovingStatParams, MovingStatSpec};
 use super::zscore::{ZScore, ZScoreParams, ZScoreSpec};
 use super::{Detector, Transformer};
-
-/// Severity band of a calibrated score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Severity {
-    /// Up to `medium`.
-    Low,
-    /// Above `medium`, up to `high`.
-    Medium,
-    /// Above `high`, up to `critical`.
-    High,
-    /// Above `critical`.
-    Critical,
-}
-
-/// Score bounds, compared against the calibrated score in [0, 1] (strictly greater, as ONAD).
-///
-/// A calibrated score `s` means a raw score that about one clean reading in `10^(5 s)` of the
-/// same sensor exceeds ([`super::calibrate`]): 0.6 = 1 in 1,000, 0.8 = 1 in 10,000, 1.0 = 1 in
-/// 100,000 or rarer. The defaults are not ONAD's 0.7/0.7/0.8/0.9 (which on this scale would
-/// flag 1 clean reading in ~3,200): an operator gets about one alert per sensor per 10,000
-/// clean readings (under 9 a day for a 1 Hz sensor) and "critical" only at the calibrator's
-/// ceiling.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
-    /// A reading is an anomaly when its score is above this (default 0.8: 1 in 10,000).
-    pub anomaly: f64,
-    /// Medium severity above this (default 0.8: 1 in 10,000).
-    pub medium: f64,
-    /// High severity above this (default 0.9: 1 in ~32,000).
-    pub high: f64,
-    /// Critical severity above this (default 0.99: 1 in ~90,000, the scale's end at 1 in
-    /// 100,000).
-    pub critical: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Self { anomaly: 0.8, medium: 0.8, high: 0.9, critical: 0.99 }
-    }
-}
-
-impl Thresholds {
-    /// Check that every bound is in [0, 1] and that medium <= high <= critical.
-    pub fn check(&self) -> Result<(), SpecError> {
-        let bad = |key: &str, reason: String| SpecError::InvalidParam { model: "thresholds".into(), key: key.into(), reason };
-        for (key, v) in [("anomaly", self.anomaly), ("medium", self.medium), ("high", self.high), ("critical", self.critical)] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(bad(key, format!("{v} is outside [0, 1]")));
-            }
-        }
-        if self.medium > self.high {
-            return Err(bad("medium", format!("{} is above high ({})", self.medium, self.high)));
-        }
-        if self.high > self.critical {
-            return Err(bad("high", format!("{} is above critical ({})", self.high, self.critical)));
-        }
-        Ok(())
-    }
-
-    /// The severity band of `score`.
-    pub fn severity(&self, score: f64) -> Severity {
-        if score > self.critical {
-            Severity::Critical
-        } else if score > self.high {
-            Severity::High
-        } else if score > self.medium {
-            Severity::Medium
-        } else {
-            Severity::Low
-        }
-    }
-}
 
 /// One preprocessing step from config: `{ type = "scaler", params = { ... } }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -536,8 +464,8 @@ impl Pipeline {
     /// [`Detector::set_time`] before it scores and learns, so `score_one` / `learn_one` keep
     /// their signatures and every other detector is untouched.
     pub fn process_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Scored {
-        let (raw, bands) = self.raw_at(x, ts_ms);
-        self.finish(x, raw, bands)
+        let (raw, bands) = self.raw_at(x, ts_ms, self.learn_first);
+        self.finish(x, raw, bands, true)
     }
 
     /// [`Self::process_at`], refusing a non-finite raw score: it is neither calibrated nor
@@ -546,52 +474,48 @@ impl Pipeline {
     /// exactly as before the call; with `learn_first` its detector has already learned `x`
     /// ([`ScoreError::NonFinite::learned`]), and the caller should start the model over.
     pub fn try_process_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Result<Scored, ScoreError> {
-        let (raw, bands) = self.raw_at(x, ts_ms);
-        if !raw.is_finite() {
-            return Err(ScoreError::NonFinite { raw, learned: self.learn_first });
-        }
-        Ok(self.finish(x, raw, bands))
+        self.try_at(x, ts_ms, true)
     }
 
     /// Score `x` at `ts_ms` without learning it (neither the model nor its calibrator, in
     /// either learning order): how a fallback answers for a reading it must not learn from.
     /// A non-finite raw score is refused, as in [`Self::try_process_at`].
     pub fn try_score_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> Result<Scored, ScoreError> {
-        self.detector().set_time(ts_ms);
-        let mut bands = Vec::new();
-        if self.steps.is_empty() && !self.detector().bands(x, &mut bands) {
-            bands.clear();
-        }
-        let raw = self.raw_score(x);
-        if !raw.is_finite() {
-            return Err(ScoreError::NonFinite { raw, learned: false });
-        }
-        let score = self.calibrator.score(raw);
-        let is_anomaly = score > self.thresholds.anomaly;
-        let top_features = if is_anomaly { self.explain(x) } else { Vec::new() };
-        Ok(Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features, bands })
+        self.try_at(x, ts_ms, false)
     }
 
-    /// The detector's raw score of `x` at `ts_ms` and its bands; learned first with
-    /// `learn_first`.
-    fn raw_at(&mut self, x: &[f64], ts_ms: Option<i64>) -> (f64, Vec<Band>) {
+    fn try_at(&mut self, x: &[f64], ts_ms: Option<i64>, learn: bool) -> Result<Scored, ScoreError> {
+        let learned = learn && self.learn_first;
+        let (raw, bands) = self.raw_at(x, ts_ms, learned);
+        if !raw.is_finite() {
+            return Err(ScoreError::NonFinite { raw, learned });
+        }
+        Ok(self.finish(x, raw, bands, learn))
+    }
+
+    /// The detector's raw score of `x` at `ts_ms` and its bands; `learn_score` learns `x`
+    /// first (ONAD's order).
+    fn raw_at(&mut self, x: &[f64], ts_ms: Option<i64>, learn_score: bool) -> (f64, Vec<Band>) {
         self.detector().set_time(ts_ms);
         let mut bands = Vec::new();
         if self.steps.is_empty() && !self.detector().bands(x, &mut bands) {
             bands.clear();
         }
-        let raw = if self.learn_first { self.learn_score(x) } else { self.raw_score(x) };
+        let raw = if learn_score { self.learn_score(x) } else { self.raw_score(x) };
         (raw, bands)
     }
 
-    /// Calibrate `raw`, threshold it, explain an anomaly and learn `x` (score-then-learn).
-    fn finish(&mut self, x: &[f64], raw: f64, bands: Vec<Band>) -> Scored {
+    /// Calibrate `raw`, threshold it, explain an anomaly; with `learn`, the calibrator learns
+    /// `raw` and (score-then-learn) the model learns `x`.
+    fn finish(&mut self, x: &[f64], raw: f64, bands: Vec<Band>, learn: bool) -> Scored {
         let score = self.calibrator.score(raw);
-        self.calibrator.learn(raw);
+        if learn {
+            self.calibrator.learn(raw);
+        }
         let is_anomaly = score > self.thresholds.anomaly;
         // Explained before learning, so that x is not its own neighbour / part of its window.
         let top_features = if is_anomaly { self.explain(x) } else { Vec::new() };
-        if !self.learn_first && (self.learn_anomalies || !is_anomaly) {
+        if learn && !self.learn_first && (self.learn_anomalies || !is_anomaly) {
             self.learn(x);
         }
         Scored { score, raw_score: raw, is_anomaly, severity: self.thresholds.severity(score), top_features, bands }
