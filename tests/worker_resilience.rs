@@ -34,18 +34,26 @@ fn value(id: &str, ts: i64) -> f64 {
     }
 }
 
-/// "bad" and "good-0" on partition 0, "good-1" on partition 1: 120 healthy readings 0.5 s
-/// apart, then one a second from 60 s to 90 s.
-fn records() -> Vec<In> {
-    let times: Vec<i64> = (0..120).map(|i| i * 500).chain((60..=90).map(|s| s * 1000)).collect();
+/// Event times (ms) of the readings: 120 healthy ones 0.5 s apart, then one a second from 60 s
+/// to 90 s.
+fn times() -> Vec<i64> {
+    (0..120).map(|i| i * 500).chain((60..=90).map(|s| s * 1000)).collect()
+}
+
+/// The readings at `times` of "bad" and "good-0" (partition 0) and "good-1" (partition 1).
+fn records_at(times: &[i64]) -> Vec<In> {
     let mut v = Vec::new();
-    for ts in times {
+    for &ts in times {
         for (id, partition) in [("bad", 0), ("good-0", 0), ("good-1", 1)] {
             let x = value(id, ts);
             v.push(In { key: Some(id.as_bytes().to_vec()), value: reading(id, ts, &[("a", x), ("b", x * 0.5)]), partition });
         }
     }
     v
+}
+
+fn records() -> Vec<In> {
+    records_at(&times())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,4 +121,29 @@ async fn without_a_fallback_failed_readings_become_processing_dead_letters() {
     }
     let degraded = s.scores.seen.iter().filter(|o| ScoredReading::decode(&o.payload[..]).map(|r| r.degraded).unwrap_or(true)).count();
     assert_eq!(degraded, 0, "nothing is degraded without a fallback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_continues_an_open_breaker_bit_identically() {
+    let mut s = Scenario::new("resil-restart", PARTITIONS).await;
+    let toml = toml("zscore");
+    // Stop after the readings of 66 s: `bad`'s breaker (open since 62 s) is in the snapshot.
+    let t = times();
+    let split = t.iter().position(|&ts| ts == 67_000).expect("67 s is an event time");
+    let worker = s.worker(&toml);
+    s.send_and_score(records_at(&t[..split]), "the first part scored").await;
+    worker.stop();
+    let worker = s.worker(&toml);
+    s.send_and_score(records_at(&t[split..]), "the second part scored").await;
+    s.scores.read_for(Duration::from_secs(1));
+    worker.stop();
+    assert_exactly_once(&by_source(&s.scores.seen), &s.inputs);
+    let degraded_after_restart = s.scores.seen.iter().filter_map(|o| ScoredReading::decode(&o.payload[..]).ok()).any(|r| {
+        r.sensor_id == "bad" && r.timestamp_ms == 67_000 && r.degraded && r.degraded_reason.starts_with("circuit breaker of `knn` open")
+    });
+    assert!(degraded_after_restart, "the restarted worker kept the breaker open");
+    // The reference: the same config, every reading through one Processor, no restart.
+    let sets = ["model_type=\"knn\"", "resilience.error_window=4", "resilience.error_threshold=0.5", "resilience.open_timeout=\"10s\""];
+    let expected = reference(&config(&s.name, PARTITIONS, &sets), &s.inputs);
+    assert_scores(&scores_of(&s.scores.seen), &expected, "one uninterrupted processor");
 }
