@@ -147,3 +147,37 @@ async fn a_restarted_worker_continues_an_open_breaker_bit_identically() {
     let expected = reference(&config(&s.name, PARTITIONS, &sets), &s.inputs);
     assert_scores(&scores_of(&s.scores.seen), &expected, "one uninterrupted processor");
 }
+
+/// Wait (bounded) until `read()` equals `want`; panics naming `what` otherwise.
+fn wait_for(what: &str, want: u64, read: impl Fn() -> u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read() != want {
+        assert!(std::time::Instant::now() < deadline, "{what} is {} after 30 s, expected {want}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_stats_count_open_breakers_and_degraded_readings() {
+    let sets = ["model_type=\"knn\"", "resilience.error_window=4", "resilience.error_threshold=0.5", "resilience.open_timeout=\"10s\""];
+    let mut s = Scenario::new("resil-stats", PARTITIONS).await;
+    let config = config(&s.name, PARTITIONS, &sets);
+    let worker = RunningWorker::start(config.clone());
+    let t = times();
+    let split = t.iter().position(|&ts| ts == 67_000).expect("67 s is an event time");
+    s.send_and_score(records_at(&t[..split]), "readings up to 66 s scored").await;
+    let (p0, p1) = (worker.stats.partition(&config.kafka.input_topic, 0), worker.stats.partition(&config.kafka.input_topic, 1));
+    let gauge = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::task::block_in_place(|| {
+        wait_for("breakers_open of partition 0", 1, || gauge(&p0.breakers_open));
+        wait_for("degraded of partition 0 (60-66 s of `bad`)", 7, || gauge(&p0.degraded));
+    });
+    assert_eq!((gauge(&p1.breakers_open), gauge(&p1.degraded)), (0, 0), "partition 1 has only healthy sensors");
+    s.send_and_score(records_at(&t[split..]), "the rest scored").await;
+    tokio::task::block_in_place(|| {
+        wait_for("breakers_open of partition 0 after the trial", 0, || gauge(&p0.breakers_open));
+        wait_for("degraded of partition 0 (60-71 s of `bad`)", 12, || gauge(&p0.degraded));
+    });
+    assert_eq!(gauge(&p0.breakers_half_open), 0, "a trial is decided within its reading");
+    worker.stop().await;
+}
