@@ -67,6 +67,9 @@ impl Stream {
     }
 }
 
+/// The burst of the zombie test ends before this step (8 readings a step).
+const BURST_END: usize = 12_525;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
     let mut s = Scenario::new("zombie", 4).await;
@@ -81,8 +84,24 @@ async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
     s.send_and_score(wave(0, 25), "scores of the first wave").await;
 
     // A readings stream goes on from here: A freezes with fetches of its partitions under way.
-    let stream = Stream::start(&s.config, 25);
+    // A burst, and A freezes while answering it: with records fetched ahead (librdkafka
+    // prefetches) and not yet answered, the case that wrote duplicates on waking.
+    let burst = {
+        let config = s.config.clone();
+        tokio::spawn(async move {
+            let mut sent = BTreeMap::new();
+            send(&config, &mut sent, wave(25, BURST_END)).await;
+            sent
+        })
+    };
+    let first_of_burst = (wave(0, 25).len() / 4) as i64;
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "the first scores of the burst", |seen| seen.iter().any(|o| o.source_offset >= Some(first_of_burst)))
+    });
     a.signal("-STOP");
+    s.inputs.extend(burst.await.expect("burst sender"));
+    // Then a steady stream, whose records A's fetches of its lost partitions also return.
+    let stream = Stream::start(&s.config, BURST_END);
     let frozen = Instant::now();
     tokio::task::block_in_place(|| wait_for(WAIT, "worker B to own all 4 partitions while A is frozen", || owned(&b) == 4));
     let session = Duration::from_millis(SESSION_TIMEOUT_MS);
