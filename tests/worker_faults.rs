@@ -226,3 +226,41 @@ async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_resta
     assert_exactly_once(&by_source(&scores.seen), &inputs);
     tokio::task::block_in_place(|| restarted.stop());
 }
+
+/// Kill -9 a worker, restart it at once on the same state, and time the restart to its first
+/// output; `sets` are extra `--set` overrides of both runs.
+async fn restart_to_first_output(prefix: &str, sets: &[String]) -> Duration {
+    let mut s = Scenario::new(prefix, 4).await;
+    let start = |s: &Scenario| ChildWorker::start_with_sets(&s.name, 4, "", s.state.path(), sets);
+    let w = start(&s);
+    tokio::task::block_in_place(|| wait_for(WAIT, "the worker to own the 4 partitions", || owned(&w) == 4));
+    s.send_and_score(wave(0, 25), "scores of the first wave").await;
+    w.crash();
+    let before = s.inputs.len();
+    send(&s.config, &mut s.inputs, wave(25, 50)).await;
+    let restarted = Instant::now();
+    let w = start(&s);
+    let first_new = (wave(0, 25).len() / 4) as i64;
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "a first score after the restart", |seen| seen.iter().any(|o| o.source_offset >= Some(first_new)))
+    });
+    let took = restarted.elapsed();
+    let n = s.inputs.len();
+    assert!(n > before, "the second wave was not sent");
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "a score for every reading after the restart", |seen| seen.len() >= n);
+        s.scores.read_for(Duration::from_secs(2));
+    });
+    assert_exactly_once(&by_source(&s.scores.seen), &s.inputs);
+    tokio::task::block_in_place(|| w.stop());
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_and_restarted_with_or_without_an_instance_id_loses_nothing() {
+    let dynamic = restart_to_first_output("restart-dynamic", &[]).await;
+    let id = unique("replica");
+    let fixed = restart_to_first_output("restart-static", &[format!("kafka.instance_id=\"{id}\"")]).await;
+    // The numbers README quotes (static membership, Fast restarts).
+    eprintln!("restart to first output after kill -9: dynamic member {dynamic:.1?}, static member {fixed:.1?}");
+}
