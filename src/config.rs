@@ -30,6 +30,11 @@ pub const DEFAULT_SNAPSHOT_HISTORY: usize = 4;
 /// Session timeout: librdkafka's default is 45 s, which makes a group join wait ~23 s on the
 /// development broker; 10 s keeps failover quick while tolerating GC-free pauses.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
+/// After a fatal Kafka error (a delivery that failed for good, a fatal idempotent-producer
+/// error), how long the worker may spend draining before it exits non-zero anyway: long enough
+/// for `/ready` to report the reason, short enough that the orchestrator restarts it promptly
+/// (a drain against a paused broker can otherwise hang for `message.timeout.ms` and longer).
+pub const DEFAULT_FATAL_EXIT_AFTER_MS: u64 = 10_000;
 /// Features a reading may carry (a reading with more goes to dead letters).
 pub const DEFAULT_MAX_FEATURES: usize = 1024;
 /// Longest sensor id accepted.
@@ -167,6 +172,13 @@ pub struct KafkaConfig {
     pub changelog_topic: String,
     /// Consumer `session.timeout.ms`.
     pub session_timeout_ms: u64,
+    /// Static group membership (KIP-345): the consumer's `group.instance.id`, stable across
+    /// restarts of the same replica (the StatefulSet pod name), so that a restarted replica
+    /// takes its partitions back without waiting for its old session to expire where the
+    /// broker honours it. Empty: dynamic membership. Unique per live replica.
+    pub instance_id: String,
+    /// Milliseconds between a fatal Kafka error and the worker's non-zero exit at the latest.
+    pub fatal_exit_after_ms: u64,
     /// Replication factor for topics the worker creates.
     pub replication_factor: i32,
     /// Partitions of the input topic when `topics create` makes it.
@@ -187,6 +199,8 @@ impl Default for KafkaConfig {
             dead_letter_topic: "sensor-dead-letters".into(),
             changelog_topic: "onad-stream-changelog".into(),
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
+            instance_id: String::new(),
+            fatal_exit_after_ms: DEFAULT_FATAL_EXIT_AFTER_MS,
             replication_factor: 1,
             partitions: 4,
             settings: BTreeMap::new(),
@@ -379,6 +393,12 @@ impl Config {
         }
         if k.session_timeout_ms < 1000 {
             return Err(invalid("kafka.session_timeout_ms", "must be at least 1000"));
+        }
+        if k.fatal_exit_after_ms < 1 {
+            return Err(invalid("kafka.fatal_exit_after_ms", "must be at least 1"));
+        }
+        if k.instance_id.trim() != k.instance_id {
+            return Err(invalid("kafka.instance_id", "must not start or end with white space"));
         }
         if k.partitions < 1 {
             return Err(invalid("kafka.partitions", "must be at least 1"));

@@ -75,6 +75,7 @@ impl Worker {
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),
             bounds_reader: crate::kafka::bounds::reader(k),
+            session_timeout: Duration::from_millis(k.session_timeout_ms),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
         });
@@ -93,12 +94,26 @@ impl Worker {
             .map_err(|e| WorkerError::Thread(e.to_string()))?;
         tokio::pin!(shutdown);
         let mut done_rx = done_rx;
+        let fatal_exit_after = Duration::from_millis(k.fatal_exit_after_ms);
         let driven = tokio::select! {
             r = &mut done_rx => r,
             () = &mut shutdown => {
                 tracing::info!("shutdown requested: draining");
                 shared.stop.store(true, Ordering::Release);
                 done_rx.await
+            }
+            () = fatal_seen(&shared) => {
+                // The drain may hang (deliveries and the group leave wait on the broker that
+                // failed): bounded, so the orchestrator restarts the worker promptly. Offsets
+                // never pass undelivered outputs, so a restart re-reads what was not delivered.
+                match tokio::time::timeout(fatal_exit_after, &mut done_rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let e = shared.fatal.lock().ok().and_then(|mut f| f.take());
+                        tracing::error!(after = ?fatal_exit_after, "fatal error: exiting without finishing the drain");
+                        return Err(e.unwrap_or_else(|| WorkerError::Thread("fatal error; drain did not finish".into())));
+                    }
+                }
             }
         };
         let driven = driven.map_err(|_| WorkerError::Thread("driver thread ended without a result".into()))?;
@@ -110,6 +125,19 @@ impl Worker {
         let summary = self.stats.summary(started.elapsed());
         tracing::info!(?summary, "worker stopped");
         Ok(summary)
+    }
+}
+
+/// How often [`Worker::run`] looks for a fatal error recorded by a Kafka thread.
+const FATAL_CHECK: Duration = Duration::from_millis(100);
+
+/// Resolves once a fatal error has been recorded (the threads have been told to stop).
+async fn fatal_seen(shared: &Shared) {
+    loop {
+        if shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+            return;
+        }
+        tokio::time::sleep(FATAL_CHECK).await;
     }
 }
 

@@ -64,6 +64,11 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
         .set("heartbeat.interval.ms", heartbeat.to_string())
         .set("enable.partition.eof", "false")
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    // Static membership (KIP-345): a restarted replica with the same id takes its partitions
+    // back without waiting for its old session to expire, where the broker honours it.
+    if !k.instance_id.is_empty() {
+        c.set("group.instance.id", &k.instance_id);
+    }
     passthrough(c, k)
 }
 
@@ -124,6 +129,15 @@ mod tests {
     fn a_reader_never_commits_whatever_the_passthrough_says() {
         let r = reader(&kafka(), "g");
         assert_eq!((r.get("group.id"), r.get("enable.auto.commit")), (Some("g"), Some("false")));
+    }
+
+    #[test]
+    fn an_instance_id_makes_the_consumer_a_static_member() {
+        let mut k = KafkaConfig::default();
+        assert_eq!(consumer(&k).get("group.instance.id"), None);
+        k.instance_id = "onad-stream-0".into();
+        assert_eq!(consumer(&k).get("group.instance.id"), Some("onad-stream-0"));
+        assert_eq!(reader(&k, "g").get("group.instance.id"), None);
     }
 
     #[test]

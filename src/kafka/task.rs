@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
@@ -27,6 +27,11 @@ const POLL_WAIT: Duration = Duration::from_millis(100);
 const MAX_BATCH: usize = 1024;
 /// Most input records with outputs in flight before the thread waits for deliveries.
 const MAX_IN_FLIGHT: usize = 20_000;
+/// How often a thread holding its outputs after a stall checks whether its partition was revoked.
+const FENCE_CHECK: Duration = Duration::from_millis(50);
+/// Outputs in flight this long without one delivery acknowledged: the broker is taken as
+/// unreachable (`WorkerStats::broker_down_since_ms`) until deliveries complete again.
+const DELIVERY_SILENCE: Duration = Duration::from_secs(5);
 /// First and longest wait before retrying a snapshot that failed.
 const STATE_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
 
@@ -44,6 +49,9 @@ pub struct Shared {
     pub hooks: Arc<dyn StateHooks>,
     /// Settings of the reader that checks partition ends on assignment.
     pub bounds_reader: rdkafka::ClientConfig,
+    /// The consumer's `session.timeout.ms`: a partition thread that stalled longer than this
+    /// may have lost its partition to another member (zombie fencing, [`PartitionTask`]).
+    pub session_timeout: Duration,
     /// Set when the worker must stop (shutdown requested or a fatal error).
     pub stop: AtomicBool,
     /// The first fatal error, reported by `run`.
@@ -54,6 +62,9 @@ impl Shared {
     /// Record a fatal error (the first one wins) and stop the worker.
     pub fn fail(&self, e: WorkerError) {
         tracing::error!(cause = %e, "worker stopping on a fatal error");
+        if let Ok(mut reason) = self.stats.fatal_reason.lock() {
+            reason.get_or_insert_with(|| e.to_string());
+        }
         if let Ok(mut slot) = self.fatal.lock() {
             slot.get_or_insert(e);
         }
@@ -91,6 +102,11 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     stalled: Option<(std::time::Instant, Duration)>,
     /// This partition's gauges (breakers, degraded readings) for `/ready` and `/metrics`.
     gauges: Arc<PartitionStats>,
+    /// When the thread last came by a stall check (zombie fencing, [`hold_after_stall`]).
+    beat: Instant,
+    /// Since when outputs are in flight with none acknowledged, and the
+    /// `broker_down_since_ms` value this thread set (to clear only its own).
+    silent: Option<(Instant, Option<u64>)>,
 }
 
 impl<C: ConsumerContext + 'static> PartitionTask<C> {
@@ -109,7 +125,19 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let replay = Replay::new(&resume, committed);
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
         let gauges = shared.stats.partition(&topic, partition);
-        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None, gauges }
+        Self {
+            queue,
+            consumer,
+            acks: Acks::new(&topic, partition),
+            shared,
+            processor,
+            stop,
+            replay,
+            stalled: None,
+            gauges,
+            beat: Instant::now(),
+            silent: None,
+        }
     }
 
     /// Run until told to stop (or a fatal error); then drain.
@@ -124,6 +152,10 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         if self.stalled.take().is_some() {
             self.shared.stats.state_failing.fetch_sub(1, Ordering::Relaxed);
         }
+        // This thread no longer watches its deliveries: withdraw its report, if any.
+        if let Some((_, Some(set))) = self.silent.take() {
+            let _ = self.shared.stats.broker_down_since_ms.compare_exchange(set, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
         if let Some(e) = &error {
             tracing::error!(partition, cause = %e, "partition stopped on an error");
             self.shared.fail(WorkerError::Partition { partition, reason: e.to_string() });
@@ -135,7 +167,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
 
     fn consume(&mut self) -> Result<(), WorkerError> {
         let mut out = Vec::with_capacity(4);
+        let partition = self.processor.partition();
         while !self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
+            if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+                return Ok(());
+            }
             let mut wait = POLL_WAIT;
             let mut taken = 0;
             // While the state cannot be saved, take nothing: what was taken is still delivered
@@ -148,7 +184,14 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 None => false,
             };
             while taken < MAX_BATCH && self.stalled.is_none() {
-                match self.queue.poll(wait) {
+                let polled = self.queue.poll(wait);
+                // Checked between taking a record and producing its outputs: a freeze while
+                // polling (or anywhere since the last check) is seen before anything is produced.
+                if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+                    // Lost: the record in hand is dropped unproduced; its new owner answers it.
+                    return Ok(());
+                }
+                match polled {
                     None => break,
                     Some(Ok(m)) => {
                         handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out)?;
@@ -172,6 +215,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 tracing::warn!(partition = self.processor.partition(), breakers_open = open, before, "circuit breakers changed");
             }
             self.gauges.degraded.store(self.processor.degraded(), Ordering::Relaxed);
+            self.watch_deliveries(retired > 0 || self.acks.in_flight() == 0);
             // Every round, idle ones too: a time-based snapshot is due without new records,
             // and a due one is written once its outputs are delivered.
             if self.stalled.is_none() || retry_due {
@@ -185,6 +229,31 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
         }
         Ok(())
+    }
+
+    /// Report the broker unreachable while outputs wait for acknowledgements longer than
+    /// [`DELIVERY_SILENCE`] (`progress`: one was acknowledged, or none is waiting). Sets
+    /// `broker_down_since_ms` only when nobody else has (the client's error callback may
+    /// have), and clears only the value it set.
+    fn watch_deliveries(&mut self, progress: bool) {
+        let down = &self.shared.stats.broker_down_since_ms;
+        let partition = self.processor.partition();
+        if progress {
+            if let Some((_, Some(set))) = self.silent.take() {
+                let _ = down.compare_exchange(set, 0, Ordering::AcqRel, Ordering::Relaxed);
+                tracing::info!(partition, "outputs acknowledged again: broker reachable");
+            }
+            self.silent = None;
+            return;
+        }
+        let now = Instant::now();
+        let (since, set) = self.silent.get_or_insert((now, None));
+        if set.is_none() && now.duration_since(*since) >= DELIVERY_SILENCE {
+            let ms = (now_ms() - DELIVERY_SILENCE.as_millis() as i64).max(1) as u64;
+            let _ = down.compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed);
+            *set = Some(ms);
+            tracing::warn!(partition, in_flight = self.acks.in_flight(), silence = ?DELIVERY_SILENCE, "no output acknowledged while outputs wait: broker unreachable, holding offsets and retrying");
+        }
     }
 
     /// Track whether the partition's state can be saved: a failure pauses the partition and
@@ -224,6 +293,51 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
         }
     }
+}
+
+/// Zombie fencing. `beat` is when the thread last came by here. When more than the session
+/// timeout has passed since (the process was frozen, the VM stalled), the group may have given
+/// the partition to another member, which answers its records already; librdkafka has not said
+/// so yet (its session timer and the revoke run on other threads, after this one wakes), so
+/// producing now could duplicate the new owner's outputs. Hold: produce nothing until the
+/// partition is revoked (`false`: drop what is in hand, unproduced and unstored) or until a
+/// further session timeout has passed with the partition still assigned (`true`). librdkafka
+/// declares the session lost once `session.timeout.ms` passes without a successful heartbeat
+/// (`SESSTMOUT`), so a member still assigned a session timeout after waking has heartbeated
+/// successfully since it woke: the coordinator still counts it as the partition's owner.
+fn hold_after_stall<C: ConsumerContext>(
+    beat: &mut Instant,
+    stop: &AtomicBool,
+    shared: &Shared,
+    consumer: &BaseConsumer<C>,
+    partition: i32,
+) -> bool {
+    let gap = beat.elapsed();
+    if gap <= shared.session_timeout {
+        *beat = Instant::now();
+        return true;
+    }
+    shared.stats.stall_fences.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(partition, stalled = ?gap, session_timeout = ?shared.session_timeout, "partition thread stalled past the session timeout: producing nothing until the group confirms or revokes the partition");
+    let confirm_at = Instant::now() + shared.session_timeout;
+    loop {
+        if stop.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
+            tracing::warn!(partition, "partition given up after a stall: records taken and not produced are left to its next owner");
+            return false;
+        }
+        if Instant::now() >= confirm_at && owns(consumer, &shared.topic, partition) {
+            tracing::info!(partition, "partition still assigned a session timeout after the stall: producing again");
+            *beat = Instant::now();
+            return true;
+        }
+        std::thread::sleep(FENCE_CHECK);
+    }
+}
+
+/// Whether the consumer's current assignment still includes `partition` of `topic`.
+fn owns<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32) -> bool {
+    use rdkafka::consumer::Consumer as _;
+    !consumer.assignment_lost() && consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
 }
 
 /// Process one record and enqueue its outputs.

@@ -48,6 +48,9 @@ pub struct WorkerStats {
     /// Per assigned partition: the state `/ready` and `/metrics` report. Entries are
     /// created on assignment ([`WorkerStats::partition`]) and removed on revocation.
     pub per_partition: Mutex<BTreeMap<(String, i32), Arc<PartitionStats>>>,
+    /// Times a partition thread found itself stalled past the session timeout (the process
+    /// was frozen) and held its outputs until the group confirmed or revoked its partition.
+    pub stall_fences: AtomicU64,
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).

@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 mod small_disk;
+mod tansu;
 #[allow(unused_imports)]
 pub use small_disk::{Filler, SmallDisk};
+#[allow(unused_imports)]
+pub use tansu::PrivateBroker;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,8 +43,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// The `--set` overrides of a test worker on fresh topics named after `name`.
 pub fn overrides(name: &str, partitions: i32) -> Vec<String> {
+    overrides_on(&bootstrap(), name, partitions)
+}
+
+/// As [`overrides`], on the broker at `bootstrap` (e.g. a [`PrivateBroker`]).
+pub fn overrides_on(bootstrap: &str, name: &str, partitions: i32) -> Vec<String> {
     vec![
-        format!("kafka.bootstrap=\"{}\"", bootstrap()),
+        format!("kafka.bootstrap=\"{bootstrap}\""),
         format!("kafka.group_id=\"{name}-group\""),
         format!("kafka.input_topic=\"{name}-in\""),
         format!("kafka.scores_topic=\"{name}-scores\""),
@@ -55,7 +63,12 @@ pub fn overrides(name: &str, partitions: i32) -> Vec<String> {
 
 /// A checked config for fresh topics named after `name`, plus `extra` overrides.
 pub fn config(name: &str, partitions: i32, extra: &[&str]) -> Config {
-    let mut sets = overrides(name, partitions);
+    config_on(&bootstrap(), name, partitions, extra)
+}
+
+/// As [`config`], on the broker at `bootstrap`.
+pub fn config_on(bootstrap: &str, name: &str, partitions: i32, extra: &[&str]) -> Config {
+    let mut sets = overrides_on(bootstrap, name, partitions);
     sets.extend(extra.iter().map(|s| s.to_string()));
     Config::load_from(None, &[], &sets).expect("test config is valid")
 }
@@ -92,10 +105,11 @@ pub struct In {
     pub partition: i32,
 }
 
-/// Produce `records` to the input topic and wait for delivery; returns (partition, offset) of each.
+/// Produce `records` to the input topic (on `config`'s broker) and wait for delivery; returns
+/// (partition, offset) of each.
 pub async fn produce(config: &Config, records: Vec<In>) -> Vec<(i32, i64)> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", &config.kafka.bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
@@ -248,8 +262,13 @@ pub struct Collector {
 impl Collector {
     /// A collector of `topic` (with `partitions` partitions) from offset 0.
     pub fn new(topic: &str, partitions: i32) -> Self {
+        Self::on(&bootstrap(), topic, partitions)
+    }
+
+    /// As [`Collector::new`], on the broker at `bootstrap`.
+    pub fn on(bootstrap: &str, topic: &str, partitions: i32) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", unique("collector"))
             .set("enable.auto.commit", "false")
             .set("fetch.queue.backoff.ms", "10")
@@ -389,15 +408,30 @@ impl ChildWorker {
 
     /// Send SIGTERM and wait (bounded) for the exit status.
     pub fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        self.signal("-TERM");
+        self.wait_exit(limit, "SIGTERM")
+    }
+
+    /// Send `sig` (`-STOP`, `-CONT`, ...) to the worker process.
+    pub fn signal(&self, sig: &str) {
         let pid = self.child.id().to_string();
-        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(ok.success(), "kill -TERM {pid} failed");
+        let ok = std::process::Command::new("kill").args([sig, &pid]).status().expect("run kill");
+        assert!(ok.success(), "kill {sig} {pid} failed");
+    }
+
+    /// The exit status, if the worker has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for worker")
+    }
+
+    /// Wait (bounded) for the worker to exit on its own after `what`; its status and log.
+    pub fn wait_exit(&mut self, limit: Duration, what: &str) -> (std::process::ExitStatus, String) {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait for worker") {
+            if let Some(status) = self.exited() {
                 return (status, self.log());
             }
-            assert!(Instant::now() < deadline, "worker did not exit within {limit:?} of SIGTERM:\n{}", self.log());
+            assert!(Instant::now() < deadline, "worker did not exit within {limit:?} of {what}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,0 +1,266 @@
+//! Faults around the worker, through the real binary: a worker frozen past its session timeout
+//! while another replica took its partitions (a zombie) writes nothing on waking; a broker
+//! that stops answering for a while costs no record; a delivery that fails for good makes the
+//! worker exit non-zero within its configured bound, and the restart loses nothing.
+//!
+//! Outages pause (SIGSTOP) a private Tansu started by the test ([`PrivateBroker`]); the shared
+//! development broker is never paused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn wait_for(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Partitions a child worker owns now, by its log (assigned minus released).
+fn owned(w: &ChildWorker) -> usize {
+    let log = w.log();
+    log.matches("partition assigned").count().saturating_sub(log.matches("partition released").count())
+}
+
+/// Steps `from..to` of 8 sensors on 4 partitions.
+fn wave(from: usize, to: usize) -> Vec<In> {
+    Fleet { prefix: "s", sensors: 8, partitions: 4, values: |j, i| vec![("temp", 20.0 + ((j * 7 + i * 3) % 11) as f64 * 0.01)] }
+        .readings(from, to)
+}
+
+/// Readings sent steadily (one step of the fleet every 100 ms) until stopped.
+struct Stream {
+    /// Tells the sender to stop.
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// The sender: every reading sent, by (partition, offset).
+    task: tokio::task::JoinHandle<BTreeMap<(i32, i64), In>>,
+}
+
+impl Stream {
+    fn start(config: &onad_stream::config::Config, from: usize) -> Self {
+        let (stop, mut rx) = tokio::sync::oneshot::channel();
+        let config = config.clone();
+        let task = tokio::spawn(async move {
+            let mut sent = BTreeMap::new();
+            for j in from.. {
+                send(&config, &mut sent, wave(j, j + 1)).await;
+                tokio::select! {
+                    _ = &mut rx => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            sent
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> BTreeMap<(i32, i64), In> {
+        let _ = self.stop.send(());
+        self.task.await.expect("stream task")
+    }
+}
+
+/// The burst of the zombie test ends before this step (8 readings a step).
+const BURST_END: usize = 12_525;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
+    let mut s = Scenario::new("zombie", 4).await;
+    let a = ChildWorker::start(&s.name, 4, "");
+    let b = ChildWorker::start(&s.name, 4, "");
+    tokio::task::block_in_place(|| {
+        wait_for(WAIT, "workers A and B to split the 4 partitions", || {
+            let (na, nb) = (owned(&a), owned(&b));
+            na > 0 && nb > 0 && na + nb == 4
+        })
+    });
+    s.send_and_score(wave(0, 25), "scores of the first wave").await;
+
+    // A readings stream goes on from here: A freezes with fetches of its partitions under way.
+    // A burst, and A freezes while answering it: with records fetched ahead (librdkafka
+    // prefetches) and not yet answered, the case that wrote duplicates on waking.
+    let burst = {
+        let config = s.config.clone();
+        tokio::spawn(async move {
+            let mut sent = BTreeMap::new();
+            send(&config, &mut sent, wave(25, BURST_END)).await;
+            sent
+        })
+    };
+    let first_of_burst = (wave(0, 25).len() / 4) as i64;
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "the first scores of the burst", |seen| seen.iter().any(|o| o.source_offset >= Some(first_of_burst)))
+    });
+    a.signal("-STOP");
+    s.inputs.extend(burst.await.expect("burst sender"));
+    // Then a steady stream, whose records A's fetches of its lost partitions also return.
+    let stream = Stream::start(&s.config, BURST_END);
+    let frozen = Instant::now();
+    tokio::task::block_in_place(|| wait_for(WAIT, "worker B to own all 4 partitions while A is frozen", || owned(&b) == 4));
+    let session = Duration::from_millis(SESSION_TIMEOUT_MS);
+    assert!(frozen.elapsed() > session, "B took over before A's session could time out");
+    // As the report: 15 s, well past the session timeout.
+    tokio::time::sleep(Duration::from_secs(15).saturating_sub(frozen.elapsed())).await;
+
+    // A wakes with fetch responses of its old partitions arriving and records in its queues:
+    // it must write none of them, and learn that its partitions are lost.
+    let revokes = a.log().matches("partitions revoked").count();
+    a.signal("-CONT");
+    tokio::task::block_in_place(|| {
+        wait_for(WAIT, "A to learn that its partitions were lost", || a.log().matches("partitions revoked").count() > revokes)
+    });
+    // Readings go on for a while after A woke (its fetches of the lost partitions answer).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.inputs.extend(stream.stop().await);
+    let n = s.inputs.len();
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "a score for every reading of the stream", |seen| seen.len() >= n);
+        s.scores.read_for(Duration::from_secs(3));
+    });
+    let log = strip_ansi(&a.log());
+    assert!(log.contains("lost=true"), "A's revoke was not a lost assignment:\n{log}");
+    assert!(log.contains("stalled past the session timeout"), "A did not see that it had been frozen:\n{log}");
+    assert_exactly_once(&by_source(&s.scores.seen), &s.inputs);
+    drop((a, b));
+}
+
+/// Assert that the outputs of each partition were written in source-offset order.
+fn assert_in_order(outs: &[Out]) {
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    for o in outs {
+        let offset = o.source_offset.expect("source offset header");
+        if let Some(prev) = last.insert(o.partition, offset) {
+            assert!(offset > prev, "partition {}: output for offset {offset} written after the one for {prev}", o.partition);
+        }
+    }
+}
+
+/// A worker on `broker`, on the topics named after `name`, with `toml` as its config file.
+fn worker_on(broker: &PrivateBroker, name: &str, toml: &str, state: &std::path::Path) -> ChildWorker {
+    ChildWorker::start_with_sets(name, 4, toml, state, &[format!("kafka.bootstrap=\"{}\"", broker.bootstrap())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
+    let broker = PrivateBroker::start();
+    let name = unique("outage");
+    let config = config_on(broker.bootstrap(), &name, 4, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
+    let mut w = worker_on(&broker, &name, "", state.path());
+    let mut inputs = BTreeMap::new();
+    send(&config, &mut inputs, wave(0, 25)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+
+    // Readings keep coming (the test's producer retries through the outage, as any client
+    // would): some are in the worker's hands, their outputs in flight, when the broker stops.
+    let stream = Stream::start(&config, 25);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.pause();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
+    broker.resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    inputs.extend(stream.stop().await);
+    let n = inputs.len();
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "a score for every reading sent before, during and after the outage", |s| s.len() >= n);
+        scores.read_for(Duration::from_secs(3));
+    });
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
+    assert_in_order(&scores.seen);
+    let log = tokio::task::block_in_place(|| w.stop());
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than message.timeout.ms was fatal:\n{log}");
+}
+
+/// Outputs linger 8 s in the producer before being sent, and time out 10 s after they were
+/// produced: a broker paused in between fails them for good.
+const LINGERING: &str =
+    "[kafka]\nfatal_exit_after_ms = 3000\n[kafka.settings]\n\"linger.ms\" = \"8000\"\n\"message.timeout.ms\" = \"10000\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_restart_loses_nothing() {
+    let broker = PrivateBroker::start();
+    let name = unique("fatal");
+    let config = config_on(broker.bootstrap(), &name, 4, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
+    let mut w = worker_on(&broker, &name, LINGERING, state.path());
+    let mut inputs = BTreeMap::new();
+    send(&config, &mut inputs, wave(0, 25)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+
+    // The second wave is read and scored (a fetch takes well under a second here), its
+    // outputs wait in the producer, and the broker stops before they are sent.
+    send(&config, &mut inputs, wave(25, 50)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.pause();
+    let paused = Instant::now();
+    let (status, log) = tokio::task::block_in_place(|| w.wait_exit(Duration::from_secs(60), "the broker pause"));
+    let took = paused.elapsed();
+    eprintln!("worker exited {took:?} after the broker paused ({status})");
+    let log = strip_ansi(&log);
+    assert!(!status.success(), "the worker exited 0 after its outputs failed for good:\n{log}");
+    assert!(log.contains("Message timed out"), "the exit does not say which delivery failed:\n{log}");
+    // Outputs time out at most 10 s after the pause; then at most fatal_exit_after_ms (3 s).
+    assert!(took < Duration::from_secs(25), "the worker took {took:?} to exit after a fatal delivery error:\n{log}");
+
+    broker.resume();
+    let restarted = worker_on(&broker, &name, "", state.path());
+    let n = inputs.len();
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "a score for every reading after the restart", |s| s.len() >= n);
+        scores.read_for(Duration::from_secs(3));
+    });
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
+    tokio::task::block_in_place(|| restarted.stop());
+}
+
+/// Kill -9 a worker, restart it at once on the same state, and time the restart to its first
+/// output; `sets` are extra `--set` overrides of both runs.
+async fn restart_to_first_output(prefix: &str, sets: &[String]) -> Duration {
+    let mut s = Scenario::new(prefix, 4).await;
+    let start = |s: &Scenario| ChildWorker::start_with_sets(&s.name, 4, "", s.state.path(), sets);
+    let w = start(&s);
+    tokio::task::block_in_place(|| wait_for(WAIT, "the worker to own the 4 partitions", || owned(&w) == 4));
+    s.send_and_score(wave(0, 25), "scores of the first wave").await;
+    w.crash();
+    let before = s.inputs.len();
+    send(&s.config, &mut s.inputs, wave(25, 50)).await;
+    let restarted = Instant::now();
+    let w = start(&s);
+    let first_new = (wave(0, 25).len() / 4) as i64;
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "a first score after the restart", |seen| seen.iter().any(|o| o.source_offset >= Some(first_new)))
+    });
+    let took = restarted.elapsed();
+    let n = s.inputs.len();
+    assert!(n > before, "the second wave was not sent");
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, "a score for every reading after the restart", |seen| seen.len() >= n);
+        s.scores.read_for(Duration::from_secs(2));
+    });
+    assert_exactly_once(&by_source(&s.scores.seen), &s.inputs);
+    tokio::task::block_in_place(|| w.stop());
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_and_restarted_with_or_without_an_instance_id_loses_nothing() {
+    let dynamic = restart_to_first_output("restart-dynamic", &[]).await;
+    let id = unique("replica");
+    let fixed = restart_to_first_output("restart-static", &[format!("kafka.instance_id=\"{id}\"")]).await;
+    // The numbers README quotes (static membership, Fast restarts).
+    eprintln!("restart to first output after kill -9: dynamic member {dynamic:.1?}, static member {fixed:.1?}");
+}
