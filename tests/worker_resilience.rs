@@ -181,3 +181,39 @@ async fn partition_stats_count_open_breakers_and_degraded_readings() {
     assert_eq!(gauge(&p0.breakers_half_open), 0, "a trial is decided within its reading");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_cooldown_raises_one_alert_per_sensor_per_cooldown_and_still_scores_anomalies() {
+    let mut s = Scenario::new("resil-cooldown", 1).await;
+    let reading_at = |ts: i64, v: f64| In { key: Some(b"pump".to_vec()), value: reading("pump", ts, &[("flow", v)]), partition: 0 };
+    let mut records: Vec<In> = (0..200).map(|i| reading_at(i * 1000, 10.0 + (i % 7) as f64 * 0.1)).collect();
+    // Four growing spikes within a minute, then one 6 minutes after the first.
+    let spikes = [(200_000, 1e6), (201_000, 1e9), (202_000, 1e12), (203_000, 1e15), (560_000, 1e18)];
+    records.extend(spikes.iter().map(|&(ts, v)| reading_at(ts, v)));
+    let n = records.len();
+    send(&s.config, &mut s.inputs, records).await;
+    let worker = ChildWorker::start_with_state(&s.name, 1, "[alerts]\ncooldown = \"5m\"\n", s.state.path());
+    let mut alerts = Collector::new(&s.config.kafka.alerts_topic, 1);
+    tokio::task::block_in_place(|| {
+        s.scores.until(WAIT, &format!("{n} scores"), |o| o.len() >= n);
+        alerts.until(WAIT, "2 alerts", |a| a.len() >= 2);
+        alerts.read_for(Duration::from_secs(1));
+    });
+    worker.stop();
+    let anomalous: Vec<i64> = s
+        .scores
+        .seen
+        .iter()
+        .filter_map(|o| ScoredReading::decode(&o.payload[..]).ok())
+        .filter(|r| r.is_anomaly)
+        .map(|r| r.timestamp_ms)
+        .collect();
+    assert_eq!(anomalous, spikes.iter().map(|(ts, _)| *ts).collect::<Vec<_>>(), "every spike is scored as an anomaly");
+    let alerted: Vec<i64> = alerts
+        .seen
+        .iter()
+        .filter_map(|o| onad_stream::proto::AnomalyAlert::decode(&o.payload[..]).ok())
+        .filter_map(|a| a.reading.map(|r| r.timestamp_ms))
+        .collect();
+    assert_eq!(alerted, vec![200_000, 560_000], "one alert per 5 minutes of event time");
+}

@@ -155,15 +155,16 @@ impl Breaker {
     /// Shift one outcome into the window.
     fn push(&mut self, window: u32, failed: bool) {
         let window = window.max(1);
-        if self.pos >= window {
-            // The window was made smaller by a config change: start it over.
+        let words = window.div_ceil(64) as usize;
+        if self.pos >= window || (!self.bits.is_empty() && self.bits.len() != words) {
+            // The window was resized by a config change since the snapshot: start it over.
             self.bits.clear();
             self.failures = 0;
             self.pos = 0;
         }
         let (word, bit) = ((self.pos / 64) as usize, self.pos % 64);
         if self.bits.is_empty() && failed {
-            self.bits = vec![0; window.div_ceil(64) as usize];
+            self.bits = vec![0; words];
         }
         if let Some(w) = self.bits.get_mut(word) {
             let was = (*w >> bit) & 1 == 1;
@@ -282,6 +283,15 @@ mod tests {
         assert_eq!(b.failures(), 20);
         assert_eq!(b.record(&p, 0, false), Transition::None, "failure replaces a failure: still 20");
         assert_eq!(b.record(&p, 0, false), Transition::Opened, "21 of 200 is above 10%");
+    }
+
+    #[test]
+    fn a_window_resized_by_a_config_change_starts_over() {
+        let mut b = Breaker::default();
+        feed(&mut b, &[false; 5], 0);
+        let wider = BreakerParams { window: 100, ..P };
+        assert_eq!(b.record(&wider, 0, true), Transition::None);
+        assert_eq!(b.failures(), 0, "the old window's failures are dropped with it");
     }
 
     #[test]

@@ -239,6 +239,21 @@ mod tests {
     }
 
     #[test]
+    fn with_learn_first_a_non_finite_score_starts_the_main_model_over() {
+        let r = resilience(Some("zscore"));
+        let f = PipelineSpec { model_type: "knn".into(), learn_first: true, ..PipelineSpec::default() }.check().expect("valid spec");
+        let (mut p, mut g) = (f.build(2, "s"), Guard::default());
+        for i in 0..50 {
+            step(&r, &f, &mut p, &mut g, (i % 5) as f64, i);
+        }
+        let out = step(&r, &f, &mut p, &mut g, 1e200, 50);
+        let Verdict::Degraded(_, why) = out.verdict else { panic!("expected a degraded score, got {:?}", out.verdict) };
+        assert!(why.contains("it had learned the reading, so its model starts over"), "{why}");
+        let fresh = postcard::to_allocvec(&f.build(2, "s")).expect("encodes");
+        assert_eq!(postcard::to_allocvec(&p).expect("encodes"), fresh, "the poisoned model is discarded");
+    }
+
+    #[test]
     fn a_panic_is_caught_with_its_message() {
         // No detector panics on valid input; a panic can only come from a bug, so the
         // boundary itself is what is tested here.
