@@ -4,7 +4,10 @@
 //! A leaf for the rest of the crate: it depends only on [`crate::config`] (for
 //! [`TelemetryConfig`]), so every layer may count and log through it.
 
+pub mod health;
+pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod stats;
 
 pub use stats::{RunSummary, WorkerStats};

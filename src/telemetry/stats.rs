@@ -48,6 +48,8 @@ pub struct WorkerStats {
     /// Per assigned partition: the state `/ready` and `/metrics` report. Entries are
     /// created on assignment ([`WorkerStats::partition`]) and removed on revocation.
     pub per_partition: Mutex<BTreeMap<(String, i32), Arc<PartitionStats>>>,
+    /// Labelled counters and histograms, observed where they happen (`telemetry::metrics`).
+    pub instruments: super::metrics::Instruments,
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).
