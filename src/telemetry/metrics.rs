@@ -108,20 +108,20 @@ impl Instruments {
 
     /// Register every instrument in `registry`.
     fn register(&self, registry: &mut Registry) {
-        registry.register("onad_dead_letters_by_kind", "Records sent to the dead-letter topic, by error kind.", self.dead_letters.clone());
-        registry.register("onad_anomalies", "Anomaly alerts emitted, by severity.", self.anomalies.clone());
+        registry.register("onad_dead_letters_by_kind", "Records sent to the dead-letter topic, by error kind", self.dead_letters.clone());
+        registry.register("onad_anomalies", "Anomaly alerts emitted, by severity", self.anomalies.clone());
         registry.register(
             "onad_reading_to_output_seconds",
-            "From the input record's timestamp to its outputs being handed to the producer, seconds.",
+            "From the input record's timestamp to its outputs being handed to the producer, seconds",
             self.latency.clone(),
         );
         registry.register(
             "onad_batch_processing_seconds",
-            "Time to process one batch of records taken from a partition (score and enqueue outputs), seconds.",
+            "Time to process one batch of records taken from a partition (score and enqueue outputs), seconds",
             self.batch.clone(),
         );
-        registry.register("onad_snapshot_duration_seconds", "Time to write one state snapshot, seconds.", self.snapshot.clone());
-        registry.register("onad_snapshot_written_bytes", "Bytes of state snapshots written.", self.snapshot_bytes.clone());
+        registry.register("onad_snapshot_duration_seconds", "Time to write one state snapshot, seconds", self.snapshot.clone());
+        registry.register("onad_snapshot_written_bytes", "Bytes of state snapshots written", self.snapshot_bytes.clone());
     }
 }
 
