@@ -353,3 +353,22 @@ fn a_missing_input_topic_is_not_retried_the_worker_exits_non_zero() {
     assert!(!status.success(), "exit {status}");
     assert!(worker.log().contains("does not exist"), "{}", worker.log());
 }
+
+#[test]
+fn the_keda_autoscaler_is_capped_at_the_input_partition_count_and_probes_use_live_and_ready() {
+    let keda = std::fs::read_to_string(repo_file("deploy/k8s/keda-scaledobject.yaml")).expect("keda file");
+    let k8s = std::fs::read_to_string(repo_file("deploy/k8s/onad-stream.yaml")).expect("k8s file");
+    let after = |text: &str, key: &str| -> String {
+        let line = text.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("{key} missing"));
+        line.split_once(key).map(|(_, v)| v.trim().trim_matches('"').to_string()).unwrap_or_default()
+    };
+    assert_eq!(after(&keda, "maxReplicaCount:"), after(&k8s, "partitions ="), "max replicas = input partitions");
+    assert_eq!(after(&keda, "allowIdleConsumers:"), "false");
+    assert_eq!(after(&keda, "consumerGroup:"), after(&k8s, "group_id =").trim_matches('"'));
+    assert_eq!(after(&keda, "topic:"), after(&k8s, "input_topic =").trim_matches('"'));
+    for probe in ["readinessProbe:", "startupProbe:", "livenessProbe:"] {
+        let at = k8s.find(probe).unwrap_or_else(|| panic!("{probe} missing"));
+        let path = if probe == "readinessProbe:" { "/ready" } else { "/live" };
+        assert!(k8s[at..].lines().nth(1).is_some_and(|l| l.contains(path)), "{probe} does not probe {path}");
+    }
+}
