@@ -171,6 +171,8 @@ async fn prometheus_scrapes_the_worker_and_every_dashboard_panel_has_data() {
         assert!(alerts >= 8.0, "the 8 spikes raised {alerts} alerts");
         prom.wait_value(&format!("sum(onad_anomalies_total{t})"), alerts, wait);
         prom.wait_value(&format!("count(onad_consumer_lag{t})"), 2.0, wait);
+        // librdkafka's statistics (every second here) made the lag of both partitions known.
+        prom.wait_value(&format!("count(onad_consumer_lag{t} != -1)"), 2.0, wait);
         prom.wait_value("onad_ready", 1.0, wait);
         let rss = prom.value("process_resident_memory_bytes").expect("rss scraped");
         assert!(rss > 1e6, "resident memory {rss}");
