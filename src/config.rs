@@ -51,6 +51,10 @@ pub const DEFAULT_OPEN_TIMEOUT: &str = "5m";
 pub const DEFAULT_FALLBACK: &str = "zscore";
 /// Per-sensor alert cooldown: 0 keeps one alert per anomalous reading.
 pub const DEFAULT_ALERT_COOLDOWN: &str = "0s";
+/// `/ready` fails when the consumer was last polled longer ago than this (seconds). The
+/// driver polls every 100 ms; a rebalance that restores state blocks the poll, so this
+/// leaves room for a restore of a few large partitions.
+pub const DEFAULT_READY_MAX_POLL_AGE_SECS: u64 = 30;
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
 
@@ -234,13 +238,21 @@ pub struct TelemetryConfig {
     pub log_level: String,
     /// `text` or `json`.
     pub log_format: String,
-    /// Address of the Prometheus `/metrics` and `/health` endpoint; empty disables it.
+    /// Address of the HTTP endpoint (`/metrics`, `/ready` = `/health`, `/live`); empty
+    /// disables it.
     pub metrics_addr: String,
+    /// `/ready` answers 503 when the consumer's last poll is older than this, seconds.
+    pub ready_max_poll_age_secs: u64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_level: "info".into(), log_format: "text".into(), metrics_addr: String::new() }
+        Self {
+            log_level: "info".into(),
+            log_format: "text".into(),
+            metrics_addr: String::new(),
+            ready_max_poll_age_secs: DEFAULT_READY_MAX_POLL_AGE_SECS,
+        }
     }
 }
 
@@ -414,6 +426,9 @@ impl Config {
         }
         if !matches!(raw.telemetry.log_format.as_str(), "text" | "json") {
             return Err(invalid("telemetry.log_format", "must be `text` or `json`"));
+        }
+        if raw.telemetry.ready_max_poll_age_secs < 1 {
+            return Err(invalid("telemetry.ready_max_poll_age_secs", "must be at least 1"));
         }
         let v = &raw.validation;
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {

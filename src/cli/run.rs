@@ -1,8 +1,27 @@
 //! `onad-stream run`: the worker until SIGTERM/SIGINT, then drain, commit and exit 0.
+//!
+//! The HTTP endpoint (`/live`, `/ready`, `/metrics`) starts first, so that while Kafka is
+//! unreachable at start-up the process is live and says why it is not ready; the start-up
+//! check is retried with backoff until the broker answers. Only what retrying cannot cure
+//! (bad configuration, a missing input topic, failed authentication) exits non-zero.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
 use super::ConfigArgs;
+use crate::config::{Config, KafkaConfig};
+use crate::kafka::{admin, probe};
+use crate::telemetry::health::{Health, HealthRules};
+use crate::telemetry::http::{self, Endpoint};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::WorkerStats;
+
+/// First and longest wait between start-up attempts while Kafka is unreachable.
+const START_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
 /// Arguments of `onad-stream run`.
 #[derive(Debug, Args)]
@@ -17,41 +36,89 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     crate::telemetry::init(&config.telemetry);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let metrics_addr = config.telemetry.metrics_addr.clone();
-    let input_topic = config.kafka.input_topic.clone();
     let summary = runtime.block_on(async {
-        // State store (issue 4): restore on assignment, snapshots, changelog.
-        let partitions = crate::kafka::admin::ensure_output_topics(&config.kafka).await?;
-        let hooks = crate::kafka::recovery::StoreHooks::open(&config, partitions as i32).await?;
-        let worker = crate::worker::Worker::new(config).with_state(std::sync::Arc::new(hooks));
-        // Prometheus /metrics and /health, when configured; served until the worker returns.
-        let server = if metrics_addr.is_empty() {
-            None
-        } else {
-            let metrics = std::sync::Arc::new(crate::telemetry::metrics::Metrics::default());
-            metrics.watch_worker(&input_topic, worker.stats());
-            metrics.set_healthy(true);
-            let (addr, task) = crate::telemetry::metrics::serve(&metrics_addr, metrics)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {metrics_addr}: {e}"))?;
-            tracing::info!(%addr, "serving /metrics and /health");
-            Some(task)
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        let worker = crate::worker::Worker::new(config.clone());
+        let stats = worker.stats();
+        let server = serve(&config, &stats).await?;
+        let run = async {
+            let Some(partitions) = wait_for_kafka(&config.kafka, &stats, shutdown.as_mut()).await? else {
+                return Ok(None);
+            };
+            // State store (issue 4): restore on assignment, snapshots, changelog.
+            let hooks = crate::kafka::recovery::StoreHooks::open(&config, partitions as i32).await?.with_stats(stats.clone());
+            let worker = worker.with_state(Arc::new(hooks));
+            worker.run(shutdown.as_mut()).await.map(Some).map_err(anyhow::Error::from)
         };
-        let summary = worker.run(shutdown_signal()).await;
+        let result = run.await;
         if let Some(task) = server {
             task.abort();
         }
-        summary.map_err(anyhow::Error::from)
+        result
     })?;
-    eprintln!(
-        "onad-stream run: {} readings in {:.1} s: {} scored, {} alerts, {} dead letters",
-        summary.consumed,
-        summary.elapsed.as_secs_f64(),
-        summary.scored,
-        summary.alerts,
-        summary.dead_letters
-    );
+    match summary {
+        Some(summary) => eprintln!(
+            "onad-stream run: {} readings in {:.1} s: {} scored, {} alerts, {} dead letters",
+            summary.consumed,
+            summary.elapsed.as_secs_f64(),
+            summary.scored,
+            summary.alerts,
+            summary.dead_letters
+        ),
+        None => eprintln!("onad-stream run: stopped before Kafka at {} was reachable", config.kafka.bootstrap),
+    }
     Ok(())
+}
+
+/// Start the HTTP endpoint when `telemetry.metrics_addr` is set; served until the run ends.
+async fn serve(config: &Config, stats: &Arc<WorkerStats>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let addr = &config.telemetry.metrics_addr;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let rules = HealthRules {
+        max_poll_age: Duration::from_secs(config.telemetry.ready_max_poll_age_secs),
+        bootstrap: config.kafka.bootstrap.clone(),
+    };
+    let health = Arc::new(Health::new(stats.clone(), rules));
+    let metrics = Arc::new(Metrics::new(&config.kafka.input_topic, stats.clone(), health.clone()));
+    let (bound, task) =
+        http::serve(addr, Endpoint { metrics, health }).await.map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!(addr = %bound, "serving /metrics and /health (= /ready) and /live");
+    Ok(Some(task))
+}
+
+/// The worker's start-up check of its topics, retried with backoff while Kafka is unreachable
+/// (the outage shows in `/ready`). `None`: shutdown was requested meanwhile.
+async fn wait_for_kafka<F: Future<Output = ()>>(
+    k: &KafkaConfig,
+    stats: &WorkerStats,
+    mut shutdown: Pin<&mut F>,
+) -> anyhow::Result<Option<usize>> {
+    let mut wait = START_RETRY.0;
+    loop {
+        let attempt = tokio::select! {
+            r = admin::ensure_output_topics(k) => r,
+            () = &mut shutdown => return Ok(None),
+        };
+        match attempt {
+            Ok(partitions) => {
+                probe::mark_up(stats);
+                return Ok(Some(partitions));
+            }
+            Err(e) if probe::retriable(&e) => {
+                probe::mark_down(stats, &k.bootstrap, &e.to_string());
+                tracing::warn!(bootstrap = %k.bootstrap, cause = %e, retry_in = ?wait, "cannot reach Kafka; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut shutdown => return Ok(None),
+                }
+                wait = (wait * 2).min(START_RETRY.1);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -28,6 +28,11 @@ pub const LINGER_MS: &str = "5";
 /// lands on the same partition whichever client produced it. (Outputs and the changelog name
 /// their partition, so only keyed records — `produce`, the demo — are affected.)
 pub const PARTITIONER: &str = "murmur2_random";
+/// `statistics.interval.ms` of the group consumer: librdkafka's statistics carry each
+/// partition's `consumer_lag` (the worker's lag metric and `/ready`'s per-partition lag; the
+/// broker's watermarks are not used, design.md). Parsing them costs well under a millisecond
+/// per interval; `[kafka.settings]` may override it.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
 /// Brokers for the demo's embedded mock cluster.
 pub const MOCK_BROKERS: &str = "1";
 
@@ -63,7 +68,8 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
         .set("session.timeout.ms", k.session_timeout_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat.to_string())
         .set("enable.partition.eof", "false")
-        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
     // Static membership (KIP-345): a restarted replica with the same id takes its partitions
     // back without waiting for its old session to expire, where the broker honours it.
     if !k.instance_id.is_empty() {

@@ -49,12 +49,14 @@ pub struct WorkerContext {
     running: Mutex<BTreeMap<i32, Running>>,
     /// Models of partitions revoked from this worker, in case they come back.
     parked: Mutex<BTreeMap<i32, Models>>,
+    /// The bootstrap servers (named when no broker is reachable).
+    bootstrap: String,
 }
 
 impl WorkerContext {
-    /// A context over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { consumer: OnceLock::new(), shared, running: Mutex::new(BTreeMap::new()), parked: Mutex::new(BTreeMap::new()) }
+    /// A context over `shared`, for a consumer of `bootstrap`.
+    pub fn new(shared: Arc<Shared>, bootstrap: String) -> Self {
+        Self { consumer: OnceLock::new(), shared, running: Mutex::new(BTreeMap::new()), parked: Mutex::new(BTreeMap::new()), bootstrap }
     }
 
     /// Start a thread for each newly assigned partition, before librdkafka fetches it.
@@ -136,7 +138,8 @@ impl WorkerContext {
                     tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");
                     running.insert(partition, Running { stop, thread });
                     self.shared.stats.partitions.fetch_add(1, Ordering::Relaxed);
-                    self.shared.stats.partition(&topic, partition);
+                    // Unknown until librdkafka's next statistics.
+                    self.shared.stats.partition(&topic, partition).lag.store(-1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     self.shared.fail(WorkerError::Thread(e.to_string()));
@@ -192,7 +195,29 @@ impl WorkerContext {
     }
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    // Consumer lag per assigned partition, for `/metrics` and `/ready` (librdkafka's own
+    // `consumer_lag`, not the broker's watermarks: design.md).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&*self.shared.topic) else { return };
+        let Ok(assigned) = self.shared.stats.per_partition.lock() else { return };
+        for (p, s) in &topic.partitions {
+            if let Some(stats) = assigned.get(&(self.shared.topic.to_string(), *p)) {
+                stats.lag.store(s.consumer_lag, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        if matches!(error.rdkafka_error_code(), Some(Code::AllBrokersDown | Code::BrokerTransportFailure)) {
+            super::probe::mark_down(&self.shared.stats, &self.bootstrap, reason);
+            tracing::warn!(cause = %error, reason, "kafka client error");
+        } else {
+            tracing::error!(cause = %error, reason, "kafka client error");
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     // Replaces rdkafka's default so that the assignment list can carry start offsets; the
@@ -204,14 +229,17 @@ impl ConsumerContext for WorkerContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, tpl);
                 let r = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
-                if let Err(e) = r {
-                    self.shared.fail(WorkerError::Kafka(e));
+                match r {
+                    Ok(()) => self.shared.stats.group_joined.store(true, Ordering::Relaxed),
+                    Err(e) => self.shared.fail(WorkerError::Kafka(e)),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let ps: Vec<i32> = tpl.elements_for_topic(&self.shared.topic).iter().map(|e| e.partition()).collect();
                 let lost = consumer.assignment_lost();
                 tracing::info!(partitions = ?ps, lost, "partitions revoked");
+                // Until the next assignment the worker is not a member doing work.
+                self.shared.stats.group_joined.store(false, Ordering::Relaxed);
                 if self.stop_partitions(Some(&ps)) > 0 && !lost {
                     offsets::commit_stored(consumer);
                 }
@@ -222,6 +250,7 @@ impl ConsumerContext for WorkerContext {
             }
             other => {
                 tracing::warn!(code = ?other, "rebalance error; dropping the assignment");
+                self.shared.stats.group_joined.store(false, Ordering::Relaxed);
                 self.stop_partitions(None);
                 let _ = consumer.unassign();
             }
@@ -232,12 +261,17 @@ impl ConsumerContext for WorkerContext {
 /// Create the consumer, subscribe, and run the driver loop on the calling thread until
 /// `shared.stop` is set; then stop every partition (drain, commit) and leave the group.
 pub fn drive(config: rdkafka::ClientConfig, shared: Arc<Shared>) -> Result<(), WorkerError> {
-    let consumer: Arc<Consumer> = Arc::new(config.create_with_context(WorkerContext::new(shared.clone()))?);
+    let bootstrap = config.get("bootstrap.servers").unwrap_or_default().to_string();
+    let consumer: Arc<Consumer> = Arc::new(config.create_with_context(WorkerContext::new(shared.clone(), bootstrap.clone()))?);
     // Set once, right after creation: nothing else can have set it.
     let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
     consumer.subscribe(&[&shared.topic])?;
+    let probe =
+        super::probe::spawn(Arc::downgrade(&consumer), shared.clone(), bootstrap).map_err(|e| WorkerError::Thread(e.to_string()))?;
     while !shared.stop.load(Ordering::Acquire) {
-        match consumer.poll(DRIVER_POLL) {
+        let polled = consumer.poll(DRIVER_POLL);
+        shared.stats.last_poll_ms.store(crate::telemetry::health::now_ms(), Ordering::Relaxed);
+        match polled {
             None => {}
             Some(Ok(m)) => {
                 // Every assigned partition's queue is split off before it is fetched, so this
@@ -253,6 +287,9 @@ pub fn drive(config: rdkafka::ClientConfig, shared: Arc<Shared>) -> Result<(), W
     }
     consumer.context().stop_all(&consumer);
     consumer.unsubscribe();
+    shared.stats.group_joined.store(false, Ordering::Relaxed);
+    // The probe sees `stop` within one metadata timeout and lets go of the consumer.
+    let _ = probe.join();
     // Dropping the last handle closes the consumer: it leaves the group at once, so the
     // partitions move to another member without waiting for the session timeout.
     drop(consumer);

@@ -14,6 +14,7 @@
 //! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
 //! - [`bounds`]: a partition's true end and the record at an offset, read from the log;
+//! - [`probe`]: whether a broker answers (for `/ready`);
 //! - [`recovery`]: [`recovery::StoreHooks`], the state seam wired to RocksDB and these topics.
 //!
 //! Threads, not async tasks, carry the data path: one driver thread polls the consumer's main
@@ -41,6 +42,7 @@ pub mod changelog;
 pub mod client;
 pub mod driver;
 pub mod offsets;
+pub mod probe;
 pub mod producer;
 pub mod recovery;
 pub mod tails;

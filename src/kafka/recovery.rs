@@ -24,6 +24,8 @@
 //! A failed snapshot write is returned to the worker as [`StateFailure`], which pauses the
 //! partition before offsets pass the lost snapshot.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::changelog::Changelog;
@@ -34,6 +36,7 @@ use crate::partition::resume::{self, Restored, Tails};
 use crate::partition::{Models, Resume, StateHooks};
 use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
 use crate::state::{encode_models, KeyModel, StateError, StateStore};
+use crate::telemetry::WorkerStats;
 
 /// Bound on a changelog restore during assignment.
 const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,6 +51,8 @@ pub struct StoreHooks {
     tails: TailReader,
     /// When to snapshot each partition.
     checkpoints: Checkpoints,
+    /// Where snapshot timings and sizes are reported (`/metrics`, `/ready`).
+    stats: Arc<WorkerStats>,
 }
 
 impl std::fmt::Debug for StoreHooks {
@@ -68,7 +73,14 @@ impl StoreHooks {
             changelog: Some((cl, tokio::runtime::Handle::current())),
             tails: TailReader::new(&config.kafka),
             checkpoints: Checkpoints::new(config.checkpoint_interval, config.checkpoint_every),
+            stats: Arc::default(),
         })
+    }
+
+    /// Report snapshot timings and sizes to `stats` (the running worker's).
+    pub fn with_stats(mut self, stats: Arc<WorkerStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// The store (for inspection in tests).
@@ -153,7 +165,16 @@ impl StoreHooks {
     fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
         let t = Instant::now();
         let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
-        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
+        let took = t.elapsed();
+        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = took.as_millis() as u64, "snapshot written");
+        self.stats.instruments.snapshot(topic, partition, took.as_secs_f64(), info.bytes);
+        // Only an assigned partition reports (a revoked one's entry is gone).
+        let assigned = self.stats.per_partition.lock().ok().and_then(|m| m.get(&(topic.to_string(), partition)).cloned());
+        if let Some(p) = assigned {
+            p.last_snapshot_ms.store(info.written_at_ms, Ordering::Relaxed);
+            p.last_snapshot_us.store(took.as_micros() as u64, Ordering::Relaxed);
+            p.last_snapshot_bytes.store(info.bytes, Ordering::Relaxed);
+        }
         if let Some((cl, rt)) = &self.changelog {
             // The local snapshot is what recovery needs; a changelog failure only costs a
             // longer replay on another replica, so it is reported, not fatal.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -107,6 +108,16 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     /// Since when outputs are in flight with none acknowledged, and the
     /// `broker_down_since_ms` value this thread set (to clear only its own).
     silent: Option<(Instant, Option<u64>)>,
+    /// This partition's histograms (handles: observing them takes no lookup).
+    timing: Timing,
+}
+
+/// A partition's histogram handles.
+struct Timing {
+    /// Reading → output latency, from the record timestamp.
+    latency: Histogram,
+    /// Processing time per batch.
+    batch: Histogram,
 }
 
 impl<C: ConsumerContext + 'static> PartitionTask<C> {
@@ -125,6 +136,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let replay = Replay::new(&resume, committed);
         let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
         let gauges = shared.stats.partition(&topic, partition);
+        let i = &shared.stats.instruments;
+        let timing = Timing { latency: i.latency(&topic, partition), batch: i.batch(&topic, partition) };
         Self {
             queue,
             consumer,
@@ -137,6 +150,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             gauges,
             beat: Instant::now(),
             silent: None,
+            timing,
         }
     }
 
@@ -183,6 +197,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 }
                 None => false,
             };
+            let mut started = None;
             while taken < MAX_BATCH && self.stalled.is_none() {
                 let polled = self.queue.poll(wait);
                 // Checked between taking a record and producing its outputs: a freeze while
@@ -194,7 +209,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 match polled {
                     None => break,
                     Some(Ok(m)) => {
-                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out)?;
+                        // The batch's time runs from its first record, not from the wait for it.
+                        started.get_or_insert_with(std::time::Instant::now);
+                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out, &self.timing.latency)?;
                         taken += 1;
                         wait = Duration::ZERO;
                     }
@@ -203,6 +220,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                         break;
                     }
                 }
+            }
+            if let Some(t) = started {
+                self.timing.batch.observe(t.elapsed().as_secs_f64());
             }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;
@@ -348,6 +368,7 @@ fn handle(
     acks: &mut Acks,
     replay: &mut Replay,
     out: &mut Vec<OutRecord>,
+    latency: &Histogram,
 ) -> Result<(), WorkerError> {
     let offset = m.offset();
     if let Some(last) = replay.gap_before(offset, processor.models().last_offset) {
@@ -356,7 +377,8 @@ fn handle(
         tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
     }
     out.clear();
-    let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now_ms(), out);
+    let now = now_ms();
+    let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now, out);
     let stats = &shared.stats;
     stats.consumed.fetch_add(1, Ordering::Relaxed);
     if replay.answered(offset) {
@@ -372,11 +394,16 @@ fn handle(
             stats.scored.fetch_add(1, Ordering::Relaxed);
             if anomaly {
                 stats.alerts.fetch_add(1, Ordering::Relaxed);
+                stats.instruments.anomaly(&shared.topic, alert_severity(out));
             }
         }
-        Outcome::DeadLetter(_) => {
+        Outcome::DeadLetter(kind) => {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+            stats.instruments.dead_letter(&shared.topic, kind_label(kind));
         }
+    }
+    if let Some(ts) = m.timestamp().to_millis() {
+        latency.observe(now.saturating_sub(ts).max(0) as f64 / 1000.0);
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };
     let mut deliveries = Vec::with_capacity(out.len());
@@ -385,4 +412,31 @@ fn handle(
     }
     acks.push(offset, deliveries);
     Ok(())
+}
+
+/// The severity of the alert among `out` (alerts are rare: decoding one costs little).
+fn alert_severity(out: &[OutRecord]) -> &'static str {
+    use crate::proto::Severity;
+    let alert = out.iter().find(|r| r.dest == crate::partition::output::Dest::Alerts);
+    match alert.and_then(|r| <crate::proto::AnomalyAlert as prost::Message>::decode(&r.payload[..]).ok()).map(|a| a.severity()) {
+        Some(Severity::Low) => "low",
+        Some(Severity::Medium) => "medium",
+        Some(Severity::High) => "high",
+        Some(Severity::Critical) => "critical",
+        Some(Severity::Unspecified) | None => "unspecified",
+    }
+}
+
+/// The `kind` label of a dead letter.
+fn kind_label(kind: crate::proto::ErrorKind) -> &'static str {
+    use crate::proto::ErrorKind as K;
+    match kind {
+        K::Unspecified => "unspecified",
+        K::Decode => "decode",
+        K::Invalid => "invalid",
+        K::SchemaMismatch => "schema_mismatch",
+        K::RateLimited => "rate_limited",
+        K::Processing => "processing",
+        K::KeyMismatch => "key_mismatch",
+    }
 }

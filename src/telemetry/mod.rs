@@ -1,10 +1,15 @@
 //! Logs, metrics, health and the worker's counters. Log events, metric names and counters are
-//! declared here, in one place.
+//! declared here, in one place: [`stats`] (the atomics the data path bumps and the shared
+//! health fields), [`metrics`] (every Prometheus metric), [`health`] (what `/ready` decides),
+//! [`http`] (the axum endpoint) and [`process`] (RSS and CPU from `/proc/self`).
 //!
 //! A leaf for the rest of the crate: it depends only on [`crate::config`] (for
 //! [`TelemetryConfig`]), so every layer may count and log through it.
 
+pub mod health;
+pub mod http;
 pub mod metrics;
+pub mod process;
 pub mod stats;
 
 pub use stats::{RunSummary, WorkerStats};

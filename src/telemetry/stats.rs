@@ -51,6 +51,8 @@ pub struct WorkerStats {
     /// Times a partition thread found itself stalled past the session timeout (the process
     /// was frozen) and held its outputs until the group confirmed or revoked its partition.
     pub stall_fences: AtomicU64,
+    /// Labelled counters and histograms, observed where they happen (`telemetry::metrics`).
+    pub instruments: super::metrics::Instruments,
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).

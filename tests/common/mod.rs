@@ -443,6 +443,11 @@ impl ChildWorker {
         log
     }
 
+    /// The exit status, if the worker has exited (does not wait).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("wait for worker")
+    }
+
     /// SIGKILL: a crash, no drain, no commit.
     pub fn crash(mut self) {
         let _ = self.child.kill();
@@ -528,7 +533,9 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes()).expect("send request");
+    // `Connection: close`: the server ends the response by closing, so reading to the end
+    // returns (HTTP/1.1 servers keep the connection open otherwise).
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes()).expect("send request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
