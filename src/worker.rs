@@ -74,6 +74,7 @@ impl Worker {
                 factory: self.config.pipeline.clone(),
                 limits: self.config.validation.clone(),
                 scoring: self.scoring,
+                budget: Arc::new(crate::ops::memory::MemoryBudget::from_mb(self.config.memory_limit_mb)),
             }),
             producer: OutputProducer::new(k)?,
             stats: self.stats.clone(),

@@ -24,6 +24,8 @@
 //! A failed snapshot write is returned to the worker as [`StateFailure`], which pauses the
 //! partition before offsets pass the lost snapshot.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::changelog::Changelog;
@@ -31,8 +33,9 @@ use super::tails::TailReader;
 use crate::config::Config;
 use crate::error::StateFailure;
 use crate::partition::resume::{self, Restored, Tails};
-use crate::partition::{Models, Resume, StateHooks};
+use crate::partition::{ColdStore, KeyPipeline, Models, Resume, StateHooks};
 use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
+use crate::state::codec::{self, Kind};
 use crate::state::{encode_models, KeyModel, StateError, StateStore};
 
 /// Bound on a changelog restore during assignment.
@@ -41,14 +44,20 @@ const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`StateHooks`] backed by the RocksDB store and the changelog topic.
 pub struct StoreHooks {
     /// The worker's database.
-    store: StateStore,
+    store: Arc<StateStore>,
     /// Changelog publishing/restoring, with the runtime to drive it from worker threads.
     changelog: Option<(Changelog, tokio::runtime::Handle)>,
     /// Reads the output tails (and the changelog's replay epoch) on assignment.
     tails: TailReader,
     /// When to snapshot each partition.
-    checkpoints: Checkpoints,
+    checkpoints: Arc<Checkpoints>,
+    /// Per partition: the sensors evicted since the last changelog publish (their rows go
+    /// out with the next one: the changelog wants every key changed since its last marker).
+    evicted: Evicted,
 }
+
+/// Sensors evicted since the last changelog publish, per partition.
+type Evicted = Arc<Mutex<HashMap<i32, BTreeSet<String>>>>;
 
 impl std::fmt::Debug for StoreHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,10 +73,11 @@ impl StoreHooks {
         let cl = Changelog::new(&config.kafka, &config.kafka.changelog_topic)?;
         cl.ensure_topic(partitions).await?;
         Ok(Self {
-            store,
+            store: Arc::new(store),
             changelog: Some((cl, tokio::runtime::Handle::current())),
             tails: TailReader::new(&config.kafka),
-            checkpoints: Checkpoints::new(config.checkpoint_interval, config.checkpoint_every),
+            checkpoints: Arc::new(Checkpoints::new(config.checkpoint_interval, config.checkpoint_every)),
+            evicted: Arc::default(),
         })
     }
 
@@ -149,15 +159,41 @@ impl StoreHooks {
         }
     }
 
-    /// Write an encoded snapshot and publish it to the changelog.
+    /// Forget the partition's evicted pipelines: they belong to an earlier incarnation (see
+    /// `partition::resident`). If that fails (logged), no snapshot is restored: rebuilding by
+    /// replay is slow but exact, a snapshot mixed with newer evicted rows would not be.
+    fn clear_spill(&self, topic: &str, partition: i32) -> bool {
+        if let Ok(mut e) = self.evicted.lock() {
+            e.remove(&partition);
+        }
+        match self.store.clear_spill(topic, partition) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(partition, cause = %e, "cannot clear the evicted pipelines of an earlier owner");
+                false
+            }
+        }
+    }
+
+    /// Write an encoded snapshot of the resident pipelines and the evicted ones, and publish
+    /// it to the changelog.
     fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
         let t = Instant::now();
-        let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
+        let info = self.store.write_merged(topic, partition, offset, models)?;
         tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
         if let Some((cl, rt)) = &self.changelog {
             // The local snapshot is what recovery needs; a changelog failure only costs a
             // longer replay on another replica, so it is reported, not fatal.
-            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, models.to_vec())) {
+            let mut records = models.to_vec();
+            let evicted = self.evicted.lock().ok().and_then(|mut e| e.remove(&partition)).unwrap_or_default();
+            for key in evicted.into_iter().filter(|k| models.binary_search_by(|(m, _)| m.cmp(k)).is_err()) {
+                match self.store.unspill(topic, partition, &key) {
+                    Ok(Some(bytes)) => records.push((key, bytes)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(partition, cause = %e, "evicted pipeline unreadable for the changelog"),
+                }
+            }
+            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, records)) {
                 tracing::warn!(partition, offset, cause = %e, "changelog publish failed");
             }
         }
@@ -173,7 +209,11 @@ impl StateHooks for StoreHooks {
         if epoch.stale {
             self.drop_stale(topic, partition, local, epoch.current);
         }
-        let state = Restored::parked_or(parked, epoch.current, || self.restore(topic, partition, committed, epoch.stale));
+        let state = Restored::parked_or(parked, epoch.current, || {
+            // Not continuing with its own parked models: the spill is an earlier
+            // incarnation's, and must not stand in for any sensor's state at the snapshot.
+            self.clear_spill(topic, partition).then(|| self.restore(topic, partition, committed, epoch.stale)).flatten()
+        });
         let (snapshot, nothing) = (matches!(state, Restored::Snapshot(_)), matches!(state, Restored::Nothing));
         let r = resume::resume(committed, state, tails.as_ref(), epoch.current);
         if snapshot {
@@ -205,5 +245,58 @@ impl StateHooks for StoreHooks {
                 tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one")
             }
         }
+    }
+
+    fn cold_store(&self, topic: &str, partition: i32) -> Option<Box<dyn ColdStore>> {
+        Some(Box::new(SpillStore {
+            store: self.store.clone(),
+            checkpoints: self.checkpoints.clone(),
+            evicted: self.evicted.clone(),
+            topic: topic.into(),
+            partition,
+        }))
+    }
+}
+
+/// One partition's evicted pipelines in the store's `spill` family.
+struct SpillStore {
+    /// The worker's database.
+    store: Arc<StateStore>,
+    /// To hold evictions while a snapshot waits to be written.
+    checkpoints: Arc<Checkpoints>,
+    /// Evicted since the last changelog publish.
+    evicted: Evicted,
+    /// Input topic.
+    topic: String,
+    /// Input partition.
+    partition: i32,
+}
+
+impl ColdStore for SpillStore {
+    fn can_evict(&self) -> bool {
+        !self.checkpoints.pending(self.partition)
+    }
+
+    fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {
+        let mut rows = Vec::with_capacity(models.len());
+        for (k, kp) in models {
+            rows.push((k.to_string(), codec::encode(Kind::Model, kp).map_err(|e| StateFailure(format!("cannot encode {k:?}: {e}")))?));
+        }
+        self.store.spill(&self.topic, self.partition, &rows).map_err(|e| StateFailure(e.to_string()))?;
+        if let Ok(mut e) = self.evicted.lock() {
+            e.entry(self.partition).or_default().extend(rows.into_iter().map(|(k, _)| k));
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self, key: &str) -> Result<Option<KeyPipeline>, StateFailure> {
+        let Some(raw) = self.store.unspill(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))? else {
+            return Ok(None);
+        };
+        codec::decode::<KeyPipeline>(Kind::Model, &raw).map(Some).map_err(|e| StateFailure(format!("evicted model of {key:?}: {e}")))
+    }
+
+    fn forget(&mut self, key: &str) -> Result<(), StateFailure> {
+        self.store.forget_spilled(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))
     }
 }

@@ -104,7 +104,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     ) -> Self {
         let topic = shared.topic.clone();
         let replay = Replay::new(&resume, committed);
-        let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
+        let cold = shared.hooks.cold_store(&topic, partition);
+        let stats = shared.stats.partition(&topic, partition);
+        let processor = Processor::with_cold(topic.clone(), partition, shared.processor.clone(), resume.models, cold, stats);
         Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None }
     }
 
@@ -171,8 +173,23 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 );
                 self.state_saved(saved);
             }
+            self.keep_budget();
         }
         Ok(())
+    }
+
+    /// Evict least-recently-used pipelines while the worker is over its memory budget. A
+    /// failed eviction only leaves the worker over budget (the pipelines stay in memory).
+    fn keep_budget(&mut self) {
+        let partition = self.processor.partition();
+        match self.processor.keep_budget() {
+            Ok(0) if self.processor.over_budget_without_store() => {
+                tracing::warn!(partition, "over memory_limit_mb without a state store to evict to: keeping every pipeline");
+            }
+            Ok(n) if n > 0 => tracing::debug!(partition, evicted = n, "evicted pipelines to keep the memory budget"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(partition, cause = %e, "cannot evict pipelines; over the memory budget until it works"),
+        }
     }
 
     /// Track whether the partition's state can be saved: a failure pauses the partition and

@@ -13,6 +13,7 @@
 
 pub mod output;
 pub mod replay_plan;
+pub mod resident;
 pub mod resume;
 
 use std::collections::BTreeMap;
@@ -23,8 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ValidationConfig;
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
+use crate::ops::memory::MemoryBudget;
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
+use crate::telemetry::stats::PartitionStats;
+pub use resident::{ColdStore, Resident};
 
 pub use crate::error::StateFailure;
 pub use output::{Dest, OutRecord, Source};
@@ -92,6 +96,8 @@ pub struct ProcessorConfig {
     /// valid reading with score 0 and detector "none": it measures the worker without the
     /// detector's cost and is never a production setting.
     pub scoring: bool,
+    /// The worker's memory budget (`memory_limit_mb`), shared by its partitions.
+    pub budget: Arc<MemoryBudget>,
 }
 
 /// The synchronous per-partition core.
@@ -106,12 +112,52 @@ pub struct Processor {
     models: Models,
     /// Reused dense feature vector.
     x: Vec<f64>,
+    /// Which pipelines are in memory, under the budget.
+    resident: Resident,
 }
 
 impl Processor {
-    /// A processor for `topic`/`partition` starting from `models`.
+    /// A processor for `topic`/`partition` starting from `models`, without a cold store
+    /// (nothing is evicted).
     pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
-        Self { topic, partition, config, models, x: Vec::new() }
+        Self::with_cold(topic, partition, config, models, None, Arc::default())
+    }
+
+    /// As [`Processor::new`], evicting least-recently-used pipelines to `cold` while the
+    /// worker is over its memory budget, reporting to `stats`.
+    pub fn with_cold(
+        topic: Arc<str>,
+        partition: i32,
+        config: Arc<ProcessorConfig>,
+        models: Models,
+        cold: Option<Box<dyn ColdStore>>,
+        stats: Arc<PartitionStats>,
+    ) -> Self {
+        let mut resident = Resident::new(config.budget.clone(), cold, stats);
+        for (k, kp) in &models.keys {
+            resident.insert(k, kp);
+        }
+        resident.publish();
+        Self { topic, partition, config, models, x: Vec::new(), resident }
+    }
+
+    /// Keep the worker's memory budget: evict this partition's least-recently-used
+    /// pipelines while the worker is over it (call between batches). Returns how many were
+    /// evicted; `Ok(0)` also when over budget with nothing to evict to (see
+    /// [`Processor::over_budget_without_store`]).
+    pub fn keep_budget(&mut self) -> Result<usize, StateFailure> {
+        self.resident.keep_budget(&mut self.models.keys)
+    }
+
+    /// Whether the worker went over budget and this partition has no store to evict to
+    /// (reported once per occurrence).
+    pub fn over_budget_without_store(&mut self) -> bool {
+        self.resident.take_warning()
+    }
+
+    /// The LRU bookkeeping (tests and telemetry).
+    pub fn resident(&self) -> &Resident {
+        &self.resident
     }
 
     /// The learned state.
@@ -149,6 +195,15 @@ impl Processor {
         validate::check_record_size(bytes.len(), &self.config.limits)?;
         let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        if !self.models.keys.contains_key(&reading.sensor_id) {
+            // Evicted earlier: load it back, so that it continues exactly.
+            let reloaded = self.resident.reload(&reading.sensor_id).map_err(|e| {
+                Rejection::new(ErrorKind::Processing, format!("this sensor's evicted model cannot be loaded: {e}"))
+            })?;
+            if let Some(kp) = reloaded {
+                self.models.keys.insert(reading.sensor_id.clone(), kp);
+            }
+        }
         let kp = match self.models.keys.get_mut(&reading.sensor_id) {
             Some(kp) => {
                 let same = kp.features.len() == reading.values.len() && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);
@@ -167,7 +222,9 @@ impl Processor {
             None => {
                 let features: Vec<String> = reading.values.keys().cloned().collect();
                 let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
-                self.models.keys.entry(reading.sensor_id.clone()).or_insert(KeyPipeline { features, pipeline, processed: 0, anomalies: 0 })
+                let kp = KeyPipeline { features, pipeline, processed: 0, anomalies: 0 };
+                self.resident.insert(&reading.sensor_id, &kp);
+                self.models.keys.entry(reading.sensor_id.clone()).or_insert(kp)
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
@@ -186,9 +243,13 @@ impl Processor {
                         .or_else(|| cause.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     self.models.keys.remove(&reading.sensor_id);
+                    let forgot = match self.resident.remove(&reading.sensor_id) {
+                        Ok(()) => String::new(),
+                        Err(e) => format!(" (its evicted copy could not be deleted: {e})"),
+                    };
                     return Err(Rejection::new(
                         ErrorKind::Processing,
-                        format!("detector failed ({cause}); this sensor's model starts over"),
+                        format!("detector failed ({cause}); this sensor's model starts over{forgot}"),
                     ));
                 }
             }
@@ -197,6 +258,7 @@ impl Processor {
         };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
+        self.resident.touch(&reading.sensor_id, kp);
         let cx = output::ScoreContext {
             detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },
             features: &kp.features,
@@ -233,6 +295,12 @@ pub trait StateHooks: Send + Sync {
     /// Called on the partition's thread when it is revoked or the worker stops, after every
     /// output is delivered and its offset stored, before the offsets are committed.
     fn on_revoke(&self, _topic: &str, _partition: i32, _models: &Models) {}
+    /// Where the partition's processor evicts pipelines to keep the memory budget (called
+    /// after [`StateHooks::on_assign`], on the partition's thread). `None`: nothing is
+    /// evicted.
+    fn cold_store(&self, _topic: &str, _partition: i32) -> Option<Box<dyn ColdStore>> {
+        None
+    }
 }
 
 /// The default: state lives in memory only.
@@ -254,7 +322,7 @@ mod tests {
 
     fn processor() -> Processor {
         let c = Config::load_from(None, &[], &[]).unwrap();
-        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true };
+        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true, budget: Arc::default() };
         Processor::new("in".into(), 3, Arc::new(pc), Models::default())
     }
 

@@ -113,6 +113,13 @@ impl Checkpoints {
         Self { interval, every, progress: Mutex::new(HashMap::new()) }
     }
 
+    /// Whether a snapshot of `partition` is encoded and waits for its outputs to be
+    /// delivered (no pipeline may be evicted meanwhile: `partition::resident`).
+    pub fn pending(&self, partition: i32) -> bool {
+        // A poisoned lock: say "pending", which only postpones evictions.
+        self.progress.lock().map_or(true, |p| p.get(&partition).is_some_and(|p| p.pending.is_some()))
+    }
+
     /// `partition` was assigned with state that has applied up to `last`.
     pub fn assigned(&self, partition: i32, last: Option<i64>) {
         if let Ok(mut p) = self.progress.lock() {

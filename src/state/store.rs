@@ -54,6 +54,8 @@ use super::StateError;
 const CF_META: &str = "meta";
 /// Column family of per-key models.
 const CF_MODELS: &str = "models";
+/// Column family of evicted pipelines (see [`spill`]).
+const CF_SPILL: &str = "spill";
 /// See the module docs.
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
@@ -210,7 +212,18 @@ fn db_options() -> Options {
 }
 
 fn descriptors() -> Vec<ColumnFamilyDescriptor> {
-    vec![ColumnFamilyDescriptor::new(CF_META, cf_options(false)), ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true))]
+    vec![
+        ColumnFamilyDescriptor::new(CF_META, cf_options(false)),
+        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true)),
+        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options()),
+    ]
+}
+
+/// The families a read-only open can ask for: those the database has (one written before
+/// the `spill` family existed has none).
+fn existing_descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
+    let have = DB::list_cf(&db_options(), path).unwrap_or_default();
+    descriptors().into_iter().filter(|d| have.is_empty() || have.iter().any(|h| h == d.name())).collect()
 }
 
 impl StateStore {
@@ -227,7 +240,7 @@ impl StateStore {
     /// Open the database read-only, for inspection while a worker may be running (no lock
     /// is taken). Every write fails with [`StateError::Write`].
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
-        let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false)
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, existing_descriptors(path), false)
             .map_err(|source| StateError::Open { path: path.into(), source })?;
         Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
     }
@@ -267,7 +280,7 @@ impl StateStore {
             Err(e) => {
                 // Still failing (a full disk cannot even flush the WAL at open): keep what was
                 // written readable through a read-only instance until a reopen succeeds.
-                *guard = DB::open_cf_descriptors_read_only(&db_options(), &self.path, descriptors(), false).ok();
+                *guard = DB::open_cf_descriptors_read_only(&db_options(), &self.path, existing_descriptors(&self.path), false).ok();
                 Err(e)
             }
         }
@@ -326,6 +339,15 @@ impl StateStore {
     where
         I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
     {
+        self.write_rows(topic, partition, offset, models, false)
+    }
+
+    /// Write a snapshot; with `merge_spill`, the partition's evicted pipelines (its `spill`
+    /// rows) are part of it, under the resident ones (`models`, in key order, win).
+    fn write_rows<I>(&self, topic: &str, partition: i32, offset: i64, models: I, merge_spill: bool) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
         if offset < -1 {
             return Err(StateError::InvalidOffset(offset));
         }
@@ -338,15 +360,22 @@ impl StateStore {
         batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut key_buf = Vec::with_capacity(prefix.len() + 32);
-        for entry in models {
-            let (key, value) = entry?;
+        let mut put = |key: &[u8], value: &[u8]| {
             key_buf.clear();
             key_buf.extend_from_slice(&prefix);
-            key_buf.extend_from_slice(key.as_bytes());
-            batch.put_cf(models_cf, &key_buf, &value);
+            key_buf.extend_from_slice(key);
+            batch.put_cf(models_cf, &key_buf, value);
             keys += 1;
             bytes += value.len() as u64;
+        };
+        let mut spilled = spill::Rows::new(db, topic, partition, merge_spill);
+        for entry in models {
+            let (key, value) = entry?;
+            spilled.put_before(key.as_bytes(), &mut put)?;
+            put(key.as_bytes(), &value);
         }
+        spilled.put_rest(&mut put)?;
+        drop(spilled);
         let meta = MetaRecord { written_at_ms: now_ms(), keys, bytes };
         let meta_value =
             codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
@@ -655,5 +684,6 @@ impl StateStore {
     }
 }
 
+pub mod spill;
 #[cfg(test)]
 mod tests;
