@@ -4,7 +4,7 @@
 //! # What is counted
 //! Per resident sensor: the pipeline's encoded size (postcard, what a snapshot stores) times
 //! [`HEAP_FACTOR`] plus [`PER_KEY_BYTES`] for the map entries and the key strings: an
-//! estimate of its heap footprint, re-measured on load and every [`REMEASURE_EVERY`]
+//! estimate of its heap footprint, re-measured on load, after the first reading and every [`REMEASURE_EVERY`]
 //! readings of the sensor (a pipeline's size settles after its warm-up).
 //!
 //! # Eviction
@@ -153,9 +153,9 @@ impl Resident {
     }
 
     /// `key` was used (a reading was scored): it becomes the most recent; its size is
-    /// measured again every [`REMEASURE_EVERY`] readings.
+    /// measured again after its first reading and every [`REMEASURE_EVERY`] readings.
     pub fn touch(&mut self, key: &str, kp: &KeyPipeline) {
-        let remeasure = kp.processed % REMEASURE_EVERY == 0;
+        let remeasure = kp.processed == 1 || kp.processed % REMEASURE_EVERY == 0;
         let bytes = if remeasure { Some(self.measure(key, kp)) } else { None };
         self.tick += 1;
         let tick = self.tick;
@@ -257,6 +257,11 @@ impl Resident {
         self.entries.len()
     }
 
+    /// The bytes accounted for `key`, if it is resident.
+    pub fn bytes_of(&self, key: &str) -> Option<u64> {
+        self.entries.get(key).map(|e| e.bytes)
+    }
+
     /// Keys from least to most recently used (tests).
     pub fn lru_order(&self) -> Vec<&str> {
         self.order.values().map(String::as_str).collect()
@@ -272,3 +277,7 @@ impl Resident {
         self.budget.sub(bytes);
     }
 }
+
+#[cfg(test)]
+#[path = "resident_tests.rs"]
+mod tests;

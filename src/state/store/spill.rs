@@ -161,3 +161,50 @@ impl StateStore {
         self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(v: u64) -> Vec<u8> {
+        codec::encode(Kind::Model, &v).expect("encodes")
+    }
+
+    #[test]
+    fn a_snapshot_holds_resident_and_evicted_models_and_a_cleared_spill_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), 3).expect("opens");
+        store.spill("t", 1, &[("a".into(), env(1)), ("b".into(), env(2)), ("d".into(), env(4))]).expect("spilled");
+        store.spill("t", 2, &[("other".into(), env(9))]).expect("spilled");
+        assert_eq!(store.unspill("t", 1, "b").expect("reads"), Some(env(2)));
+        assert_eq!(store.unspill("t", 1, "zz").expect("reads"), None);
+
+        // b was reloaded and changed (resident wins), c is resident only.
+        let info = store.write_merged("t", 1, 41, &[("b".into(), env(20)), ("c".into(), env(3))]).expect("written");
+        assert_eq!(info.keys, 4);
+        let snap = store.restore::<u64>("t", 1, None).expect("reads").snapshot.expect("a snapshot");
+        assert_eq!(snap.info.offset, 41);
+        let got: Vec<(&str, u64)> = snap.models.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(got, vec![("a", 1), ("b", 20), ("c", 3), ("d", 4)], "the full state, other partitions' rows not mixed in");
+
+        store.forget_spilled("t", 1, "a").expect("deleted");
+        assert_eq!(store.unspill("t", 1, "a").expect("reads"), None);
+        store.clear_spill("t", 1).expect("cleared");
+        assert_eq!(store.unspill("t", 1, "d").expect("reads"), None);
+        assert_eq!(store.unspill("t", 2, "other").expect("reads"), Some(env(9)), "only that partition's rows");
+        let info = store.write_merged("t", 1, 50, &[("c".into(), env(5))]).expect("written");
+        assert_eq!(info.keys, 1);
+    }
+
+    #[test]
+    fn a_corrupt_evicted_row_is_an_error_not_a_fresh_model() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), 3).expect("opens");
+        let mut bad = env(7);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        store.spill("t", 0, &[("k".into(), bad)]).expect("spilled");
+        let err = store.unspill("t", 0, "k").expect_err("corrupt");
+        assert!(err.to_string().contains("\"k\""), "{err}");
+    }
+}
