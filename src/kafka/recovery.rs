@@ -34,8 +34,8 @@ use crate::config::Config;
 use crate::error::StateFailure;
 use crate::partition::resume::{self, Restored, Tails};
 use crate::partition::{ColdStore, KeyPipeline, Models, Resume, StateHooks};
-use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
 use crate::state::codec::{self, Kind};
+use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
 use crate::state::{encode_models, KeyModel, StateError, StateStore};
 
 /// Bound on a changelog restore during assignment.

@@ -88,6 +88,8 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     replay: Replay,
     /// While the state cannot be saved: when to retry, and the wait after that.
     stalled: Option<(std::time::Instant, Duration)>,
+    /// Pipelines evicted by this task so far (the first eviction is logged).
+    evicted: u64,
 }
 
 impl<C: ConsumerContext + 'static> PartitionTask<C> {
@@ -107,7 +109,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let cold = shared.hooks.cold_store(&topic, partition);
         let stats = shared.stats.partition(&topic, partition);
         let processor = Processor::with_cold(topic.clone(), partition, shared.processor.clone(), resume.models, cold, stats);
-        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None }
+        Self { queue, consumer, acks: Acks::new(&topic, partition), shared, processor, stop, replay, stalled: None, evicted: 0 }
     }
 
     /// Run until told to stop (or a fatal error); then drain.
@@ -186,7 +188,14 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             Ok(0) if self.processor.over_budget_without_store() => {
                 tracing::warn!(partition, "over memory_limit_mb without a state store to evict to: keeping every pipeline");
             }
-            Ok(n) if n > 0 => tracing::debug!(partition, evicted = n, "evicted pipelines to keep the memory budget"),
+            Ok(n) if n > 0 => {
+                if self.evicted == 0 {
+                    let resident = self.processor.resident().resident();
+                    tracing::info!(partition, resident, "memory budget reached: evicting least-recently-used pipelines to the state store");
+                }
+                self.evicted += n as u64;
+                tracing::debug!(partition, evicted = n, "evicted pipelines to keep the memory budget");
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(partition, cause = %e, "cannot evict pipelines; over the memory budget until it works"),
         }

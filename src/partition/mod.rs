@@ -197,9 +197,10 @@ impl Processor {
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
         if !self.models.keys.contains_key(&reading.sensor_id) {
             // Evicted earlier: load it back, so that it continues exactly.
-            let reloaded = self.resident.reload(&reading.sensor_id).map_err(|e| {
-                Rejection::new(ErrorKind::Processing, format!("this sensor's evicted model cannot be loaded: {e}"))
-            })?;
+            let reloaded = self
+                .resident
+                .reload(&reading.sensor_id)
+                .map_err(|e| Rejection::new(ErrorKind::Processing, format!("this sensor's evicted model cannot be loaded: {e}")))?;
             if let Some(kp) = reloaded {
                 self.models.keys.insert(reading.sensor_id.clone(), kp);
             }

@@ -102,7 +102,12 @@ fn scores_under_a_tiny_budget_are_bit_identical_to_an_unlimited_one() {
 
     assert_eq!(got.len(), expected.len());
     for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-        assert!(g == e, "reading {i} scored differently after eviction: {:?} vs {:?}", ScoredReading::decode(&g[..]), ScoredReading::decode(&e[..]));
+        assert!(
+            g == e,
+            "reading {i} scored differently after eviction: {:?} vs {:?}",
+            ScoredReading::decode(&g[..]),
+            ScoredReading::decode(&e[..])
+        );
     }
     let (evictions, reloads) = (stats.evictions.load(Ordering::Relaxed), stats.reloads.load(Ordering::Relaxed));
     assert!(evictions > 1000 && reloads > 1000, "evictions {evictions}, reloads {reloads}");
@@ -116,7 +121,8 @@ fn scores_under_a_tiny_budget_are_bit_identical_to_an_unlimited_one() {
 fn the_least_recently_used_sensor_goes_first() {
     let cold = MapCold::default();
     let (mut p, stats) = processor(MemoryBudget::unlimited(), Some(cold.clone()));
-    let input: Vec<(String, Vec<u8>)> = ["a", "b", "c", "d", "b", "a"].iter().enumerate().map(|(t, k)| (k.to_string(), reading(k, t as i64, 1.0))).collect();
+    let input: Vec<(String, Vec<u8>)> =
+        ["a", "b", "c", "d", "b", "a"].iter().enumerate().map(|(t, k)| (k.to_string(), reading(k, t as i64, 1.0))).collect();
     run(&mut p, &input, 100);
     assert_eq!(p.resident().lru_order(), vec!["c", "d", "b", "a"]);
     let each = p.resident().bytes_of("c").expect("resident");

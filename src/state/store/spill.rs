@@ -37,6 +37,9 @@ fn spill_key(topic: &str, partition: i32, key: &str) -> Vec<u8> {
     k
 }
 
+/// A spill row: key without the partition prefix, value.
+type Row = (Vec<u8>, Box<[u8]>);
+
 /// A partition's spill rows in key order, merged into a snapshot being written.
 pub(super) struct Rows<'d> {
     /// Prefix of the partition's rows.
@@ -44,7 +47,7 @@ pub(super) struct Rows<'d> {
     /// The iterator, `None` when not merging or exhausted.
     iter: Option<DBIteratorWithThreadMode<'d, DB>>,
     /// The next row (key without the prefix, value).
-    next: Option<(Vec<u8>, Box<[u8]>)>,
+    next: Option<Row>,
     /// For errors.
     topic: String,
     /// For errors.
@@ -59,7 +62,7 @@ impl<'d> Rows<'d> {
         Self { prefix, iter, next: None, topic: topic.into(), partition }
     }
 
-    fn peek(&mut self) -> Result<Option<&(Vec<u8>, Box<[u8]>)>, StateError> {
+    fn peek(&mut self) -> Result<Option<&Row>, StateError> {
         if self.next.is_none() {
             if let Some(iter) = self.iter.as_mut() {
                 match iter.next() {
@@ -124,8 +127,13 @@ impl StateStore {
             })
         })?;
         let Some(raw) = raw else { return Ok(None) };
-        codec::open(Kind::Model, &raw)
-            .map_err(|source| StateError::Corrupt { topic: topic.into(), partition, offset: -1, key: Some(key.into()), source })?;
+        codec::open(Kind::Model, &raw).map_err(|source| StateError::Corrupt {
+            topic: topic.into(),
+            partition,
+            offset: -1,
+            key: Some(key.into()),
+            source,
+        })?;
         Ok(Some(raw))
     }
 
