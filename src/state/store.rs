@@ -45,7 +45,7 @@ use rocksdb::{
     DB,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::codec::{self, Kind};
 use super::StateError;
@@ -64,17 +64,6 @@ const BLOCK_BYTES: usize = 16 << 10;
 /// (key bytes, value bytes) as stored.
 type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
 
-/// The stored metadata of a snapshot (envelope payload).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct MetaRecord {
-    /// Wall-clock time of the write, ms since the epoch.
-    written_at_ms: u64,
-    /// Number of keys.
-    keys: u64,
-    /// Sum of the keys' envelope bytes.
-    bytes: u64,
-}
-
 /// What is known about one stored snapshot without reading its models.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SnapshotInfo {
@@ -87,10 +76,14 @@ pub struct SnapshotInfo {
     pub offset: i64,
     /// When it was written, ms since the epoch.
     pub written_at_ms: u64,
-    /// Number of keys.
+    /// Number of keys stored in this snapshot (a delta: the keys changed since `parent`).
     pub keys: u64,
-    /// Bytes of the keys' envelopes.
+    /// Bytes of the keys' envelopes stored in this snapshot.
     pub bytes: u64,
+    /// The snapshot this one is a delta of; `None` for a full snapshot (see [`chain`]).
+    pub parent: Option<i64>,
+    /// Deltas between this snapshot and its full base (0 for a full one).
+    pub depth: u32,
 }
 
 /// A decoded snapshot.
@@ -339,12 +332,21 @@ impl StateStore {
     where
         I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
     {
-        self.write_rows(topic, partition, offset, models, false)
+        self.write_rows(topic, partition, offset, models, false, None)
     }
 
     /// Write a snapshot; with `merge_spill`, the partition's evicted pipelines (its `spill`
-    /// rows) are part of it, under the resident ones (`models`, in key order, win).
-    fn write_rows<I>(&self, topic: &str, partition: i32, offset: i64, models: I, merge_spill: bool) -> Result<SnapshotInfo, StateError>
+    /// rows) are part of it, under the resident ones (`models`, in key order, win). With a
+    /// `parent`, `models` are the keys changed since that snapshot: a delta ([`chain`]).
+    fn write_rows<I>(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        models: I,
+        merge_spill: bool,
+        parent: Option<i64>,
+    ) -> Result<SnapshotInfo, StateError>
     where
         I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
     {
@@ -355,6 +357,7 @@ impl StateStore {
         let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
         let Some(db) = guard.as_ref() else { return Err(StateError::Closed { path: self.path.clone() }) };
         let (meta_cf, models_cf) = (Self::cf(db, CF_META), Self::cf(db, CF_MODELS));
+        let depth = chain::depth_after(db, topic, partition, offset, parent)?;
         let prefix = snapshot_prefix(topic, partition, offset);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
@@ -376,28 +379,16 @@ impl StateStore {
         }
         spilled.put_rest(&mut put)?;
         drop(spilled);
-        let meta = MetaRecord { written_at_ms: now_ms(), keys, bytes };
+        let meta = chain::MetaRecord { written_at_ms: now_ms(), keys, bytes, parent, depth };
         let meta_value =
             codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
         batch.put_cf(meta_cf, &prefix, &meta_value);
-        // History, ordered by what a snapshot means, not by when it was written: the one
-        // written now is the partition's current state. Snapshots above its offset describe
-        // a future the partition no longer has (`replay --state keep` relabels the models at
-        // an earlier offset; a worker that fell back past a corrupt snapshot writes below
-        // it), so they go in this batch; of the rest, the `history` newest stay, this one
-        // first. (Pruning by offset alone deleted a relabelled snapshot as the "oldest".)
-        let mut older = Self::offsets_in(db, topic, partition)?;
-        for newer in older.iter().filter(|o| **o > offset) {
-            Self::delete_snapshot_in(db, &mut batch, topic, partition, *newer);
-        }
-        older.retain(|o| *o < offset);
-        older.sort_unstable_by(|a, b| b.cmp(a));
-        for old in older.iter().skip(self.history - 1) {
-            Self::delete_snapshot_in(db, &mut batch, topic, partition, *old);
+        for doomed in chain::superseded(db, topic, partition, offset, parent, self.history)? {
+            Self::delete_snapshot_in(db, &mut batch, topic, partition, doomed);
         }
         drop(guard);
         self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset, source })?;
-        Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes })
+        Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes, parent, depth })
     }
 
     /// Every model of a snapshot as its checked envelope bytes (envelopes verified, payloads
@@ -471,70 +462,16 @@ impl StateStore {
                     break;
                 }
                 let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
-                out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
-                    Ok(m) => Ok(SnapshotInfo {
-                        topic: topic.into(),
-                        partition,
-                        offset,
-                        written_at_ms: m.written_at_ms,
-                        keys: m.keys,
-                        bytes: m.bytes,
-                    }),
-                    Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
-                });
+                out.push(chain::decode_meta(&v).map(|m| m.info(topic, partition, offset)).map_err(|source| StateError::Corrupt {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    key: None,
+                    source,
+                }));
             }
             out.reverse();
             Ok(out)
-        })
-    }
-
-    /// As [`StateStore::raw_models`], failing when the snapshot holds another number of keys
-    /// than its metadata recorded (a snapshot is used whole or not at all).
-    fn complete_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
-        let raw = self.raw_models(info)?;
-        if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                offset: info.offset,
-                expected: info.keys,
-                found: raw.len() as u64,
-            });
-        }
-        Ok(raw)
-    }
-
-    /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
-    fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
-        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
-        self.with_db(|db| {
-            let mut out = Vec::with_capacity(info.keys as usize);
-            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                out.push((k[prefix.len()..].to_vec(), v));
-            }
-            Ok(out)
-        })
-    }
-
-    /// (key, envelope bytes) of every model in a snapshot, without decoding them.
-    pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
-        Ok(self.raw_models(info)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
-    }
-
-    /// The raw envelope of one key's model in a snapshot (for the changelog and inspection).
-    pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                source,
-            })
         })
     }
 
@@ -684,6 +621,7 @@ impl StateStore {
     }
 }
 
+pub mod chain;
 pub mod spill;
 #[cfg(test)]
 mod tests;

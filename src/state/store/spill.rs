@@ -166,7 +166,7 @@ impl StateStore {
     /// and the partition's evicted pipelines: a full snapshot of a partition under a memory
     /// budget, still one atomic WriteBatch.
     pub fn write_merged(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<SnapshotInfo, StateError> {
-        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), true)
+        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), true, None)
     }
 }
 

@@ -1,0 +1,277 @@
+//! Incremental snapshots: a snapshot is either *full* (every key of the partition) or a
+//! *delta* of an earlier snapshot, its `parent` (only the keys changed since). The state at a
+//! delta is its chain resolved: the full base's rows, overlaid by each delta's rows, oldest
+//! first. At a million sensors a snapshot then writes the sensors that read since the last
+//! one, not all of them.
+//!
+//! Why a base+delta chain rather than one row per key carrying its last offset: the store's
+//! other duties stay as they were. Each snapshot is still one atomic WriteBatch under its own
+//! offset (rows + meta, or nothing); an older snapshot is still an exact earlier state, so
+//! `replay --state rewind` and the fallback past a corrupt snapshot keep working; and rows
+//! never mix states of different offsets (per-key rows would hold, after an eviction or a
+//! crash, keys at several offsets, and restore would need a per-key replay filter).
+//!
+//! # What changes for history and corruption
+//! - Which snapshots are kept: the `history` newest (as before), plus every snapshot their
+//!   chains need (down to their full bases), plus, when those all share one base (and
+//!   `history` > 1), one older independent chain: the newest snapshot older than that base,
+//!   with its own ancestors. A corrupt base takes down every delta on it, so that chain is
+//!   what the fallback reaches then. With full snapshots only, nothing changes.
+//! - A snapshot is restored if every member of its chain is whole (key counts as recorded,
+//!   every envelope valid); otherwise it is rejected like a corrupt full snapshot was, and
+//!   the next older one is tried.
+//! - Deltas never delete keys: a worker whose sensor's model was dropped (a detector panic)
+//!   writes a full snapshot next. The policy (`state::policy::Checkpoints`) also writes a
+//!   full one after [`MAX_DEPTH`] deltas, when the parent is not a local snapshot (state from
+//!   the changelog) and after a failed write.
+//!
+//! Metadata written before deltas existed (no `parent`/`depth`) still decodes, as full.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rocksdb::{Direction, IteratorMode, DB};
+use serde::{Deserialize, Serialize};
+
+use super::{parse_meta_key, snapshot_prefix, stream_prefix, RawModels, SnapshotInfo, StateStore, CF_META, CF_MODELS};
+use crate::state::codec::{self, CodecError, Kind};
+use crate::state::StateError;
+
+/// Deltas on one base before the policy writes a full snapshot again: bounds the restore's
+/// reads (base + at most this many deltas).
+pub const MAX_DEPTH: u32 = 16;
+
+/// The stored metadata of a snapshot (envelope payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct MetaRecord {
+    /// Wall-clock time of the write, ms since the epoch.
+    pub written_at_ms: u64,
+    /// Number of keys stored under this snapshot's offset.
+    pub keys: u64,
+    /// Sum of those keys' envelope bytes.
+    pub bytes: u64,
+    /// The snapshot this is a delta of; `None`: full.
+    pub parent: Option<i64>,
+    /// Deltas down to the full base.
+    pub depth: u32,
+}
+
+/// Metadata as written before deltas existed.
+#[derive(Deserialize)]
+struct LegacyMeta {
+    written_at_ms: u64,
+    keys: u64,
+    bytes: u64,
+}
+
+/// Decode a meta value, current or legacy (postcard is not self-describing: the legacy
+/// layout is a prefix of the current one and fails to decode as it).
+pub(super) fn decode_meta(v: &[u8]) -> Result<MetaRecord, CodecError> {
+    match codec::decode::<MetaRecord>(Kind::SnapshotMeta, v) {
+        Ok(m) => Ok(m),
+        Err(e) => match codec::decode::<LegacyMeta>(Kind::SnapshotMeta, v) {
+            Ok(l) => Ok(MetaRecord { written_at_ms: l.written_at_ms, keys: l.keys, bytes: l.bytes, parent: None, depth: 0 }),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+impl MetaRecord {
+    /// The public view of this record.
+    pub(super) fn info(&self, topic: &str, partition: i32, offset: i64) -> SnapshotInfo {
+        SnapshotInfo {
+            topic: topic.into(),
+            partition,
+            offset,
+            written_at_ms: self.written_at_ms,
+            keys: self.keys,
+            bytes: self.bytes,
+            parent: self.parent,
+            depth: self.depth,
+        }
+    }
+}
+
+fn missing(topic: &str, partition: i32, offset: i64, parent: i64) -> StateError {
+    StateError::MissingParent { topic: topic.into(), partition, offset, parent }
+}
+
+/// The metadata of the snapshot at `offset`, if there is one that decodes.
+fn meta_at(db: &DB, topic: &str, partition: i32, offset: i64) -> Result<Option<MetaRecord>, StateError> {
+    let v = db
+        .get_cf(StateStore::cf(db, CF_META), snapshot_prefix(topic, partition, offset))
+        .map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
+    Ok(v.and_then(|v| decode_meta(&v).ok()))
+}
+
+/// The depth of a new snapshot at `offset` on `parent`: fails if the parent is missing or not
+/// below `offset`.
+pub(super) fn depth_after(db: &DB, topic: &str, partition: i32, offset: i64, parent: Option<i64>) -> Result<u32, StateError> {
+    let Some(p) = parent else { return Ok(0) };
+    if p >= offset {
+        return Err(missing(topic, partition, offset, p));
+    }
+    meta_at(db, topic, partition, p)?.map(|m| m.depth + 1).ok_or_else(|| missing(topic, partition, offset, p))
+}
+
+/// (offset, parent) of every stored snapshot of a partition; a meta that does not decode
+/// counts as full (it is rejected on restore anyway).
+fn index(db: &DB, topic: &str, partition: i32) -> Result<BTreeMap<i64, Option<i64>>, StateError> {
+    let prefix = stream_prefix(topic, partition);
+    let mut out = BTreeMap::new();
+    for item in db.iterator_cf(StateStore::cf(db, CF_META), IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, v) = item.map_err(|source| StateError::Read { topic: topic.into(), partition, source })?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        if let Some((_, _, offset)) = parse_meta_key(&k) {
+            out.insert(offset, decode_meta(&v).ok().and_then(|m| m.parent));
+        }
+    }
+    Ok(out)
+}
+
+/// Add `from` and its ancestors (as far as they exist) to `keep`.
+fn with_ancestors(index: &BTreeMap<i64, Option<i64>>, from: i64, keep: &mut BTreeSet<i64>) {
+    let mut at = Some(from);
+    while let Some(o) = at {
+        if !keep.insert(o) {
+            break;
+        }
+        at = index.get(&o).copied().flatten().filter(|p| *p < o);
+    }
+}
+
+/// The snapshots a new one at `offset` (on `parent`) supersedes: those above it (a future
+/// the partition no longer has), and, of the rest, all but the `history` newest with their
+/// chains and one older independent chain (module docs).
+pub(super) fn superseded(
+    db: &DB,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    parent: Option<i64>,
+    history: usize,
+) -> Result<Vec<i64>, StateError> {
+    let mut index = index(db, topic, partition)?;
+    index.insert(offset, parent);
+    let mut keep = BTreeSet::new();
+    // Newest first, the new one first of all (a relabelled or fallen-back state is the
+    // partition's current one whatever its offset).
+    let newest = std::iter::once(offset).chain(index.range(..offset).rev().map(|(o, _)| *o)).take(history.max(1));
+    for o in newest.collect::<Vec<_>>() {
+        with_ancestors(&index, o, &mut keep);
+    }
+    // With full snapshots only, the kept ones are independent already; when they all share
+    // one base, an older independent chain is what a corrupt base falls back to.
+    let bases = keep.iter().filter(|o| index.get(*o).is_some_and(|p| p.is_none())).count();
+    if let Some(base) = keep.first().copied().filter(|_| bases <= 1 && history > 1) {
+        if let Some((&older, _)) = index.range(..base).next_back() {
+            with_ancestors(&index, older, &mut keep);
+        }
+    }
+    Ok(index.keys().copied().filter(|o| *o != offset && (*o > offset || !keep.contains(o))).collect())
+}
+
+impl StateStore {
+    /// The snapshot of a partition at `offset`, if one is stored and its metadata decodes.
+    pub fn snapshot_info(&self, topic: &str, partition: i32, offset: i64) -> Result<Option<SnapshotInfo>, StateError> {
+        self.with_db(|db| meta_at(db, topic, partition, offset)).map(|m| m.map(|m| m.info(topic, partition, offset)))
+    }
+
+    /// The members of `info`'s chain, newest first, down to its full base.
+    fn chain_of(&self, info: &SnapshotInfo) -> Result<Vec<SnapshotInfo>, StateError> {
+        let mut chain = vec![info.clone()];
+        while let Some(p) = chain.last().and_then(|m| m.parent) {
+            let child = chain.last().map_or(info.offset, |m| m.offset);
+            if p >= child || chain.len() > MAX_DEPTH as usize * 4 {
+                return Err(missing(&info.topic, info.partition, child, p));
+            }
+            let parent = self.snapshot_info(&info.topic, info.partition, p)?.ok_or_else(|| missing(&info.topic, info.partition, child, p))?;
+            chain.push(parent);
+        }
+        Ok(chain)
+    }
+
+    /// Every key's envelope at `info`, its chain resolved, in key order; fails when a member
+    /// holds another number of keys than its metadata recorded (a snapshot is used whole or
+    /// not at all).
+    pub(super) fn complete_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
+        self.resolve(info, true)
+    }
+
+    /// The rows at `info`, its chain resolved; with `check`, each member's key count must be
+    /// the recorded one.
+    fn resolve(&self, info: &SnapshotInfo, check: bool) -> Result<RawModels, StateError> {
+        let chain = self.chain_of(info)?;
+        let mut state: BTreeMap<Vec<u8>, Box<[u8]>> = BTreeMap::new();
+        for member in chain.iter().rev() {
+            let raw = self.raw_models(member)?;
+            if check && raw.len() as u64 != member.keys {
+                return Err(StateError::Incomplete {
+                    topic: member.topic.clone(),
+                    partition: member.partition,
+                    offset: member.offset,
+                    expected: member.keys,
+                    found: raw.len() as u64,
+                });
+            }
+            state.extend(raw);
+        }
+        Ok(state.into_iter().collect())
+    }
+
+    /// Raw (key, envelope bytes) of the rows stored under one snapshot's offset, in key order.
+    pub(super) fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
+        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
+        self.with_db(|db| {
+            let mut out = Vec::with_capacity(info.keys as usize);
+            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.push((k[prefix.len()..].to_vec(), v));
+            }
+            Ok(out)
+        })
+    }
+
+    /// (key, envelope bytes) of every model at a snapshot (chain resolved), without decoding.
+    pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
+        Ok(self.resolve(info, false)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
+    }
+
+    /// The raw envelope of one key's model at a snapshot (the newest row of it along the
+    /// chain), for the changelog and inspection.
+    pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        for member in self.chain_of(info)? {
+            let mut k = snapshot_prefix(&member.topic, member.partition, member.offset);
+            k.extend_from_slice(key.as_bytes());
+            let found = self.with_db(|db| {
+                db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read {
+                    topic: info.topic.clone(),
+                    partition: info.partition,
+                    source,
+                })
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// As [`StateStore::write_merged`] for a delta on `parent`: `models` are the resident
+    /// pipelines changed since `parent` and the evicted ones changed since (their rows read
+    /// from the spill by the caller), in key order.
+    pub fn write_delta(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        parent: i64,
+        models: &[(String, Vec<u8>)],
+    ) -> Result<SnapshotInfo, StateError> {
+        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), false, Some(parent))
+    }
+}
