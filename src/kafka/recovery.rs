@@ -24,7 +24,7 @@
 //! A failed snapshot write is returned to the worker as [`StateFailure`], which pauses the
 //! partition before offsets pass the lost snapshot.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,8 @@ use crate::error::StateFailure;
 use crate::partition::resume::{self, Restored, Tails};
 use crate::partition::{ColdStore, KeyPipeline, Models, Resume, StateHooks};
 use crate::state::codec::{self, Kind};
-use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
-use crate::state::{encode_models, KeyModel, StateError, StateStore};
+use crate::state::policy::{self, ChangelogVerdict, Checkpoints, Pending};
+use crate::state::{KeyModel, StateError, StateStore};
 
 /// Bound on a changelog restore during assignment.
 const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,13 +51,11 @@ pub struct StoreHooks {
     tails: TailReader,
     /// When to snapshot each partition.
     checkpoints: Arc<Checkpoints>,
-    /// Per partition: the sensors evicted since the last changelog publish (their rows go
-    /// out with the next one: the changelog wants every key changed since its last marker).
-    evicted: Evicted,
+    /// Partitions whose changelog may lack changes (assigned since, or a publish failed):
+    /// their next snapshot is full, and so is its publish. A delta publish is only complete
+    /// on top of a complete changelog.
+    changelog_behind: Mutex<HashSet<i32>>,
 }
-
-/// Sensors evicted since the last changelog publish, per partition.
-type Evicted = Arc<Mutex<HashMap<i32, BTreeSet<String>>>>;
 
 impl std::fmt::Debug for StoreHooks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,7 +75,7 @@ impl StoreHooks {
             changelog: Some((cl, tokio::runtime::Handle::current())),
             tails: TailReader::new(&config.kafka),
             checkpoints: Arc::new(Checkpoints::new(config.checkpoint_interval, config.checkpoint_every)),
-            evicted: Arc::default(),
+            changelog_behind: Mutex::default(),
         })
     }
 
@@ -163,9 +161,6 @@ impl StoreHooks {
     /// `partition::resident`). If that fails (logged), no snapshot is restored: rebuilding by
     /// replay is slow but exact, a snapshot mixed with newer evicted rows would not be.
     fn clear_spill(&self, topic: &str, partition: i32) -> bool {
-        if let Ok(mut e) = self.evicted.lock() {
-            e.remove(&partition);
-        }
         match self.store.clear_spill(topic, partition) {
             Ok(()) => true,
             Err(e) => {
@@ -175,29 +170,68 @@ impl StoreHooks {
         }
     }
 
-    /// Write an encoded snapshot of the resident pipelines and the evicted ones, and publish
-    /// it to the changelog.
-    fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
+    /// Write a snapshot (full: the resident pipelines and every evicted one; delta: the
+    /// changed ones, resident or evicted) and publish the changed rows to the changelog (all
+    /// of them for a full one whose partition's changelog is behind).
+    fn write(&self, topic: &str, partition: i32, pending: &Pending) -> Result<(), StateError> {
         let t = Instant::now();
-        let info = self.store.write_merged(topic, partition, offset, models)?;
-        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
-        if let Some((cl, rt)) = &self.changelog {
-            // The local snapshot is what recovery needs; a changelog failure only costs a
-            // longer replay on another replica, so it is reported, not fatal.
-            let mut records = models.to_vec();
-            let evicted = self.evicted.lock().ok().and_then(|mut e| e.remove(&partition)).unwrap_or_default();
-            for key in evicted.into_iter().filter(|k| models.binary_search_by(|(m, _)| m.cmp(k)).is_err()) {
-                match self.store.unspill(topic, partition, &key) {
-                    Ok(Some(bytes)) => records.push((key, bytes)),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(partition, cause = %e, "evicted pipeline unreadable for the changelog"),
-                }
+        let offset = pending.offset;
+        let mut changed = Vec::with_capacity(pending.evicted.len());
+        for key in &pending.evicted {
+            // No eviction ran since the encoding (`partition::resident`): the row is the key's
+            // state at `offset`. A row deleted since (its model started over) goes with the
+            // full snapshot that deletion forces next.
+            if let Some(bytes) = self.store.unspill(topic, partition, key)? {
+                changed.push((key.clone(), bytes));
             }
-            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, records)) {
+        }
+        let info = match pending.parent {
+            None => self.store.write_merged(topic, partition, offset, &pending.models)?,
+            Some(parent) => {
+                changed.extend(pending.models.iter().cloned());
+                changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                self.store.write_delta(topic, partition, offset, parent, &changed)?
+            }
+        };
+        let ms = t.elapsed().as_millis() as u64;
+        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, depth = info.depth, ms, "snapshot written");
+        if let Some((cl, rt)) = &self.changelog {
+            let behind = self.changelog_behind.lock().map_or(true, |b| b.contains(&partition));
+            let records = match pending.parent {
+                Some(_) if !behind => changed,
+                _ if !behind => pending.models.iter().cloned().chain(changed).collect(),
+                // Every key: the snapshot just written, read back (resident and evicted).
+                _ => match self.store.snapshot_info(topic, partition, offset).and_then(|i| match i {
+                    Some(i) => self.store.encoded_models(&i),
+                    None => Ok(Vec::new()),
+                }) {
+                    Ok(all) => all,
+                    Err(e) => {
+                        tracing::warn!(partition, offset, cause = %e, "cannot read the snapshot back for the changelog");
+                        return Ok(());
+                    }
+                },
+            };
+            // The local snapshot is what recovery needs; a changelog failure only costs a
+            // longer replay on another replica, so it is reported, not fatal (and the next
+            // snapshot is full, so that the changelog is complete again).
+            let published = rt.block_on(cl.publish_encoded(partition, offset, records));
+            if let Ok(mut b) = self.changelog_behind.lock() {
+                match &published {
+                    Ok(_) if pending.parent.is_none() || !behind => b.remove(&partition),
+                    _ => b.insert(partition),
+                };
+            }
+            if let Err(e) = published {
                 tracing::warn!(partition, offset, cause = %e, "changelog publish failed");
             }
         }
         Ok(())
+    }
+
+    /// Whether the next snapshot of `partition` must be full for the changelog's sake.
+    fn changelog_needs_full(&self, partition: i32) -> bool {
+        self.changelog.is_some() && self.changelog_behind.lock().map_or(true, |b| b.contains(&partition))
     }
 }
 
@@ -222,23 +256,42 @@ impl StateHooks for StoreHooks {
         } else if nothing && r.start_at.is_some() {
             tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
         }
-        self.checkpoints.assigned(partition, r.models.last_offset);
+        // Deltas may build on the local snapshot the models are at (not on changelog state).
+        let depth = r.models.last_offset.and_then(|o| self.store.snapshot_info(topic, partition, o).ok().flatten()).map(|i| i.depth);
+        self.checkpoints.assigned(partition, r.models.last_offset, depth);
+        if let Ok(mut b) = self.changelog_behind.lock() {
+            b.insert(partition);
+        }
         r
     }
 
     fn after_batch(&self, topic: &str, partition: i32, models: &Models, delivered: Option<i64>) -> Result<(), StateFailure> {
+        if self.changelog_needs_full(partition) {
+            self.checkpoints.want_full(partition);
+        }
         let Some(pending) = self.checkpoints.ready(partition, models, delivered)? else { return Ok(()) };
-        let written = self.write(topic, partition, pending.offset, &pending.models);
+        let written = self.write(topic, partition, &pending);
+        if let Err(StateError::MissingParent { parent, .. }) = &written {
+            // The snapshot a delta builds on is gone (deleted by a `replay` meanwhile): the
+            // next one is full. Not a failure of the store.
+            tracing::warn!(partition, parent, "the snapshot a delta builds on is gone; writing a full one next");
+            self.checkpoints.restart_full(partition);
+            return Ok(());
+        }
         self.checkpoints.written(partition, pending, written.is_ok());
         written.map_err(|e| StateFailure(e.to_string()))
     }
 
     fn on_revoke(&self, topic: &str, partition: i32, models: &Models) {
         let Some(applied) = models.last_offset else { return };
-        if self.checkpoints.revoked(partition) == Some(applied) {
-            return;
+        if self.changelog_needs_full(partition) {
+            self.checkpoints.want_full(partition);
         }
-        let result = encode_models(partition, &models.keys).and_then(|m| self.write(topic, partition, applied, &m));
+        let result = match self.checkpoints.revoked(partition, models) {
+            Ok(None) => return,
+            Ok(Some(pending)) => self.write(topic, partition, &pending).map_err(|e| e.to_string()),
+            Err(e) => Err(e.0),
+        };
         match result {
             Ok(()) => tracing::info!(partition, offset = applied, keys = models.keys.len(), "snapshot on revoke"),
             Err(e) => {
@@ -248,13 +301,7 @@ impl StateHooks for StoreHooks {
     }
 
     fn cold_store(&self, topic: &str, partition: i32) -> Option<Box<dyn ColdStore>> {
-        Some(Box::new(SpillStore {
-            store: self.store.clone(),
-            checkpoints: self.checkpoints.clone(),
-            evicted: self.evicted.clone(),
-            topic: topic.into(),
-            partition,
-        }))
+        Some(Box::new(SpillStore { store: self.store.clone(), checkpoints: self.checkpoints.clone(), topic: topic.into(), partition }))
     }
 }
 
@@ -264,8 +311,6 @@ struct SpillStore {
     store: Arc<StateStore>,
     /// To hold evictions while a snapshot waits to be written.
     checkpoints: Arc<Checkpoints>,
-    /// Evicted since the last changelog publish.
-    evicted: Evicted,
     /// Input topic.
     topic: String,
     /// Input partition.
@@ -282,11 +327,7 @@ impl ColdStore for SpillStore {
         for (k, kp) in models {
             rows.push((k.to_string(), codec::encode(Kind::Model, kp).map_err(|e| StateFailure(format!("cannot encode {k:?}: {e}")))?));
         }
-        self.store.spill(&self.topic, self.partition, &rows).map_err(|e| StateFailure(e.to_string()))?;
-        if let Ok(mut e) = self.evicted.lock() {
-            e.entry(self.partition).or_default().extend(rows.into_iter().map(|(k, _)| k));
-        }
-        Ok(())
+        self.store.spill(&self.topic, self.partition, &rows).map_err(|e| StateFailure(e.to_string()))
     }
 
     fn reload(&mut self, key: &str) -> Result<Option<KeyPipeline>, StateFailure> {

@@ -60,6 +60,61 @@ pub struct Models {
     /// offsets already answered) are told apart from the original ones.
     #[serde(default)]
     pub epoch: u32,
+    /// The keys changed since the last snapshot was encoded (bookkeeping for incremental
+    /// snapshots, not state: never serialized, ignored by equality).
+    #[serde(skip)]
+    pub changed: Changed,
+}
+
+/// Keys changed since the last snapshot was encoded. Interior mutability: the state hooks
+/// take it through the `&Models` they are given when they encode a snapshot.
+#[derive(Debug, Default)]
+pub struct Changed(std::sync::Mutex<ChangedKeys>);
+
+/// What [`Changed`] holds.
+#[derive(Debug, Default, Clone)]
+pub struct ChangedKeys {
+    /// Sensors whose pipeline changed (scored a reading, or was created).
+    pub keys: std::collections::BTreeSet<String>,
+    /// A pipeline was dropped: the next snapshot must be full (deltas do not delete keys).
+    pub all: bool,
+}
+
+impl Changed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChangedKeys> {
+        // Plain data: a panic elsewhere cannot leave it half-updated in a way that matters.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `key`'s pipeline changed.
+    pub fn mark(&self, key: &str) {
+        let mut c = self.lock();
+        if !c.keys.contains(key) {
+            c.keys.insert(key.to_string());
+        }
+    }
+
+    /// A pipeline was dropped.
+    pub fn mark_all(&self) {
+        self.lock().all = true;
+    }
+
+    /// Take what changed, leaving nothing.
+    pub fn take(&self) -> ChangedKeys {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+impl Clone for Changed {
+    fn clone(&self) -> Self {
+        Self(std::sync::Mutex::new(self.lock().clone()))
+    }
+}
+
+impl PartialEq for Changed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What happened to one input record.
@@ -244,6 +299,7 @@ impl Processor {
                         .or_else(|| cause.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     self.models.keys.remove(&reading.sensor_id);
+                    self.models.changed.mark_all();
                     let forgot = match self.resident.remove(&reading.sensor_id) {
                         Ok(()) => String::new(),
                         Err(e) => format!(" (its evicted copy could not be deleted: {e})"),
@@ -260,6 +316,7 @@ impl Processor {
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
         self.resident.touch(&reading.sensor_id, kp);
+        self.models.changed.mark(&reading.sensor_id);
         let cx = output::ScoreContext {
             detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },
             features: &kp.features,
