@@ -74,7 +74,9 @@ impl StoreHooks {
             store: Arc::new(store),
             changelog: Some((cl, tokio::runtime::Handle::current())),
             tails: TailReader::new(&config.kafka),
-            checkpoints: Arc::new(Checkpoints::new(config.checkpoint_interval, config.checkpoint_every)),
+            checkpoints: Arc::new(
+                Checkpoints::new(config.checkpoint_interval, config.checkpoint_every).with_full_every(config.state.full_snapshot_every),
+            ),
             changelog_behind: Mutex::default(),
         })
     }

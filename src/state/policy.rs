@@ -113,6 +113,8 @@ pub struct Checkpoints {
     every: Duration,
     /// Per input partition.
     progress: Mutex<HashMap<i32, Progress>>,
+    /// A full snapshot after this many deltas (`state.full_snapshot_every`).
+    full_every: u32,
 }
 
 impl std::fmt::Debug for Checkpoints {
@@ -124,7 +126,13 @@ impl std::fmt::Debug for Checkpoints {
 impl Checkpoints {
     /// A snapshot every `interval` records or `every`.
     pub fn new(interval: u64, every: Duration) -> Self {
-        Self { interval, every, progress: Mutex::new(HashMap::new()) }
+        Self { interval, every, progress: Mutex::new(HashMap::new()), full_every: MAX_DEPTH }
+    }
+
+    /// A full snapshot after `n` deltas (1: only full snapshots).
+    pub fn with_full_every(mut self, n: u32) -> Self {
+        self.full_every = n.max(1);
+        self
     }
 
     /// Whether a snapshot of `partition` is encoded and waits for its outputs to be
@@ -151,7 +159,7 @@ impl Checkpoints {
         let p = all.entry(partition).or_default();
         let at = *p.at.get_or_insert_with(Instant::now);
         if p.pending.is_none() && due(self.interval, self.every, applied, p.last, at.elapsed()) {
-            p.pending = Some(encode(partition, models, applied, p)?);
+            p.pending = Some(encode(partition, models, applied, p, self.full_every)?);
         }
         if p.pending.as_ref().is_some_and(|pe| delivered.is_some_and(|d| d >= pe.offset)) {
             return Ok(p.pending.take());
@@ -206,15 +214,15 @@ impl Checkpoints {
             return Ok(None);
         }
         p.force_full |= p.pending.is_some();
-        encode(partition, models, applied, &mut p).map(Some)
+        encode(partition, models, applied, &mut p, self.full_every).map(Some)
     }
 }
 
 /// Encode the snapshot of `models` at `applied`: a delta of the last one when allowed, else
 /// full (see [`crate::state::store::chain`]).
-fn encode(partition: i32, models: &Models, applied: i64, p: &mut Progress) -> Result<Pending, StateFailure> {
+fn encode(partition: i32, models: &Models, applied: i64, p: &mut Progress, full_every: u32) -> Result<Pending, StateFailure> {
     let changed = models.changed.take();
-    let full = changed.all || p.force_full || p.last.is_none() || p.depth.is_none_or(|d| d + 1 >= MAX_DEPTH);
+    let full = changed.all || p.force_full || p.last.is_none() || p.depth.is_none_or(|d| d + 1 >= full_every);
     p.force_full = false;
     let err = |e: crate::state::StateError| StateFailure(e.to_string());
     let (resident, evicted): (Vec<String>, Vec<String>) = changed.keys.into_iter().partition(|k| models.keys.contains_key(k));

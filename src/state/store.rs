@@ -8,13 +8,15 @@
 //! - `meta`: `stream ++ (offset + 1)(u64 BE)` -> envelope([`Kind::SnapshotMeta`]): time, key count,
 //!   bytes. Its presence is what makes a snapshot exist.
 //! - `models`: `stream ++ (offset + 1)(u64 BE) ++ key` -> envelope([`Kind::Model`]): one key's model.
+//! - `spill`: `stream ++ key` -> envelope([`Kind::Model`]): pipelines evicted to keep the
+//!   memory budget; scratch, never part of a restore ([`spill`]).
 //!
 //! A snapshot is written as one WriteBatch (its models, its meta record, and the deletion of
 //! the snapshots it supersedes: those above its offset, and the oldest past the history), so
 //! a crash leaves either all of it or none. The newest snapshot is always the one written
 //! last, which is what `replay --state keep` (models relabelled at an earlier offset) needs.
-//! Each snapshot is a full copy: simpler and independent of the others (a corrupt one does
-//! not poison its successors), at the price of `history` times the bytes on disk.
+//! A snapshot is a full copy or a delta of an earlier one (only the keys changed since):
+//! [`chain`] says how they are resolved, kept and fallen back from.
 //!
 //! # Tuning, for this write pattern
 //! Writes are bursts (a whole partition every `checkpoint_interval` readings or
@@ -584,44 +586,11 @@ impl StateStore {
         self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset: offset.unwrap_or(-1), source })?;
         Ok(doomed)
     }
-
-    /// Overwrite one stored model's bytes (tests that simulate corruption on disk).
-    #[cfg(test)]
-    pub(crate) fn put_raw_model(&self, info: &SnapshotInfo, key: &str, bytes: &[u8]) {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.put_cf(Self::cf(db, CF_MODELS), &k, bytes).expect("test write");
-            Ok(())
-        })
-        .expect("open store");
-    }
-
-    /// Delete one stored model (tests of incomplete snapshots).
-    #[cfg(test)]
-    pub(crate) fn delete_raw_model(&self, info: &SnapshotInfo, key: &str) {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.delete_cf(Self::cf(db, CF_MODELS), &k).expect("test delete");
-            Ok(())
-        })
-        .expect("open store");
-    }
-
-    /// Overwrite a snapshot's metadata bytes (tests).
-    #[cfg(test)]
-    pub(crate) fn put_raw_meta(&self, info: &SnapshotInfo, bytes: &[u8]) {
-        let k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        self.with_db(|db| {
-            db.put_cf(Self::cf(db, CF_META), &k, bytes).expect("test write");
-            Ok(())
-        })
-        .expect("open store");
-    }
 }
 
 pub mod chain;
+#[cfg(test)]
+mod damage;
 pub mod spill;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,7 @@
 //!   the next older one is tried.
 //! - Deltas never delete keys: a worker whose sensor's model was dropped (a detector panic)
 //!   writes a full snapshot next. The policy (`state::policy::Checkpoints`) also writes a
-//!   full one after [`MAX_DEPTH`] deltas, when the parent is not a local snapshot (state from
+//!   full one after `state.full_snapshot_every` deltas ([`MAX_DEPTH`] by default), when the parent is not a local snapshot (state from
 //!   the changelog) and after a failed write.
 //!
 //! Metadata written before deltas existed (no `parent`/`depth`) still decodes, as full.
@@ -36,9 +36,9 @@ use super::{parse_meta_key, snapshot_prefix, stream_prefix, RawModels, SnapshotI
 use crate::state::codec::{self, CodecError, Kind};
 use crate::state::StateError;
 
-/// Deltas on one base before the policy writes a full snapshot again: bounds the restore's
-/// reads (base + at most this many deltas).
-pub const MAX_DEPTH: u32 = 16;
+/// Deltas on one base before the policy writes a full snapshot again, by default
+/// (`state.full_snapshot_every`): bounds the restore's reads (base + this many deltas).
+pub const MAX_DEPTH: u32 = crate::config::DEFAULT_FULL_SNAPSHOT_EVERY;
 
 /// The stored metadata of a snapshot (envelope payload).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,7 +185,7 @@ impl StateStore {
         let mut chain = vec![info.clone()];
         while let Some(p) = chain.last().and_then(|m| m.parent) {
             let child = chain.last().map_or(info.offset, |m| m.offset);
-            if p >= child || chain.len() > MAX_DEPTH as usize * 4 {
+            if p >= child || chain.len() > 100_000 {
                 return Err(missing(&info.topic, info.partition, child, p));
             }
             let parent =
