@@ -10,7 +10,8 @@
 //! Then the store at 1M sensors (`StateStore`, no broker): a full snapshot written, a delta
 //! of 1% of the sensors, and a restore of the state (base + delta).
 //!
-//! Run: `scripts/kafka-broker start; cargo bench --bench memory_budget`.
+//! Run: `scripts/kafka-broker start; cargo bench --bench memory_budget` (state directories
+//! under `ONAD_BENCH_STATE_DIR`, default the system temp dir).
 
 use std::collections::VecDeque;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,15 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 fn bootstrap() -> String {
     std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A temporary directory under `ONAD_BENCH_STATE_DIR` (default: the system's): the state of a
+/// million sensors is a few GB of RocksDB files.
+fn state_dir() -> tempfile::TempDir {
+    match std::env::var("ONAD_BENCH_STATE_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).expect("state dir under ONAD_BENCH_STATE_DIR"),
+        Err(_) => tempfile::tempdir().expect("state dir"),
+    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -139,7 +149,7 @@ fn scored(consumer: &BaseConsumer, topic: &str) -> i64 {
 /// Run the worker over `name`'s topics until `n` scores are out; returns (seconds from the
 /// first score to the last, peak RSS MiB, the log).
 fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
-    let dir = tempfile::tempdir().expect("state dir");
+    let dir = state_dir();
     let log = dir.path().join("worker.log");
     let child = start(name, &dir.path().join("state"), &log);
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("consumer");
@@ -164,7 +174,7 @@ fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
 
 /// The worker's peak RSS with 0 sensors: joined to its group, idle for 10 s.
 fn idle_overhead(name: &str) -> f64 {
-    let dir = tempfile::tempdir().expect("state dir");
+    let dir = state_dir();
     let log = dir.path().join("worker.log");
     let child = start(name, &dir.path().join("state"), &log);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -184,7 +194,7 @@ fn store_timings(sensors: usize) {
     use onad_stream::partition::KeyPipeline;
     use onad_stream::state::StateStore;
     let f = onad_stream::detect::PipelineSpec::default().check().expect("spec");
-    let dir = tempfile::tempdir().expect("store dir");
+    let dir = state_dir();
     let store = StateStore::open(dir.path(), 4).expect("store");
     let encode = |i: usize, steps: usize| {
         let key = format!("sensor-{i:07}");

@@ -1,5 +1,6 @@
 //! Operational safeguards around the detection core: input validation now; circuit breaker and
 //! fallback, rate limiting and the memory budget later.
 
+pub mod heap;
 pub mod memory;
 pub mod validate;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ValidationConfig;
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
+use crate::ops::heap;
 use crate::ops::memory::MemoryBudget;
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
@@ -190,7 +191,7 @@ impl Processor {
     ) -> Self {
         let mut resident = Resident::new(config.budget.clone(), cold, stats);
         for (k, kp) in &models.keys {
-            resident.insert(k, kp);
+            resident.insert(k, kp, None);
         }
         resident.publish();
         Self { topic, partition, config, models, x: Vec::new(), resident }
@@ -276,16 +277,18 @@ impl Processor {
                 kp
             }
             None => {
+                let h0 = heap::net();
                 let features: Vec<String> = reading.values.keys().cloned().collect();
                 let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
                 let kp = KeyPipeline { features, pipeline, processed: 0, anomalies: 0 };
-                self.resident.insert(&reading.sensor_id, &kp);
+                self.resident.insert(&reading.sensor_id, &kp, Some(heap::net() - h0));
                 self.models.keys.entry(reading.sensor_id.clone()).or_insert(kp)
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
         self.x.clear();
         self.x.extend(reading.values.values().copied());
+        let h0 = heap::net();
         let s = if self.config.scoring {
             // A detector bug must not become a crash loop on the same record: the record goes
             // to dead letters and the sensor's model, possibly half-updated, starts over.
@@ -315,7 +318,7 @@ impl Processor {
         };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
-        self.resident.touch(&reading.sensor_id, kp);
+        self.resident.touch(&reading.sensor_id, kp, heap::net() - h0);
         self.models.changed.mark(&reading.sensor_id);
         let cx = output::ScoreContext {
             detector: if self.config.scoring { self.config.factory.detector_name() } else { "none" },

@@ -2,10 +2,12 @@
 //! (`memory_limit_mb`, [`crate::ops::memory::MemoryBudget`]).
 //!
 //! # What is counted
-//! Per resident sensor: the pipeline's encoded size (postcard, what a snapshot stores) times
-//! [`HEAP_FACTOR`] plus [`PER_KEY_BYTES`] for the map entries and the key strings: an
-//! estimate of its heap footprint, re-measured on load, after the first reading and every [`REMEASURE_EVERY`]
-//! readings of the sensor (a pipeline's size settles after its warm-up).
+//! Per resident sensor: the heap bytes its pipeline holds, plus [`PER_KEY_BYTES`] and three
+//! times the key's length for the map entries and key strings. In the binary the heap bytes
+//! are measured ([`crate::ops::heap`]: the net allocation of building or loading the
+//! pipeline and of each reading it learns); without the counting allocator they are
+//! estimated as the pipeline's encoded size times [`HEAP_FACTOR`], re-measured on load, after
+//! the first reading and every [`REMEASURE_EVERY`] readings.
 //!
 //! # Eviction
 //! After each batch, while the worker is over budget, the partition writes its
@@ -39,9 +41,9 @@ use crate::error::StateFailure;
 use crate::ops::memory::MemoryBudget;
 use crate::telemetry::stats::PartitionStats;
 
-/// Heap bytes per encoded byte of a pipeline (Vec capacities, enum padding, f64s postcard
-/// writes as 8 bytes but integers it shrinks); measured with the 1M-sensor bench.
-pub const HEAP_FACTOR: f64 = 1.5;
+/// Heap bytes per encoded byte of a pipeline, for the estimate without the counting
+/// allocator (Vec capacities reserved up front make a fresh pipeline far larger in memory).
+pub const HEAP_FACTOR: f64 = 4.0;
 /// Bytes per resident sensor besides its pipeline: the BTreeMap, HashMap and LRU entries and
 /// three copies of the key.
 pub const PER_KEY_BYTES: u64 = 256;
@@ -126,7 +128,12 @@ impl Resident {
         }
     }
 
-    /// Estimated heap bytes of `kp` (see the module docs).
+    /// Bytes of `key` besides its pipeline's heap.
+    fn overhead(key: &str) -> u64 {
+        PER_KEY_BYTES + 3 * key.len() as u64
+    }
+
+    /// Estimated bytes of `kp` from its encoded size (see the module docs).
     fn measure(&mut self, key: &str, kp: &KeyPipeline) -> u64 {
         let buf = std::mem::take(&mut self.buf);
         let buf = postcard::to_extend(kp, {
@@ -135,14 +142,18 @@ impl Resident {
             b
         })
         .unwrap_or_default();
-        let bytes = (buf.len() as f64 * HEAP_FACTOR) as u64 + PER_KEY_BYTES + 3 * key.len() as u64;
+        let bytes = (buf.len() as f64 * HEAP_FACTOR) as u64 + Self::overhead(key);
         self.buf = buf;
         bytes
     }
 
-    /// Track a pipeline now in memory (new, restored or reloaded).
-    pub fn insert(&mut self, key: &str, kp: &KeyPipeline) {
-        let bytes = self.measure(key, kp);
+    /// Track a pipeline now in memory (new, restored or reloaded); `heap`: the net bytes
+    /// allocated building or loading it, when measured.
+    pub fn insert(&mut self, key: &str, kp: &KeyPipeline, heap: Option<i64>) {
+        let bytes = match heap.filter(|_| crate::ops::heap::active()) {
+            Some(h) => h.max(0) as u64 + Self::overhead(key),
+            None => self.measure(key, kp),
+        };
         self.tick += 1;
         if let Some(old) = self.entries.insert(key.to_string(), Entry { tick: self.tick, bytes }) {
             self.order.remove(&old.tick);
@@ -152,11 +163,15 @@ impl Resident {
         self.account(bytes);
     }
 
-    /// `key` was used (a reading was scored): it becomes the most recent; its size is
-    /// measured again after its first reading and every [`REMEASURE_EVERY`] readings.
-    pub fn touch(&mut self, key: &str, kp: &KeyPipeline) {
-        let remeasure = kp.processed == 1 || kp.processed % REMEASURE_EVERY == 0;
-        let bytes = if remeasure { Some(self.measure(key, kp)) } else { None };
+    /// `key` was used (a reading was scored, its pipeline's heap changed by `heap` bytes):
+    /// it becomes the most recent.
+    pub fn touch(&mut self, key: &str, kp: &KeyPipeline, heap: i64) {
+        let measured = crate::ops::heap::active();
+        let remeasure = !measured && (kp.processed == 1 || kp.processed % REMEASURE_EVERY == 0);
+        let mut bytes = if remeasure { Some(self.measure(key, kp)) } else { None };
+        if measured && heap != 0 {
+            bytes = self.entries.get(key).map(|e| e.bytes.saturating_add_signed(heap).max(Self::overhead(key)));
+        }
         self.tick += 1;
         let tick = self.tick;
         let Some(e) = self.entries.get_mut(key) else { return };
@@ -187,10 +202,12 @@ impl Resident {
     /// Load `key`'s evicted pipeline back, if it has one.
     pub fn reload(&mut self, key: &str) -> Result<Option<KeyPipeline>, StateFailure> {
         let Some(cold) = self.cold.as_mut() else { return Ok(None) };
+        let h0 = crate::ops::heap::net();
         let Some(kp) = cold.reload(key)? else { return Ok(None) };
+        let heap = crate::ops::heap::net() - h0;
         self.cold_only = self.cold_only.saturating_sub(1);
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-        self.insert(key, &kp);
+        self.insert(key, &kp, Some(heap));
         Ok(Some(kp))
     }
 

@@ -158,7 +158,10 @@ impl Checkpoints {
         let Ok(mut all) = self.progress.lock() else { return Err(StateFailure("state bookkeeping poisoned".into())) };
         let p = all.entry(partition).or_default();
         let at = *p.at.get_or_insert_with(Instant::now);
-        if p.pending.is_none() && due(self.interval, self.every, applied, p.last, at.elapsed()) {
+        // Without a local base yet (fresh start, or changelog state), the first snapshot is
+        // taken at once: a full one is needed, and it is cheapest while the models are few.
+        let first = p.depth.is_none() && applied > p.last.unwrap_or(-1);
+        if p.pending.is_none() && (first || due(self.interval, self.every, applied, p.last, at.elapsed())) {
             p.pending = Some(encode(partition, models, applied, p, self.full_every)?);
         }
         if p.pending.as_ref().is_some_and(|pe| delivered.is_some_and(|d| d >= pe.offset)) {
