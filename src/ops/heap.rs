@@ -17,6 +17,10 @@ thread_local! {
     static NET: Cell<i64> = const { Cell::new(0) };
 }
 
+/// Bytes the system allocator spends per allocation besides the requested size (glibc's
+/// chunk header), counted so that many small allocations are not undercounted.
+const PER_ALLOCATION: i64 = 16;
+
 /// Set once the counting allocator has served an allocation.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
@@ -33,7 +37,7 @@ fn add(bytes: i64) {
 // initialised, so it never allocates) is updated besides.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as i64);
+        add(layout.size() as i64 + PER_ALLOCATION);
         if !ACTIVE.load(Ordering::Relaxed) {
             ACTIVE.store(true, Ordering::Relaxed);
         }
@@ -42,13 +46,13 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        add(layout.size() as i64);
+        add(layout.size() as i64 + PER_ALLOCATION);
         // SAFETY: forwarded with the caller's layout.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        add(-(layout.size() as i64));
+        add(-(layout.size() as i64 + PER_ALLOCATION));
         // SAFETY: `ptr` was allocated by `System` with `layout` (every allocation goes there).
         unsafe { System.dealloc(ptr, layout) }
     }

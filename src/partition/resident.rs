@@ -44,9 +44,10 @@ use crate::telemetry::stats::PartitionStats;
 /// Heap bytes per encoded byte of a pipeline, for the estimate without the counting
 /// allocator (Vec capacities reserved up front make a fresh pipeline far larger in memory).
 pub const HEAP_FACTOR: f64 = 4.0;
-/// Bytes per resident sensor besides its pipeline: the BTreeMap, HashMap and LRU entries and
-/// three copies of the key.
-pub const PER_KEY_BYTES: u64 = 256;
+/// Bytes per resident sensor besides its pipeline's heap: its (key, pipeline) slot in the
+/// models' BTreeMap (inline, ~720 bytes; B-tree nodes run about 2/3 full), plus the LRU's
+/// HashMap and BTreeMap entries and the key strings' allocations (256).
+pub const PER_KEY_BYTES: u64 = ((std::mem::size_of::<String>() + std::mem::size_of::<KeyPipeline>()) * 3 / 2) as u64 + 256;
 /// A sensor's size is measured again after this many of its readings.
 pub const REMEASURE_EVERY: u64 = 64;
 /// Evictions are written in batches of at most this many sensors.
