@@ -27,6 +27,8 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10_000;
 pub const DEFAULT_CHECKPOINT_SECS: u64 = 30;
 /// Snapshots kept per partition (for `replay --state rewind` and corruption fallback).
 pub const DEFAULT_SNAPSHOT_HISTORY: usize = 4;
+/// `state.full_snapshot_every` default: a full snapshot after this many deltas.
+pub const DEFAULT_FULL_SNAPSHOT_EVERY: u32 = 16;
 /// Session timeout: librdkafka's default is 45 s, which makes a group join wait ~23 s on the
 /// development broker; 10 s keeps failover quick while tolerating GC-free pauses.
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
@@ -104,8 +106,10 @@ pub struct RawConfig {
     /// Score bounds in [0, 1].
     #[serde(default)]
     pub thresholds: Thresholds,
-    /// ONAD's `memory_limit_mb`: budget for all pipelines of this worker. Accepted and
-    /// checked, not enforced yet (no eviction or refusal of new sensors).
+    /// ONAD's `memory_limit_mb`: budget for all pipelines of this worker (all partitions
+    /// together). Over it, least-recently-used sensors' pipelines are written to the state
+    /// store and dropped from memory, and loaded back on their next reading
+    /// (`partition::resident`).
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
     /// ONAD's `checkpoint_interval`: readings per partition between snapshots.
@@ -222,11 +226,19 @@ pub struct StateConfig {
     pub checkpoint_secs: u64,
     /// Snapshots kept per partition.
     pub snapshot_history: usize,
+    /// Snapshots are incremental (only the sensors changed since the previous one); every
+    /// this many a full one is written (1: every snapshot full).
+    pub full_snapshot_every: u32,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { path: "./onad-state".into(), checkpoint_secs: DEFAULT_CHECKPOINT_SECS, snapshot_history: DEFAULT_SNAPSHOT_HISTORY }
+        Self {
+            path: "./onad-state".into(),
+            checkpoint_secs: DEFAULT_CHECKPOINT_SECS,
+            snapshot_history: DEFAULT_SNAPSHOT_HISTORY,
+            full_snapshot_every: DEFAULT_FULL_SNAPSHOT_EVERY,
+        }
     }
 }
 
@@ -417,6 +429,9 @@ impl Config {
         }
         if k.replication_factor < 1 {
             return Err(invalid("kafka.replication_factor", "must be at least 1"));
+        }
+        if raw.state.full_snapshot_every < 1 {
+            return Err(invalid("state.full_snapshot_every", "must be at least 1"));
         }
         if raw.state.snapshot_history < 1 {
             return Err(invalid("state.snapshot_history", "must be at least 1"));

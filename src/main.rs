@@ -1,5 +1,10 @@
 //! The `onad-stream` binary: parse the command line, set up telemetry, run a subcommand.
 
+/// Counts each thread's heap bytes, so that the memory budget charges every sensor what its
+/// pipeline really holds (`ops::heap`).
+#[global_allocator]
+static ALLOC: onad_stream::ops::heap::CountingAlloc = onad_stream::ops::heap::CountingAlloc;
+
 fn main() -> anyhow::Result<()> {
     onad_stream::cli::main()
 }

@@ -42,7 +42,9 @@ const SECOND: usize = 60;
 /// more than `checkpoint_interval` readings per partition give a snapshot each.
 const WAVES: usize = 4;
 /// Frequent snapshots, so that every partition has a full history of them.
-const TOML: &str = "checkpoint_interval = 150\n[state]\ncheckpoint_secs = 1\nsnapshot_history = 3\n";
+/// Full snapshots only: the damage below targets keys of given snapshots (with deltas, a
+/// snapshot holds only the keys changed since its parent; `store::chain` has those tests).
+const TOML: &str = "checkpoint_interval = 150\n[state]\ncheckpoint_secs = 1\nsnapshot_history = 3\nfull_snapshot_every = 1\n";
 /// Bound on each wait for outputs.
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -186,7 +188,8 @@ async fn corrupt_snapshots_are_reported_and_skipped_without_loss_duplicates_or_d
     {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(false);
-        let db = rocksdb::DB::open_cf(&opts, state.path(), ["meta", "models"]).expect("open the stopped worker's store read-write");
+        let db =
+            rocksdb::DB::open_cf(&opts, state.path(), ["meta", "models", "spill"]).expect("open the stopped worker's store read-write");
         damage(&db, &topic, 0, before[0][0].0.offset, &victim(0), Damage::FlipBit);
         damage(&db, &topic, 1, before[1][0].0.offset, &victim(1), Damage::Truncate);
         for p in [2, 3] {

@@ -24,8 +24,9 @@
 //! A failed snapshot write is returned to the worker as [`StateFailure`], which pauses the
 //! partition before offsets pass the lost snapshot.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::changelog::Changelog;
@@ -33,9 +34,10 @@ use super::tails::TailReader;
 use crate::config::Config;
 use crate::error::StateFailure;
 use crate::partition::resume::{self, Restored, Tails};
-use crate::partition::{Models, Resume, StateHooks};
-use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
-use crate::state::{encode_models, KeyModel, StateError, StateStore};
+use crate::partition::{ColdStore, KeyPipeline, Models, Resume, StateHooks};
+use crate::state::codec::{self, Kind};
+use crate::state::policy::{self, ChangelogVerdict, Checkpoints, Pending};
+use crate::state::{KeyModel, StateError, StateStore};
 use crate::telemetry::WorkerStats;
 
 /// Bound on a changelog restore during assignment.
@@ -44,13 +46,17 @@ const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// [`StateHooks`] backed by the RocksDB store and the changelog topic.
 pub struct StoreHooks {
     /// The worker's database.
-    store: StateStore,
+    store: Arc<StateStore>,
     /// Changelog publishing/restoring, with the runtime to drive it from worker threads.
     changelog: Option<(Changelog, tokio::runtime::Handle)>,
     /// Reads the output tails (and the changelog's replay epoch) on assignment.
     tails: TailReader,
     /// When to snapshot each partition.
-    checkpoints: Checkpoints,
+    checkpoints: Arc<Checkpoints>,
+    /// Partitions whose changelog may lack changes (assigned since, or a publish failed):
+    /// their next snapshot is full, and so is its publish. A delta publish is only complete
+    /// on top of a complete changelog.
+    changelog_behind: Mutex<HashSet<i32>>,
     /// Where snapshot timings and sizes are reported (`/metrics`, `/ready`).
     stats: Arc<WorkerStats>,
 }
@@ -69,10 +75,13 @@ impl StoreHooks {
         let cl = Changelog::new(&config.kafka, &config.kafka.changelog_topic)?;
         cl.ensure_topic(partitions).await?;
         Ok(Self {
-            store,
+            store: Arc::new(store),
             changelog: Some((cl, tokio::runtime::Handle::current())),
             tails: TailReader::new(&config.kafka),
-            checkpoints: Checkpoints::new(config.checkpoint_interval, config.checkpoint_every),
+            checkpoints: Arc::new(
+                Checkpoints::new(config.checkpoint_interval, config.checkpoint_every).with_full_every(config.state.full_snapshot_every),
+            ),
+            changelog_behind: Mutex::default(),
             stats: Arc::default(),
         })
     }
@@ -161,12 +170,45 @@ impl StoreHooks {
         }
     }
 
-    /// Write an encoded snapshot and publish it to the changelog.
-    fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
+    /// Forget the partition's evicted pipelines: they belong to an earlier incarnation (see
+    /// `partition::resident`). If that fails (logged), no snapshot is restored: rebuilding by
+    /// replay is slow but exact, a snapshot mixed with newer evicted rows would not be.
+    fn clear_spill(&self, topic: &str, partition: i32) -> bool {
+        match self.store.clear_spill(topic, partition) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(partition, cause = %e, "cannot clear the evicted pipelines of an earlier owner");
+                false
+            }
+        }
+    }
+
+    /// Write a snapshot (full: the resident pipelines and every evicted one; delta: the
+    /// changed ones, resident or evicted) and publish the changed rows to the changelog (all
+    /// of them for a full one whose partition's changelog is behind).
+    fn write(&self, topic: &str, partition: i32, pending: &Pending) -> Result<(), StateError> {
         let t = Instant::now();
-        let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
+        let offset = pending.offset;
+        let mut changed = Vec::with_capacity(pending.evicted.len());
+        for key in &pending.evicted {
+            // No eviction ran since the encoding (`partition::resident`): the row is the key's
+            // state at `offset`. A row deleted since (its model started over) goes with the
+            // full snapshot that deletion forces next.
+            if let Some(bytes) = self.store.unspill(topic, partition, key)? {
+                changed.push((key.clone(), bytes));
+            }
+        }
+        let info = match pending.parent {
+            None => self.store.write_merged(topic, partition, offset, &pending.models)?,
+            Some(parent) => {
+                changed.extend(pending.models.iter().cloned());
+                changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                self.store.write_delta(topic, partition, offset, parent, &changed)?
+            }
+        };
         let took = t.elapsed();
-        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = took.as_millis() as u64, "snapshot written");
+        let ms = took.as_millis() as u64;
+        tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, depth = info.depth, ms, "snapshot written");
         self.stats.instruments.snapshot(topic, partition, took.as_secs_f64(), info.bytes);
         // Only an assigned partition reports (a revoked one's entry is gone).
         let assigned = self.stats.per_partition.lock().ok().and_then(|m| m.get(&(topic.to_string(), partition)).cloned());
@@ -176,13 +218,42 @@ impl StoreHooks {
             p.last_snapshot_bytes.store(info.bytes, Ordering::Relaxed);
         }
         if let Some((cl, rt)) = &self.changelog {
+            let behind = self.changelog_behind.lock().map_or(true, |b| b.contains(&partition));
+            let records = match pending.parent {
+                Some(_) if !behind => changed,
+                _ if !behind => pending.models.iter().cloned().chain(changed).collect(),
+                // Every key: the snapshot just written, read back (resident and evicted).
+                _ => match self.store.snapshot_info(topic, partition, offset).and_then(|i| match i {
+                    Some(i) => self.store.encoded_models(&i),
+                    None => Ok(Vec::new()),
+                }) {
+                    Ok(all) => all,
+                    Err(e) => {
+                        tracing::warn!(partition, offset, cause = %e, "cannot read the snapshot back for the changelog");
+                        return Ok(());
+                    }
+                },
+            };
             // The local snapshot is what recovery needs; a changelog failure only costs a
-            // longer replay on another replica, so it is reported, not fatal.
-            if let Err(e) = rt.block_on(cl.publish_encoded(partition, offset, models.to_vec())) {
+            // longer replay on another replica, so it is reported, not fatal (and the next
+            // snapshot is full, so that the changelog is complete again).
+            let published = rt.block_on(cl.publish_encoded(partition, offset, records));
+            if let Ok(mut b) = self.changelog_behind.lock() {
+                match &published {
+                    Ok(_) if pending.parent.is_none() || !behind => b.remove(&partition),
+                    _ => b.insert(partition),
+                };
+            }
+            if let Err(e) = published {
                 tracing::warn!(partition, offset, cause = %e, "changelog publish failed");
             }
         }
         Ok(())
+    }
+
+    /// Whether the next snapshot of `partition` must be full for the changelog's sake.
+    fn changelog_needs_full(&self, partition: i32) -> bool {
+        self.changelog.is_some() && self.changelog_behind.lock().map_or(true, |b| b.contains(&partition))
     }
 }
 
@@ -194,7 +265,11 @@ impl StateHooks for StoreHooks {
         if epoch.stale {
             self.drop_stale(topic, partition, local, epoch.current);
         }
-        let state = Restored::parked_or(parked, epoch.current, || self.restore(topic, partition, committed, epoch.stale));
+        let state = Restored::parked_or(parked, epoch.current, || {
+            // Not continuing with its own parked models: the spill is an earlier
+            // incarnation's, and must not stand in for any sensor's state at the snapshot.
+            self.clear_spill(topic, partition).then(|| self.restore(topic, partition, committed, epoch.stale)).flatten()
+        });
         let (snapshot, nothing) = (matches!(state, Restored::Snapshot(_)), matches!(state, Restored::Nothing));
         let r = resume::resume(committed, state, tails.as_ref(), epoch.current);
         if snapshot {
@@ -203,28 +278,88 @@ impl StateHooks for StoreHooks {
         } else if nothing && r.start_at.is_some() {
             tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
         }
-        self.checkpoints.assigned(partition, r.models.last_offset);
+        // Deltas may build on the local snapshot the models are at (not on changelog state).
+        let depth = r.models.last_offset.and_then(|o| self.store.snapshot_info(topic, partition, o).ok().flatten()).map(|i| i.depth);
+        self.checkpoints.assigned(partition, r.models.last_offset, depth);
+        if let Ok(mut b) = self.changelog_behind.lock() {
+            b.insert(partition);
+        }
         r
     }
 
     fn after_batch(&self, topic: &str, partition: i32, models: &Models, delivered: Option<i64>) -> Result<(), StateFailure> {
+        if self.changelog_needs_full(partition) {
+            self.checkpoints.want_full(partition);
+        }
         let Some(pending) = self.checkpoints.ready(partition, models, delivered)? else { return Ok(()) };
-        let written = self.write(topic, partition, pending.offset, &pending.models);
+        let written = self.write(topic, partition, &pending);
+        if let Err(StateError::MissingParent { parent, .. }) = &written {
+            // The snapshot a delta builds on is gone (deleted by a `replay` meanwhile): the
+            // next one is full. Not a failure of the store.
+            tracing::warn!(partition, parent, "the snapshot a delta builds on is gone; writing a full one next");
+            self.checkpoints.restart_full(partition);
+            return Ok(());
+        }
         self.checkpoints.written(partition, pending, written.is_ok());
         written.map_err(|e| StateFailure(e.to_string()))
     }
 
     fn on_revoke(&self, topic: &str, partition: i32, models: &Models) {
         let Some(applied) = models.last_offset else { return };
-        if self.checkpoints.revoked(partition) == Some(applied) {
-            return;
+        if self.changelog_needs_full(partition) {
+            self.checkpoints.want_full(partition);
         }
-        let result = encode_models(partition, &models.keys).and_then(|m| self.write(topic, partition, applied, &m));
+        let result = match self.checkpoints.revoked(partition, models) {
+            Ok(None) => return,
+            Ok(Some(pending)) => self.write(topic, partition, &pending).map_err(|e| e.to_string()),
+            Err(e) => Err(e.0),
+        };
         match result {
             Ok(()) => tracing::info!(partition, offset = applied, keys = models.keys.len(), "snapshot on revoke"),
             Err(e) => {
                 tracing::error!(partition, offset = applied, cause = %e, "snapshot on revoke failed; the next owner replays from the previous one")
             }
         }
+    }
+
+    fn cold_store(&self, topic: &str, partition: i32) -> Option<Box<dyn ColdStore>> {
+        Some(Box::new(SpillStore { store: self.store.clone(), checkpoints: self.checkpoints.clone(), topic: topic.into(), partition }))
+    }
+}
+
+/// One partition's evicted pipelines in the store's `spill` family.
+struct SpillStore {
+    /// The worker's database.
+    store: Arc<StateStore>,
+    /// To hold evictions while a snapshot waits to be written.
+    checkpoints: Arc<Checkpoints>,
+    /// Input topic.
+    topic: String,
+    /// Input partition.
+    partition: i32,
+}
+
+impl ColdStore for SpillStore {
+    fn can_evict(&self) -> bool {
+        !self.checkpoints.pending(self.partition)
+    }
+
+    fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {
+        let mut rows = Vec::with_capacity(models.len());
+        for (k, kp) in models {
+            rows.push((k.to_string(), codec::encode(Kind::Model, kp).map_err(|e| StateFailure(format!("cannot encode {k:?}: {e}")))?));
+        }
+        self.store.spill(&self.topic, self.partition, &rows).map_err(|e| StateFailure(e.to_string()))
+    }
+
+    fn reload(&mut self, key: &str) -> Result<Option<KeyPipeline>, StateFailure> {
+        let Some(raw) = self.store.unspill(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))? else {
+            return Ok(None);
+        };
+        codec::decode::<KeyPipeline>(Kind::Model, &raw).map(Some).map_err(|e| StateFailure(format!("evicted model of {key:?}: {e}")))
+    }
+
+    fn forget(&mut self, key: &str) -> Result<(), StateFailure> {
+        self.store.forget_spilled(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))
     }
 }

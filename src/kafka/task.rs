@@ -108,6 +108,8 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     /// Since when outputs are in flight with none acknowledged, and the
     /// `broker_down_since_ms` value this thread set (to clear only its own).
     silent: Option<(Instant, Option<u64>)>,
+    /// Pipelines evicted by this task so far (the first eviction is logged).
+    evicted: u64,
     /// This partition's histograms (handles: observing them takes no lookup).
     timing: Timing,
 }
@@ -134,8 +136,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     ) -> Self {
         let topic = shared.topic.clone();
         let replay = Replay::new(&resume, committed);
-        let processor = Processor::new(topic.clone(), partition, shared.processor.clone(), resume.models);
         let gauges = shared.stats.partition(&topic, partition);
+        let cold = shared.hooks.cold_store(&topic, partition);
+        let processor = Processor::with_cold(topic.clone(), partition, shared.processor.clone(), resume.models, cold, gauges.clone());
         let i = &shared.stats.instruments;
         let timing = Timing { latency: i.latency(&topic, partition), batch: i.batch(&topic, partition) };
         Self {
@@ -151,6 +154,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             beat: Instant::now(),
             silent: None,
             timing,
+            evicted: 0,
         }
     }
 
@@ -247,6 +251,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 );
                 self.state_saved(saved);
             }
+            self.keep_budget();
         }
         Ok(())
     }
@@ -273,6 +278,27 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             let _ = down.compare_exchange(0, ms, Ordering::AcqRel, Ordering::Relaxed);
             *set = Some(ms);
             tracing::warn!(partition, in_flight = self.acks.in_flight(), silence = ?DELIVERY_SILENCE, "no output acknowledged while outputs wait: broker unreachable, holding offsets and retrying");
+        }
+    }
+
+    /// Evict least-recently-used pipelines while the worker is over its memory budget. A
+    /// failed eviction only leaves the worker over budget (the pipelines stay in memory).
+    fn keep_budget(&mut self) {
+        let partition = self.processor.partition();
+        match self.processor.keep_budget() {
+            Ok(0) if self.processor.over_budget_without_store() => {
+                tracing::warn!(partition, "over memory_limit_mb without a state store to evict to: keeping every pipeline");
+            }
+            Ok(n) if n > 0 => {
+                if self.evicted == 0 {
+                    let resident = self.processor.resident().resident();
+                    tracing::info!(partition, resident, "memory budget reached: evicting least-recently-used pipelines to the state store");
+                }
+                self.evicted += n as u64;
+                tracing::debug!(partition, evicted = n, "evicted pipelines to keep the memory budget");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(partition, cause = %e, "cannot evict pipelines; over the memory budget until it works"),
         }
     }
 

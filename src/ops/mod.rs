@@ -3,4 +3,6 @@
 
 pub mod breaker;
 pub mod fallback;
+pub mod heap;
+pub mod memory;
 pub mod validate;

@@ -13,6 +13,7 @@
 
 pub mod output;
 pub mod replay_plan;
+pub mod resident;
 pub mod resume;
 
 use std::collections::BTreeMap;
@@ -25,8 +26,12 @@ use crate::config::{Config, ValidationConfig};
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
 use crate::ops::breaker::{BreakerParams, BreakerState};
 use crate::ops::fallback::{self, Guard, Resilience, Verdict};
+use crate::ops::heap;
+use crate::ops::memory::MemoryBudget;
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
+use crate::telemetry::stats::PartitionStats;
+pub use resident::{ColdStore, Resident};
 
 pub use crate::error::StateFailure;
 pub use output::{Dest, OutRecord, Source};
@@ -72,6 +77,61 @@ pub struct Models {
     /// offsets already answered) are told apart from the original ones.
     #[serde(default)]
     pub epoch: u32,
+    /// The keys changed since the last snapshot was encoded (bookkeeping for incremental
+    /// snapshots, not state: never serialized, ignored by equality).
+    #[serde(skip)]
+    pub changed: Changed,
+}
+
+/// Keys changed since the last snapshot was encoded. Interior mutability: the state hooks
+/// take it through the `&Models` they are given when they encode a snapshot.
+#[derive(Debug, Default)]
+pub struct Changed(std::sync::Mutex<ChangedKeys>);
+
+/// What [`Changed`] holds.
+#[derive(Debug, Default, Clone)]
+pub struct ChangedKeys {
+    /// Sensors whose pipeline changed (scored a reading, or was created).
+    pub keys: std::collections::BTreeSet<String>,
+    /// A pipeline was dropped: the next snapshot must be full (deltas do not delete keys).
+    pub all: bool,
+}
+
+impl Changed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChangedKeys> {
+        // Plain data: a panic elsewhere cannot leave it half-updated in a way that matters.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `key`'s pipeline changed.
+    pub fn mark(&self, key: &str) {
+        let mut c = self.lock();
+        if !c.keys.contains(key) {
+            c.keys.insert(key.to_string());
+        }
+    }
+
+    /// A pipeline was dropped.
+    pub fn mark_all(&self) {
+        self.lock().all = true;
+    }
+
+    /// Take what changed, leaving nothing.
+    pub fn take(&self) -> ChangedKeys {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+impl Clone for Changed {
+    fn clone(&self) -> Self {
+        Self(std::sync::Mutex::new(self.lock().clone()))
+    }
+}
+
+impl PartialEq for Changed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What happened to one input record.
@@ -113,6 +173,8 @@ pub struct ProcessorConfig {
     pub resilience: Resilience,
     /// `alerts.cooldown` in ms of event time (0: an alert per anomalous reading).
     pub alert_cooldown_ms: i64,
+    /// The worker's memory budget (`memory_limit_mb`), shared by its partitions.
+    pub budget: Arc<MemoryBudget>,
 }
 
 impl ProcessorConfig {
@@ -129,6 +191,7 @@ impl ProcessorConfig {
                 fallback: config.fallback.clone(),
             },
             alert_cooldown_ms: ms(config.alert_cooldown),
+            budget: Arc::new(MemoryBudget::from_mb(config.memory_limit_mb)),
         }
     }
 }
@@ -149,13 +212,53 @@ pub struct Processor {
     breakers_open: u64,
     /// Readings scored by a fallback by this processor (degraded).
     degraded: u64,
+    /// Which pipelines are in memory, under the budget.
+    resident: Resident,
 }
 
 impl Processor {
-    /// A processor for `topic`/`partition` starting from `models`.
+    /// A processor for `topic`/`partition` starting from `models`, without a cold store
+    /// (nothing is evicted).
     pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
+        Self::with_cold(topic, partition, config, models, None, Arc::default())
+    }
+
+    /// As [`Processor::new`], evicting least-recently-used pipelines to `cold` while the
+    /// worker is over its memory budget, reporting to `stats`.
+    pub fn with_cold(
+        topic: Arc<str>,
+        partition: i32,
+        config: Arc<ProcessorConfig>,
+        models: Models,
+        cold: Option<Box<dyn ColdStore>>,
+        stats: Arc<PartitionStats>,
+    ) -> Self {
+        let mut resident = Resident::new(config.budget.clone(), cold, stats);
+        for (k, kp) in &models.keys {
+            resident.insert(k, kp, None);
+        }
+        resident.publish();
         let breakers_open = open_breakers(&models);
-        Self { topic, partition, config, models, x: Vec::new(), breakers_open, degraded: 0 }
+        Self { topic, partition, config, models, x: Vec::new(), resident, breakers_open, degraded: 0 }
+    }
+
+    /// Keep the worker's memory budget: evict this partition's least-recently-used
+    /// pipelines while the worker is over it (call between batches). Returns how many were
+    /// evicted; `Ok(0)` also when over budget with nothing to evict to (see
+    /// [`Processor::over_budget_without_store`]).
+    pub fn keep_budget(&mut self) -> Result<usize, StateFailure> {
+        self.resident.keep_budget(&mut self.models.keys)
+    }
+
+    /// Whether the worker went over budget and this partition has no store to evict to
+    /// (reported once per occurrence).
+    pub fn over_budget_without_store(&mut self) -> bool {
+        self.resident.take_warning()
+    }
+
+    /// The LRU bookkeeping (tests and telemetry).
+    pub fn resident(&self) -> &Resident {
+        &self.resident
     }
 
     /// Sensors whose circuit breaker is open now.
@@ -203,6 +306,16 @@ impl Processor {
         validate::check_record_size(bytes.len(), &self.config.limits)?;
         let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        if !self.models.keys.contains_key(&reading.sensor_id) {
+            // Evicted earlier: load it back, so that it continues exactly.
+            let reloaded = self
+                .resident
+                .reload(&reading.sensor_id)
+                .map_err(|e| Rejection::new(ErrorKind::Processing, format!("this sensor's evicted model cannot be loaded: {e}")))?;
+            if let Some(kp) = reloaded {
+                self.models.keys.insert(reading.sensor_id.clone(), kp);
+            }
+        }
         let kp = match self.models.keys.get_mut(&reading.sensor_id) {
             Some(kp) => {
                 let same = kp.features.len() == reading.values.len() && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);
@@ -219,14 +332,18 @@ impl Processor {
                 kp
             }
             None => {
+                let h0 = heap::net();
                 let features: Vec<String> = reading.values.keys().cloned().collect();
                 let pipeline = self.config.factory.build(features.len(), &reading.sensor_id);
-                self.models.keys.entry(reading.sensor_id.clone()).or_insert(KeyPipeline::new(features, pipeline))
+                let kp = KeyPipeline::new(features, pipeline);
+                self.resident.insert(&reading.sensor_id, &kp, Some(heap::net() - h0));
+                self.models.keys.entry(reading.sensor_id.clone()).or_insert(kp)
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
         self.x.clear();
         self.x.extend(reading.values.values().copied());
+        let h0 = heap::net();
         let mut degraded = None;
         let s = if self.config.scoring {
             let main =
@@ -247,6 +364,9 @@ impl Processor {
                 }
                 Verdict::Failed(why) => {
                     // The reading is not counted by the sensor's pipeline: nobody scored it.
+                    // Its breaker (and maybe its main model) changed all the same.
+                    self.resident.touch(&reading.sensor_id, kp, heap::net() - h0);
+                    self.models.changed.mark(&reading.sensor_id);
                     return Err(Rejection::new(ErrorKind::Processing, why));
                 }
             }
@@ -255,6 +375,8 @@ impl Processor {
         };
         kp.processed += 1;
         kp.anomalies += u64::from(s.is_anomaly);
+        self.resident.touch(&reading.sensor_id, kp, heap::net() - h0);
+        self.models.changed.mark(&reading.sensor_id);
         let alert = s.is_anomaly && cooled_down(&mut kp.last_alert_ms, reading.timestamp_ms, self.config.alert_cooldown_ms);
         let detector = match (&degraded, &self.config.resilience.fallback) {
             _ if !self.config.scoring => "none",
@@ -320,6 +442,12 @@ pub trait StateHooks: Send + Sync {
     /// Called on the partition's thread when it is revoked or the worker stops, after every
     /// output is delivered and its offset stored, before the offsets are committed.
     fn on_revoke(&self, _topic: &str, _partition: i32, _models: &Models) {}
+    /// Where the partition's processor evicts pipelines to keep the memory budget (called
+    /// after [`StateHooks::on_assign`], on the partition's thread). `None`: nothing is
+    /// evicted.
+    fn cold_store(&self, _topic: &str, _partition: i32) -> Option<Box<dyn ColdStore>> {
+        None
+    }
 }
 
 /// The default: state lives in memory only.

@@ -101,6 +101,18 @@ pub enum StateError {
         /// Keys present.
         found: u64,
     },
+    /// A delta snapshot's parent is missing or not below it (see `store::chain`).
+    #[error("snapshot of {topic}[{partition}] at offset {offset} is a delta of the snapshot at {parent}, which is missing")]
+    MissingParent {
+        /// Input topic.
+        topic: String,
+        /// Input partition.
+        partition: i32,
+        /// Offset of the delta.
+        offset: i64,
+        /// Offset of the snapshot it builds on.
+        parent: i64,
+    },
     /// A model could not be encoded (a bug: models are plain data).
     #[error("cannot encode the model of key {key:?} of partition {partition}: {source}")]
     Encode {

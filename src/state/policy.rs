@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::changelog::ChangelogState;
+use super::store::chain::MAX_DEPTH;
 use super::{encode_models, EncodedModels, KeyModel};
 use crate::error::StateFailure;
 use crate::partition::Models;
@@ -61,7 +62,7 @@ pub fn judge_changelog<T>(local: Option<i64>, st: &ChangelogState<T>) -> Changel
 /// A partition's models as restored from a snapshot at `offset` (-1: nothing applied yet).
 /// The replay epoch is set by the resume decision, not here.
 pub fn models_at(offset: i64, keys: impl IntoIterator<Item = (String, KeyModel)>) -> Models {
-    Models { keys: keys.into_iter().collect(), last_offset: (offset >= 0).then_some(offset), epoch: 0 }
+    Models { keys: keys.into_iter().collect(), last_offset: (offset >= 0).then_some(offset), epoch: 0, changed: Default::default() }
 }
 
 /// Whether a snapshot is due: `applied` is the last offset applied, `last` the offset of the
@@ -76,8 +77,16 @@ pub fn due(interval: u64, every: Duration, applied: i64, last: Option<i64>, elap
 pub struct Pending {
     /// Last input offset applied to these models.
     pub offset: i64,
-    /// (key, model envelope).
+    /// (key, model envelope), in key order: every resident pipeline (full), or those
+    /// changed since `parent` (delta).
     pub models: EncodedModels,
+    /// `None`: a full snapshot (with the evicted pipelines merged in by the store); else a
+    /// delta of the snapshot at this offset ([`crate::state::store::chain`]).
+    pub parent: Option<i64>,
+    /// The changed pipelines that were not resident when it was encoded (evicted since their
+    /// change): their rows are read from the spill when it is written (a delta's rows, and
+    /// the changelog's, which wants every key changed since its last marker).
+    pub evicted: Vec<String>,
 }
 
 /// Per-partition snapshot bookkeeping.
@@ -89,6 +98,11 @@ struct Progress {
     at: Option<Instant>,
     /// A due snapshot waiting for delivery.
     pending: Option<Pending>,
+    /// Depth of the last snapshot (deltas down to its base); `None` when it is not known to
+    /// be a local snapshot (restored from the changelog, or none): the next one is full.
+    depth: Option<u32>,
+    /// The next snapshot must be full (a delta could not be written).
+    force_full: bool,
 }
 
 /// The snapshot cadence of every partition of a worker.
@@ -99,6 +113,8 @@ pub struct Checkpoints {
     every: Duration,
     /// Per input partition.
     progress: Mutex<HashMap<i32, Progress>>,
+    /// A full snapshot after this many deltas (`state.full_snapshot_every`).
+    full_every: u32,
 }
 
 impl std::fmt::Debug for Checkpoints {
@@ -110,13 +126,27 @@ impl std::fmt::Debug for Checkpoints {
 impl Checkpoints {
     /// A snapshot every `interval` records or `every`.
     pub fn new(interval: u64, every: Duration) -> Self {
-        Self { interval, every, progress: Mutex::new(HashMap::new()) }
+        Self { interval, every, progress: Mutex::new(HashMap::new()), full_every: MAX_DEPTH }
     }
 
-    /// `partition` was assigned with state that has applied up to `last`.
-    pub fn assigned(&self, partition: i32, last: Option<i64>) {
+    /// A full snapshot after `n` deltas (1: only full snapshots).
+    pub fn with_full_every(mut self, n: u32) -> Self {
+        self.full_every = n.max(1);
+        self
+    }
+
+    /// Whether a snapshot of `partition` is encoded and waits for its outputs to be
+    /// delivered (no pipeline may be evicted meanwhile: `partition::resident`).
+    pub fn pending(&self, partition: i32) -> bool {
+        // A poisoned lock: say "pending", which only postpones evictions.
+        self.progress.lock().map_or(true, |p| p.get(&partition).is_some_and(|p| p.pending.is_some()))
+    }
+
+    /// `partition` was assigned with state that has applied up to `last`; `depth` is that of
+    /// the local snapshot at `last` if there is one (deltas may build on it).
+    pub fn assigned(&self, partition: i32, last: Option<i64>, depth: Option<u32>) {
         if let Ok(mut p) = self.progress.lock() {
-            p.insert(partition, Progress { last, at: Some(Instant::now()), pending: None });
+            p.insert(partition, Progress { last, at: Some(Instant::now()), pending: None, depth, force_full: false });
         }
     }
 
@@ -128,9 +158,11 @@ impl Checkpoints {
         let Ok(mut all) = self.progress.lock() else { return Err(StateFailure("state bookkeeping poisoned".into())) };
         let p = all.entry(partition).or_default();
         let at = *p.at.get_or_insert_with(Instant::now);
-        if p.pending.is_none() && due(self.interval, self.every, applied, p.last, at.elapsed()) {
-            let encoded = encode_models(partition, &models.keys).map_err(|e| StateFailure(e.to_string()))?;
-            p.pending = Some(Pending { offset: applied, models: encoded });
+        // Without a local base yet (fresh start, or changelog state), the first snapshot is
+        // taken at once: a full one is needed, and it is cheapest while the models are few.
+        let first = p.depth.is_none() && applied > p.last.unwrap_or(-1);
+        if p.pending.is_none() && (first || due(self.interval, self.every, applied, p.last, at.elapsed())) {
+            p.pending = Some(encode(partition, models, applied, p, self.full_every)?);
         }
         if p.pending.as_ref().is_some_and(|pe| delivered.is_some_and(|d| d >= pe.offset)) {
             return Ok(p.pending.take());
@@ -147,16 +179,62 @@ impl Checkpoints {
             if ok {
                 p.last = Some(pending.offset);
                 p.at = Some(Instant::now());
+                p.depth = match pending.parent {
+                    None => Some(0),
+                    Some(_) => p.depth.map(|d| d + 1),
+                };
             } else {
                 p.pending = Some(pending);
             }
         }
     }
 
-    /// `partition` is revoked: forget it. Returns the offset of its last snapshot written.
-    pub fn revoked(&self, partition: i32) -> Option<i64> {
-        self.progress.lock().ok().and_then(|mut all| all.remove(&partition)).and_then(|p| p.last)
+    /// The next snapshot of `partition` must be full.
+    pub fn want_full(&self, partition: i32) {
+        if let Ok(mut all) = self.progress.lock() {
+            all.entry(partition).or_default().force_full = true;
+        }
     }
+
+    /// A delta of `partition` could not be written because its parent is gone: drop it and
+    /// write a full snapshot when the next one is due (at once: nothing was written since).
+    pub fn restart_full(&self, partition: i32) {
+        if let Ok(mut all) = self.progress.lock() {
+            let p = all.entry(partition).or_default();
+            p.pending = None;
+            p.force_full = true;
+        }
+    }
+
+    /// `partition` is revoked: forget it, returning the last snapshot to write, of `models`
+    /// as they are now (`None`: the last one written is at their offset already). A snapshot
+    /// still pending was encoded before the latest changes were taken and is never written:
+    /// the final one is then full.
+    pub fn revoked(&self, partition: i32, models: &Models) -> Result<Option<Pending>, StateFailure> {
+        let Some(applied) = models.last_offset else { return Ok(None) };
+        let mut p = self.progress.lock().ok().and_then(|mut all| all.remove(&partition)).unwrap_or_default();
+        if p.pending.is_none() && p.last == Some(applied) {
+            return Ok(None);
+        }
+        p.force_full |= p.pending.is_some();
+        encode(partition, models, applied, &mut p, self.full_every).map(Some)
+    }
+}
+
+/// Encode the snapshot of `models` at `applied`: a delta of the last one when allowed, else
+/// full (see [`crate::state::store::chain`]).
+fn encode(partition: i32, models: &Models, applied: i64, p: &mut Progress, full_every: u32) -> Result<Pending, StateFailure> {
+    let changed = models.changed.take();
+    let full = changed.all || p.force_full || p.last.is_none() || p.depth.is_none_or(|d| d + 1 >= full_every);
+    p.force_full = false;
+    let err = |e: crate::state::StateError| StateFailure(e.to_string());
+    let (resident, evicted): (Vec<String>, Vec<String>) = changed.keys.into_iter().partition(|k| models.keys.contains_key(k));
+    if full {
+        let encoded = encode_models(partition, &models.keys).map_err(err)?;
+        return Ok(Pending { offset: applied, models: encoded, parent: None, evicted });
+    }
+    let encoded = encode_models(partition, resident.iter().filter_map(|k| models.keys.get_key_value(k))).map_err(err)?;
+    Ok(Pending { offset: applied, models: encoded, parent: p.last, evicted })
 }
 
 #[cfg(test)]
@@ -227,13 +305,12 @@ mod tests {
     #[test]
     fn a_due_snapshot_waits_until_its_outputs_are_delivered() {
         let c = Checkpoints::new(10, Duration::from_secs(3600));
-        c.assigned(0, None);
+        c.assigned(0, None, None);
         assert!(c.ready(0, &models(9), Some(5)).expect("bookkeeping").is_none(), "encoded, waiting for delivery");
         let pe = c.ready(0, &models(12), Some(9)).expect("bookkeeping").expect("delivered up to 9");
         assert_eq!(pe.offset, 9, "the snapshot taken when due, not the models since");
         c.written(0, pe, true);
         assert!(c.ready(0, &models(12), Some(12)).expect("bookkeeping").is_none(), "not due again yet");
-        assert_eq!(c.revoked(0), Some(9));
     }
 
     #[test]
@@ -243,5 +320,62 @@ mod tests {
         c.written(3, pe, false);
         let again = c.ready(3, &models(4), Some(4)).expect("bookkeeping").expect("retried");
         assert_eq!(again.offset, 4);
+    }
+
+    fn with_keys(last: i64, keys: &[&str], changed: &[&str]) -> Models {
+        let f = crate::detect::PipelineSpec::default().check().expect("valid spec");
+        let m = Models { last_offset: Some(last), ..Models::default() };
+        let mut m = m;
+        for k in keys {
+            m.keys.insert(k.to_string(), KeyModel::new(vec!["x".into()], f.build(1, k)));
+        }
+        for k in changed {
+            m.changed.mark(k);
+        }
+        m
+    }
+
+    #[test]
+    fn snapshots_are_deltas_of_the_last_local_one_until_a_full_one_is_due() {
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        c.assigned(0, Some(9), Some(0));
+        // "c" changed and was evicted since: listed for the spill.
+        let pe = c.ready(0, &with_keys(10, &["a", "b"], &["b", "c"]), Some(10)).expect("ok").expect("due");
+        assert_eq!(pe.parent, Some(9));
+        assert_eq!(pe.models.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(pe.evicted, vec!["c".to_string()]);
+        c.written(0, pe, true);
+        let mut offset = 11;
+        for _ in 1..MAX_DEPTH - 1 {
+            let pe = c.ready(0, &with_keys(offset, &["a"], &["a"]), Some(offset)).expect("ok").expect("due");
+            assert!(pe.parent.is_some());
+            c.written(0, pe, true);
+            offset += 1;
+        }
+        let pe = c.ready(0, &with_keys(offset, &["a", "b"], &["a"]), Some(offset)).expect("ok").expect("due");
+        assert_eq!((pe.parent, pe.models.len()), (None, 2), "full after MAX_DEPTH deltas");
+        c.written(0, pe, true);
+
+        let dropped = with_keys(offset + 1, &["a"], &["a"]);
+        dropped.changed.mark_all();
+        let pe = c.ready(0, &dropped, Some(offset + 1)).expect("ok").expect("due");
+        assert_eq!(pe.parent, None, "a dropped pipeline forces a full snapshot");
+
+        // Changelog state (no local snapshot at its offset): full.
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        c.assigned(1, Some(50), None);
+        assert_eq!(c.ready(1, &with_keys(51, &["a"], &["a"]), Some(51)).expect("ok").expect("due").parent, None);
+    }
+
+    #[test]
+    fn the_revoke_snapshot_is_full_when_one_was_still_pending() {
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        c.assigned(0, Some(9), Some(0));
+        assert!(c.ready(0, &with_keys(10, &["a"], &["a"]), Some(9)).expect("ok").is_none(), "pending, not delivered");
+        let pe = c.revoked(0, &with_keys(12, &["a", "b"], &["b"])).expect("ok").expect("a final snapshot");
+        assert_eq!((pe.offset, pe.parent, pe.models.len()), (12, None, 2));
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        c.assigned(0, Some(9), Some(0));
+        assert!(c.revoked(0, &with_keys(9, &["a"], &[])).expect("ok").is_none(), "nothing new since the last one");
     }
 }

@@ -8,13 +8,15 @@
 //! - `meta`: `stream ++ (offset + 1)(u64 BE)` -> envelope([`Kind::SnapshotMeta`]): time, key count,
 //!   bytes. Its presence is what makes a snapshot exist.
 //! - `models`: `stream ++ (offset + 1)(u64 BE) ++ key` -> envelope([`Kind::Model`]): one key's model.
+//! - `spill`: `stream ++ key` -> envelope([`Kind::Model`]): pipelines evicted to keep the
+//!   memory budget; scratch, never part of a restore ([`spill`]).
 //!
 //! A snapshot is written as one WriteBatch (its models, its meta record, and the deletion of
 //! the snapshots it supersedes: those above its offset, and the oldest past the history), so
 //! a crash leaves either all of it or none. The newest snapshot is always the one written
 //! last, which is what `replay --state keep` (models relabelled at an earlier offset) needs.
-//! Each snapshot is a full copy: simpler and independent of the others (a corrupt one does
-//! not poison its successors), at the price of `history` times the bytes on disk.
+//! A snapshot is a full copy or a delta of an earlier one (only the keys changed since):
+//! [`chain`] says how they are resolved, kept and fallen back from.
 //!
 //! # Tuning, for this write pattern
 //! Writes are bursts (a whole partition every `checkpoint_interval` readings or
@@ -45,7 +47,7 @@ use rocksdb::{
     DB,
 };
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::codec::{self, Kind};
 use super::StateError;
@@ -54,6 +56,8 @@ use super::StateError;
 const CF_META: &str = "meta";
 /// Column family of per-key models.
 const CF_MODELS: &str = "models";
+/// Column family of evicted pipelines (see [`spill`]).
+const CF_SPILL: &str = "spill";
 /// See the module docs.
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
@@ -61,17 +65,6 @@ const BLOCK_BYTES: usize = 16 << 10;
 
 /// (key bytes, value bytes) as stored.
 type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
-
-/// The stored metadata of a snapshot (envelope payload).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct MetaRecord {
-    /// Wall-clock time of the write, ms since the epoch.
-    written_at_ms: u64,
-    /// Number of keys.
-    keys: u64,
-    /// Sum of the keys' envelope bytes.
-    bytes: u64,
-}
 
 /// What is known about one stored snapshot without reading its models.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,10 +78,14 @@ pub struct SnapshotInfo {
     pub offset: i64,
     /// When it was written, ms since the epoch.
     pub written_at_ms: u64,
-    /// Number of keys.
+    /// Number of keys stored in this snapshot (a delta: the keys changed since `parent`).
     pub keys: u64,
-    /// Bytes of the keys' envelopes.
+    /// Bytes of the keys' envelopes stored in this snapshot.
     pub bytes: u64,
+    /// The snapshot this one is a delta of; `None` for a full snapshot (see [`chain`]).
+    pub parent: Option<i64>,
+    /// Deltas between this snapshot and its full base (0 for a full one).
+    pub depth: u32,
 }
 
 /// A decoded snapshot.
@@ -210,7 +207,18 @@ fn db_options() -> Options {
 }
 
 fn descriptors() -> Vec<ColumnFamilyDescriptor> {
-    vec![ColumnFamilyDescriptor::new(CF_META, cf_options(false)), ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true))]
+    vec![
+        ColumnFamilyDescriptor::new(CF_META, cf_options(false)),
+        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true)),
+        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options()),
+    ]
+}
+
+/// The families a read-only open can ask for: those the database has (one written before
+/// the `spill` family existed has none).
+fn existing_descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
+    let have = DB::list_cf(&db_options(), path).unwrap_or_default();
+    descriptors().into_iter().filter(|d| have.is_empty() || have.iter().any(|h| h == d.name())).collect()
 }
 
 impl StateStore {
@@ -227,7 +235,7 @@ impl StateStore {
     /// Open the database read-only, for inspection while a worker may be running (no lock
     /// is taken). Every write fails with [`StateError::Write`].
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
-        let db = DB::open_cf_descriptors_read_only(&db_options(), path, descriptors(), false)
+        let db = DB::open_cf_descriptors_read_only(&db_options(), path, existing_descriptors(path), false)
             .map_err(|source| StateError::Open { path: path.into(), source })?;
         Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
     }
@@ -267,7 +275,7 @@ impl StateStore {
             Err(e) => {
                 // Still failing (a full disk cannot even flush the WAL at open): keep what was
                 // written readable through a read-only instance until a reopen succeeds.
-                *guard = DB::open_cf_descriptors_read_only(&db_options(), &self.path, descriptors(), false).ok();
+                *guard = DB::open_cf_descriptors_read_only(&db_options(), &self.path, existing_descriptors(&self.path), false).ok();
                 Err(e)
             }
         }
@@ -326,6 +334,24 @@ impl StateStore {
     where
         I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
     {
+        self.write_rows(topic, partition, offset, models, false, None)
+    }
+
+    /// Write a snapshot; with `merge_spill`, the partition's evicted pipelines (its `spill`
+    /// rows) are part of it, under the resident ones (`models`, in key order, win). With a
+    /// `parent`, `models` are the keys changed since that snapshot: a delta ([`chain`]).
+    fn write_rows<I>(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        models: I,
+        merge_spill: bool,
+        parent: Option<i64>,
+    ) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
         if offset < -1 {
             return Err(StateError::InvalidOffset(offset));
         }
@@ -333,42 +359,38 @@ impl StateStore {
         let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
         let Some(db) = guard.as_ref() else { return Err(StateError::Closed { path: self.path.clone() }) };
         let (meta_cf, models_cf) = (Self::cf(db, CF_META), Self::cf(db, CF_MODELS));
+        let depth = chain::depth_after(db, topic, partition, offset, parent)?;
         let prefix = snapshot_prefix(topic, partition, offset);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut key_buf = Vec::with_capacity(prefix.len() + 32);
-        for entry in models {
-            let (key, value) = entry?;
+        let mut put = |key: &[u8], value: &[u8]| {
             key_buf.clear();
             key_buf.extend_from_slice(&prefix);
-            key_buf.extend_from_slice(key.as_bytes());
-            batch.put_cf(models_cf, &key_buf, &value);
+            key_buf.extend_from_slice(key);
+            batch.put_cf(models_cf, &key_buf, value);
             keys += 1;
             bytes += value.len() as u64;
+        };
+        let mut spilled = spill::Rows::new(db, topic, partition, merge_spill);
+        for entry in models {
+            let (key, value) = entry?;
+            spilled.put_before(key.as_bytes(), &mut put)?;
+            put(key.as_bytes(), &value);
         }
-        let meta = MetaRecord { written_at_ms: now_ms(), keys, bytes };
+        spilled.put_rest(&mut put)?;
+        drop(spilled);
+        let meta = chain::MetaRecord { written_at_ms: now_ms(), keys, bytes, parent, depth };
         let meta_value =
             codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
         batch.put_cf(meta_cf, &prefix, &meta_value);
-        // History, ordered by what a snapshot means, not by when it was written: the one
-        // written now is the partition's current state. Snapshots above its offset describe
-        // a future the partition no longer has (`replay --state keep` relabels the models at
-        // an earlier offset; a worker that fell back past a corrupt snapshot writes below
-        // it), so they go in this batch; of the rest, the `history` newest stay, this one
-        // first. (Pruning by offset alone deleted a relabelled snapshot as the "oldest".)
-        let mut older = Self::offsets_in(db, topic, partition)?;
-        for newer in older.iter().filter(|o| **o > offset) {
-            Self::delete_snapshot_in(db, &mut batch, topic, partition, *newer);
-        }
-        older.retain(|o| *o < offset);
-        older.sort_unstable_by(|a, b| b.cmp(a));
-        for old in older.iter().skip(self.history - 1) {
-            Self::delete_snapshot_in(db, &mut batch, topic, partition, *old);
+        for doomed in chain::superseded(db, topic, partition, offset, parent, self.history)? {
+            Self::delete_snapshot_in(db, &mut batch, topic, partition, doomed);
         }
         drop(guard);
         self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset, source })?;
-        Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes })
+        Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes, parent, depth })
     }
 
     /// Every model of a snapshot as its checked envelope bytes (envelopes verified, payloads
@@ -442,70 +464,16 @@ impl StateStore {
                     break;
                 }
                 let Some((_, _, offset)) = parse_meta_key(&k) else { continue };
-                out.push(match codec::decode::<MetaRecord>(Kind::SnapshotMeta, &v) {
-                    Ok(m) => Ok(SnapshotInfo {
-                        topic: topic.into(),
-                        partition,
-                        offset,
-                        written_at_ms: m.written_at_ms,
-                        keys: m.keys,
-                        bytes: m.bytes,
-                    }),
-                    Err(source) => Err(StateError::Corrupt { topic: topic.into(), partition, offset, key: None, source }),
-                });
+                out.push(chain::decode_meta(&v).map(|m| m.info(topic, partition, offset)).map_err(|source| StateError::Corrupt {
+                    topic: topic.into(),
+                    partition,
+                    offset,
+                    key: None,
+                    source,
+                }));
             }
             out.reverse();
             Ok(out)
-        })
-    }
-
-    /// As [`StateStore::raw_models`], failing when the snapshot holds another number of keys
-    /// than its metadata recorded (a snapshot is used whole or not at all).
-    fn complete_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
-        let raw = self.raw_models(info)?;
-        if raw.len() as u64 != info.keys {
-            return Err(StateError::Incomplete {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                offset: info.offset,
-                expected: info.keys,
-                found: raw.len() as u64,
-            });
-        }
-        Ok(raw)
-    }
-
-    /// Raw (key, envelope bytes) of every model in a snapshot, in key order.
-    fn raw_models(&self, info: &SnapshotInfo) -> Result<RawModels, StateError> {
-        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
-        self.with_db(|db| {
-            let mut out = Vec::with_capacity(info.keys as usize);
-            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                out.push((k[prefix.len()..].to_vec(), v));
-            }
-            Ok(out)
-        })
-    }
-
-    /// (key, envelope bytes) of every model in a snapshot, without decoding them.
-    pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
-        Ok(self.raw_models(info)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
-    }
-
-    /// The raw envelope of one key's model in a snapshot (for the changelog and inspection).
-    pub fn model_bytes(&self, info: &SnapshotInfo, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.get_cf(Self::cf(db, CF_MODELS), &k).map_err(|source| StateError::Read {
-                topic: info.topic.clone(),
-                partition: info.partition,
-                source,
-            })
         })
     }
 
@@ -618,42 +586,11 @@ impl StateStore {
         self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset: offset.unwrap_or(-1), source })?;
         Ok(doomed)
     }
-
-    /// Overwrite one stored model's bytes (tests that simulate corruption on disk).
-    #[cfg(test)]
-    pub(crate) fn put_raw_model(&self, info: &SnapshotInfo, key: &str, bytes: &[u8]) {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.put_cf(Self::cf(db, CF_MODELS), &k, bytes).expect("test write");
-            Ok(())
-        })
-        .expect("open store");
-    }
-
-    /// Delete one stored model (tests of incomplete snapshots).
-    #[cfg(test)]
-    pub(crate) fn delete_raw_model(&self, info: &SnapshotInfo, key: &str) {
-        let mut k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        k.extend_from_slice(key.as_bytes());
-        self.with_db(|db| {
-            db.delete_cf(Self::cf(db, CF_MODELS), &k).expect("test delete");
-            Ok(())
-        })
-        .expect("open store");
-    }
-
-    /// Overwrite a snapshot's metadata bytes (tests).
-    #[cfg(test)]
-    pub(crate) fn put_raw_meta(&self, info: &SnapshotInfo, bytes: &[u8]) {
-        let k = snapshot_prefix(&info.topic, info.partition, info.offset);
-        self.with_db(|db| {
-            db.put_cf(Self::cf(db, CF_META), &k, bytes).expect("test write");
-            Ok(())
-        })
-        .expect("open store");
-    }
 }
 
+pub mod chain;
+#[cfg(test)]
+mod damage;
+pub mod spill;
 #[cfg(test)]
 mod tests;
