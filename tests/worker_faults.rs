@@ -147,6 +147,10 @@ fn worker_on(broker: &PrivateBroker, name: &str, toml: &str, state: &std::path::
     ChildWorker::start_with_sets(name, 4, toml, state, &[format!("kafka.bootstrap=\"{}\"", broker.bootstrap())])
 }
 
+/// Outputs linger 2 s in the producer (so that some are in flight when the broker stops) and
+/// may wait 120 s for delivery: a 30 s outage is a retriable error.
+const RETRYING: &str = "[kafka.settings]\n\"linger.ms\" = \"2000\"\n\"message.timeout.ms\" = \"120000\"\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     let broker = PrivateBroker::start();
@@ -155,7 +159,7 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     create_topics(&config).await;
     let state = tempfile::tempdir().expect("state dir");
     let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
-    let mut w = worker_on(&broker, &name, "", state.path());
+    let mut w = worker_on(&broker, &name, RETRYING, state.path());
     let mut inputs = BTreeMap::new();
     send(&config, &mut inputs, wave(0, 25)).await;
     let n = inputs.len();
@@ -164,7 +168,12 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     // Readings keep coming (the test's producer retries through the outage, as any client
     // would): some are in the worker's hands, their outputs in flight, when the broker stops.
     let stream = Stream::start(&config, 25);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first_of_stream = (wave(0, 25).len() / 4) as i64;
+    // Scores of the stream arrive 2 s (linger) after their readings were taken: from then on
+    // the worker usually holds unsent outputs (when its fetches keep up with the stream).
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "the first scores of the stream", |s| s.iter().any(|o| o.source_offset >= Some(first_of_stream)))
+    });
     broker.pause();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());

@@ -11,8 +11,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 use crate::partition::{Dest, OutRecord, Source};
 
-/// Pause before retrying when librdkafka's local queue is full (backpressure from the broker).
+/// First pause before retrying when librdkafka's local queue is full (backpressure from the
+/// broker); doubled on each retry up to [`QUEUE_FULL_BACKOFF_MAX`], so a broker that is away
+/// costs no busy loop while one that is merely slow is followed closely.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+/// Longest pause between retries of a full local queue.
+const QUEUE_FULL_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Produces the worker's outputs.
 pub struct OutputProducer {
@@ -54,12 +58,16 @@ impl OutputProducer {
         }
         let mut record =
             FutureRecord::to(self.topic(rec.dest)).partition(src.partition).key(&rec.key[..]).payload(&rec.payload[..]).headers(headers);
+        let mut backoff = QUEUE_FULL_BACKOFF;
         loop {
             match self.producer.send_result(record) {
                 Ok(f) => return Ok(f),
+                // Retriable: the queue drains as the broker acknowledges (or as undelivered
+                // records time out, which then fails their partition: a fatal error).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(QUEUE_FULL_BACKOFF);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(QUEUE_FULL_BACKOFF_MAX);
                 }
                 Err((e, _)) => return Err(e),
             }

@@ -147,9 +147,13 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         if self.stalled.take().is_some() {
             self.shared.stats.state_failing.fetch_sub(1, Ordering::Relaxed);
         }
-        // This thread no longer watches its deliveries: withdraw its report, if any.
+        // This thread no longer watches its deliveries: withdraw its report, if any (after a
+        // clean drain every output was acknowledged, so the broker is back).
         if let Some((_, Some(set))) = self.silent.take() {
             let _ = self.shared.stats.broker_down_since_ms.compare_exchange(set, 0, Ordering::AcqRel, Ordering::Relaxed);
+            if error.is_none() {
+                tracing::info!(partition, "outputs acknowledged again: broker reachable");
+            }
         }
         if let Some(e) = &error {
             tracing::error!(partition, cause = %e, "partition stopped on an error");
