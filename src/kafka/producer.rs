@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -72,6 +72,16 @@ impl OutputProducer {
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// Drop the records still waiting in librdkafka's queue, not yet sent to a broker (their
+    /// deliveries fail with `PurgeQueue`); returns how many records were queued or in flight.
+    /// For a worker that may have lost its partitions while frozen (zombie fencing): what is
+    /// already in flight cannot be recalled, but nothing queued is written late.
+    pub fn purge_queued(&self) -> i32 {
+        let n = self.producer.in_flight_count();
+        self.producer.purge(PurgeConfig::default().queue());
+        n
     }
 
     /// Wait for every queued record to be delivered (or `timeout`).
