@@ -176,6 +176,11 @@ impl WorkerContext {
                     if exit.error.is_some() {
                         continue;
                     }
+                    // Given up after a stall: its models may be ahead of what was delivered.
+                    if exit.fenced {
+                        tracing::info!(partition, "partition released after a stall; its models are dropped");
+                        continue;
+                    }
                     if let Ok(mut parked) = self.parked.lock() {
                         parked.insert(partition, exit.models);
                     }

@@ -33,8 +33,14 @@
 //!   1 s, behind) and the crash are read again; their outputs repeat unless the state store's
 //!   `Resume::emit_from` suppresses them. Every output carries its source partition and offset
 //!   (payload and headers), so a consumer can always recognise a repeat.
-//! - A member that lost its session but still produces (a zombie) can duplicate outputs;
-//!   broker transactions would fence it, but neither development broker honours them.
+//! - A member that lost its session but still produces (a zombie) could duplicate outputs. A
+//!   partition thread that finds more than the session timeout passed since its previous
+//!   round holds everything until the group revokes or confirms its partition ([`task`]); only
+//!   outputs already handed to librdkafka before the stall can still repeat. Broker
+//!   transactions would fence them, but neither development broker honours them.
+//! - A fatal Kafka error (an output not delivered within `message.timeout.ms`) stops the
+//!   worker; its offsets never pass the undelivered output, and `run` returns the error at the
+//!   latest `kafka.fatal_exit_after_ms` after it, drained or not.
 
 pub mod admin;
 pub mod bounds;

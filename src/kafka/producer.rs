@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::partition::{Dest, OutRecord, Source};
 
-/// Pause before retrying when librdkafka's local queue is full (backpressure from the broker).
+/// First pause before retrying when librdkafka's local queue is full (backpressure from the
+/// broker); doubled on each retry up to [`QUEUE_FULL_BACKOFF_MAX`], so a broker that is away
+/// costs no busy loop while one that is merely slow is followed closely.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
+/// Longest pause between retries of a full local queue.
+const QUEUE_FULL_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Produces the worker's outputs.
 pub struct OutputProducer {
@@ -54,16 +58,30 @@ impl OutputProducer {
         }
         let mut record =
             FutureRecord::to(self.topic(rec.dest)).partition(src.partition).key(&rec.key[..]).payload(&rec.payload[..]).headers(headers);
+        let mut backoff = QUEUE_FULL_BACKOFF;
         loop {
             match self.producer.send_result(record) {
                 Ok(f) => return Ok(f),
+                // Retriable: the queue drains as the broker acknowledges (or as undelivered
+                // records time out, which then fails their partition: a fatal error).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    std::thread::sleep(QUEUE_FULL_BACKOFF);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(QUEUE_FULL_BACKOFF_MAX);
                 }
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// Drop the records still waiting in librdkafka's queue, not yet sent to a broker (their
+    /// deliveries fail with `PurgeQueue`); returns how many records were queued or in flight.
+    /// For a worker that may have lost its partitions while frozen (zombie fencing): what is
+    /// already in flight cannot be recalled, but nothing queued is written late.
+    pub fn purge_queued(&self) -> i32 {
+        let n = self.producer.in_flight_count();
+        self.producer.purge(PurgeConfig::default().queue());
+        n
     }
 
     /// Wait for every queued record to be delivered (or `timeout`).

@@ -81,6 +81,18 @@ pub struct TaskExit {
     pub stored: Option<i64>,
     /// Why it stopped early, if it did.
     pub error: Option<WorkerError>,
+    /// Given up after a stall past the session timeout: outputs of its models' last records
+    /// may have been purged undelivered, so the models must not be parked (the partition's
+    /// next start restores from the store and re-reads from the committed offset).
+    pub fenced: bool,
+}
+
+/// How [`PartitionTask::consume`] ended.
+enum Consumed {
+    /// Told to stop: drain and hand the partition over.
+    Done,
+    /// Gave the partition up after a stall (zombie fencing): no drain, no snapshot.
+    Fenced,
 }
 
 /// One assigned partition's work (`C`: the consumer's context).
@@ -160,35 +172,46 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
 
     /// Run until told to stop (or a fatal error); then drain.
     pub fn run(mut self) -> TaskExit {
-        let error = self.consume().err();
-        let error = match error {
-            Some(e) => Some(e),
+        let (error, fenced) = match self.consume() {
+            Err(e) => (Some(e), false),
+            // Lost after a stall: nothing more is stored or snapshotted (outputs may have been
+            // purged); the next owner re-reads from the committed offset.
+            Ok(Consumed::Fenced) => (None, true),
             // Finish: every output of what was taken is delivered and its offset stored.
-            None => self.acks.advance(&self.consumer, Wait::Below(0)).err().map(WorkerError::from),
+            Ok(Consumed::Done) => (self.acks.advance(&self.consumer, Wait::Below(0)).err().map(WorkerError::from), false),
         };
         let partition = self.processor.partition();
         if self.stalled.take().is_some() {
             self.shared.stats.state_failing.fetch_sub(1, Ordering::Relaxed);
         }
-        // This thread no longer watches its deliveries: withdraw its report, if any.
+        // This thread no longer watches its deliveries: withdraw its report, if any (after a
+        // clean drain every output was acknowledged, so the broker is back).
         if let Some((_, Some(set))) = self.silent.take() {
             let _ = self.shared.stats.broker_down_since_ms.compare_exchange(set, 0, Ordering::AcqRel, Ordering::Relaxed);
+            if error.is_none() {
+                tracing::info!(partition, "outputs acknowledged again: broker reachable");
+            }
         }
         if let Some(e) = &error {
             tracing::error!(partition, cause = %e, "partition stopped on an error");
             self.shared.fail(WorkerError::Partition { partition, reason: e.to_string() });
-        } else {
+        } else if !fenced {
             self.shared.hooks.on_revoke(&self.shared.topic, partition, self.processor.models());
         }
-        TaskExit { stored: self.acks.stored(), models: self.processor.into_models(), error }
+        TaskExit { stored: self.acks.stored(), models: self.processor.into_models(), error, fenced }
     }
 
-    fn consume(&mut self) -> Result<(), WorkerError> {
+    fn consume(&mut self) -> Result<Consumed, WorkerError> {
         let mut out = Vec::with_capacity(4);
         let partition = self.processor.partition();
-        while !self.stop.load(Ordering::Acquire) && !self.shared.stop.load(Ordering::Acquire) {
+        loop {
+            // Before the stop check: a thread that wakes from a stall to find itself revoked
+            // gives the partition up without a drain or a snapshot (see `Consumed::Fenced`).
             if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
-                return Ok(());
+                return Ok(Consumed::Fenced);
+            }
+            if self.stop.load(Ordering::Acquire) || self.shared.stop.load(Ordering::Acquire) {
+                break;
             }
             let mut wait = POLL_WAIT;
             let mut taken = 0;
@@ -208,7 +231,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 // polling (or anywhere since the last check) is seen before anything is produced.
                 if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
                     // Lost: the record in hand is dropped unproduced; its new owner answers it.
-                    return Ok(());
+                    return Ok(Consumed::Fenced);
                 }
                 match polled {
                     None => break,
@@ -253,7 +276,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
             self.keep_budget();
         }
-        Ok(())
+        Ok(Consumed::Done)
     }
 
     /// Report the broker unreachable while outputs wait for acknowledgements longer than
@@ -364,7 +387,11 @@ fn hold_after_stall<C: ConsumerContext>(
         return true;
     }
     shared.stats.stall_fences.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(partition, stalled = ?gap, session_timeout = ?shared.session_timeout, "partition thread stalled past the session timeout: producing nothing until the group confirms or revokes the partition");
+    // Outputs still queued in librdkafka would be written late, after the new owner took over:
+    // drop them. Their deliveries fail: if the partition is still ours after all, that failure
+    // is fatal (the restart re-reads them); if it is lost, its next owner answers them.
+    let queued = shared.producer.purge_queued();
+    tracing::warn!(partition, stalled = ?gap, session_timeout = ?shared.session_timeout, queued, "partition thread stalled past the session timeout: queued outputs purged, producing nothing until the group confirms or revokes the partition");
     let confirm_at = Instant::now() + shared.session_timeout;
     loop {
         if stop.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
