@@ -18,6 +18,7 @@ use super::producer::OutputProducer;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
 use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
+use crate::telemetry::otel::batch_span;
 use crate::telemetry::WorkerStats;
 
 /// How long a poll waits for the first record of a batch (bounds the reaction to stop).
@@ -143,11 +144,23 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 }
                 None => false,
             };
+            // Timed from the first record (not the idle poll) for the ops monitor's
+            // `slow_processing`; the span exists only while OpenTelemetry is on.
+            let mut batch = None;
             while taken < MAX_BATCH && self.stalled.is_none() {
                 match self.queue.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
-                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out)?;
+                        let (_, span, last) = batch.get_or_insert_with(|| {
+                            (std::time::Instant::now(), batch_span(&self.shared.topic, self.processor.partition(), m.offset()), 0)
+                        });
+                        *last = m.offset();
+                        let handled =
+                            span.in_scope(|| handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out));
+                        if let Err(e) = handled {
+                            span.record("outcome", "error").record("otel.status_code", "ERROR");
+                            return Err(e);
+                        }
                         taken += 1;
                         wait = Duration::ZERO;
                     }
@@ -156,6 +169,10 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                         break;
                     }
                 }
+            }
+            if let Some((started, span, last)) = batch {
+                self.shared.stats.processing_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                span.record("last_offset", last).record("records", taken).record("outcome", "ok");
             }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;

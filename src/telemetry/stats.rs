@@ -48,6 +48,9 @@ pub struct WorkerStats {
     /// Per assigned partition: the state `/ready` and `/metrics` report. Entries are
     /// created on assignment ([`WorkerStats::partition`]) and removed on revocation.
     pub per_partition: Mutex<BTreeMap<(String, i32), Arc<PartitionStats>>>,
+    /// Time spent processing batches (first record taken to last record handled), µs; with
+    /// `consumed`, the average processing time per record the ops monitor judges.
+    pub processing_us: AtomicU64,
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).
