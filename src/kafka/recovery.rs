@@ -34,6 +34,7 @@ use crate::partition::resume::{self, Restored, Tails};
 use crate::partition::{Models, Resume, StateHooks};
 use crate::state::policy::{self, ChangelogVerdict, Checkpoints};
 use crate::state::{encode_models, KeyModel, StateError, StateStore};
+use crate::telemetry::otel;
 
 /// Bound on a changelog restore during assignment.
 const CHANGELOG_RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -151,8 +152,13 @@ impl StoreHooks {
 
     /// Write an encoded snapshot and publish it to the changelog.
     fn write(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<(), StateError> {
+        let span = otel::snapshot_span(topic, partition);
+        let _in_span = span.enter();
         let t = Instant::now();
-        let info = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok))?;
+        let written = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok));
+        span.record("offset", offset).record("outcome", if written.is_ok() { "ok" } else { "error" });
+        let info = written?;
+        span.record("keys", info.keys).record("bytes", info.bytes);
         tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
         if let Some((cl, rt)) = &self.changelog {
             // The local snapshot is what recovery needs; a changelog failure only costs a
@@ -167,6 +173,8 @@ impl StoreHooks {
 
 impl StateHooks for StoreHooks {
     fn on_assign(&self, topic: &str, partition: i32, parked: Option<Models>, committed: Option<i64>) -> Resume {
+        let span = otel::restore_span(topic, partition);
+        let _in_span = span.enter();
         let local = self.local_epoch(topic, partition);
         let tails = self.tails(partition);
         let epoch = resume::epoch(local, tails.as_ref());
@@ -182,6 +190,14 @@ impl StateHooks for StoreHooks {
         } else if nothing && r.start_at.is_some() {
             tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
         }
+        let source = if snapshot {
+            "snapshot"
+        } else if nothing {
+            "none"
+        } else {
+            "parked"
+        };
+        span.record("source", source).record("keys", r.models.keys.len()).record("offset", r.models.last_offset.unwrap_or(-1));
         self.checkpoints.assigned(partition, r.models.last_offset);
         r
     }

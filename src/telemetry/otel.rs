@@ -201,20 +201,22 @@ pub fn snapshot_span(topic: &str, partition: i32) -> Span {
     with_trace_id(tracing::info_span!("onad.snapshot", trace_id = e, topic, partition, offset = e, keys = e, bytes = e, outcome = e))
 }
 
-/// The span of a partition's restore on assignment (fill `offset`, `keys`, `outcome`).
+/// The span of a partition's restore on assignment (fill `source`: snapshot / parked / none,
+/// `offset`: the restored models' last offset or -1, `keys`).
 pub fn restore_span(topic: &str, partition: i32) -> Span {
     if !enabled() {
         return Span::none();
     }
     let e = tracing::field::Empty;
-    with_trace_id(tracing::info_span!("onad.restore", trace_id = e, topic, partition, offset = e, keys = e, outcome = e))
+    with_trace_id(tracing::info_span!("onad.restore", trace_id = e, topic, partition, source = e, offset = e, keys = e))
 }
 
-/// The span of one rebalance callback: `kind` is `assign` or `revoke`; `partitions` lists them.
-pub fn rebalance_span(kind: &'static str, partitions: &str) -> Span {
+/// The span of one rebalance callback: `kind` is `assign`, `revoke` or `error`; `partitions`
+/// are those of `topic` in the callback's list.
+pub fn rebalance_span(kind: &'static str, topic: &str, partitions: &[i32]) -> Span {
     if !enabled() {
         return Span::none();
     }
-    let e = tracing::field::Empty;
-    with_trace_id(tracing::info_span!("onad.rebalance", trace_id = e, kind, partitions, lost = e))
+    let partitions = format!("{partitions:?}");
+    with_trace_id(tracing::info_span!("onad.rebalance", trace_id = tracing::field::Empty, kind, topic, partitions))
 }
