@@ -158,7 +158,7 @@ impl StoreHooks {
         let written = self.store.write_encoded(topic, partition, offset, models.iter().cloned().map(Ok));
         span.record("offset", offset).record("outcome", if written.is_ok() { "ok" } else { "error" });
         let info = written?;
-        span.record("keys", info.keys).record("bytes", info.bytes);
+        span.record("keys", info.keys as i64).record("bytes", info.bytes as i64);
         tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, ms = t.elapsed().as_millis() as u64, "snapshot written");
         if let Some((cl, rt)) = &self.changelog {
             // The local snapshot is what recovery needs; a changelog failure only costs a
@@ -197,7 +197,7 @@ impl StateHooks for StoreHooks {
         } else {
             "parked"
         };
-        span.record("source", source).record("keys", r.models.keys.len()).record("offset", r.models.last_offset.unwrap_or(-1));
+        span.record("source", source).record("keys", r.models.keys.len() as i64).record("offset", r.models.last_offset.unwrap_or(-1));
         self.checkpoints.assigned(partition, r.models.last_offset);
         r
     }

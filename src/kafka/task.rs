@@ -172,7 +172,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
             if let Some((started, span, last)) = batch {
                 self.shared.stats.processing_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                span.record("last_offset", last).record("records", taken).record("outcome", "ok");
+                span.record("last_offset", last).record("records", taken as i64).record("outcome", "ok");
             }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;

@@ -10,6 +10,7 @@
 //! here ([`batch_span`], [`span`]) and are [`Span::none`] while OpenTelemetry is off: one
 //! relaxed load per batch, so the off path costs nothing measurable and adds nothing to logs.
 //! While on, each span carries a `trace_id` field, so log lines inside it name their trace.
+//! Counts are recorded as `i64`: the exporter sends a `u64` attribute as a string.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
