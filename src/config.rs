@@ -525,6 +525,24 @@ mod tests {
     }
 
     #[test]
+    fn monitoring_keys_are_checked_and_name_the_key() {
+        let c = load("[monitoring]\ncooldown_secs = 60\nwebhook_url = \"https://hooks.slack.com/x\"\n", &[], &[]).unwrap();
+        assert_eq!((c.monitoring.cooldown_secs, c.monitoring.high_error_rate), (60, DEFAULT_HIGH_ERROR_RATE));
+        for (bad, key) in [
+            ("[monitoring]\nhigh_error_rate = -0.1\n", "monitoring.high_error_rate"),
+            ("[monitoring]\nwebhook_url = \"hooks.slack.com\"\n", "monitoring.webhook_url"),
+            ("[monitoring]\ninterval_secs = 0\n", "monitoring.interval_secs"),
+            ("[monitoring]\nops_alerts_topic = \"sensor-scores\"\n", "monitoring.ops_alerts_topic"),
+            ("[monitoring]\ncooldown = 5\n", "cooldown"),
+        ] {
+            let err = load(bad, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let c = load("", &[], &["telemetry.otlp_endpoint=\"http://127.0.0.1:4318\""]).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
+    }
+
+    #[test]
     fn model_and_step_params_from_the_file_env_and_flags_are_read_by_name() {
         let file = "model_type = \"knn\"\n[model_params]\nk = 5\n[[preprocessing_steps]]\ntype = \"pca\"\nparams = { n_components = 2 }\n";
         assert!(load(file, &[("ONAD__MODEL_PARAMS__WINDOW_SIZE", "50")], &["model_params.warm_up=7"]).is_ok());
