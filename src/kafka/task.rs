@@ -151,14 +151,15 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 match self.queue.poll(wait) {
                     None => break,
                     Some(Ok(m)) => {
+                        // Entered once per batch (not per record): log lines of the batch carry its trace id.
                         let (_, span, last) = batch.get_or_insert_with(|| {
-                            (std::time::Instant::now(), batch_span(&self.shared.topic, self.processor.partition(), m.offset()), 0)
+                            let span = batch_span(&self.shared.topic, self.processor.partition(), m.offset());
+                            (std::time::Instant::now(), span.entered(), 0)
                         });
                         *last = m.offset();
-                        let handled =
-                            span.in_scope(|| handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out));
-                        if let Err(e) = handled {
-                            span.record("outcome", "error").record("otel.status_code", "ERROR");
+                        if let Err(e) = handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out) {
+                            span.record("last_offset", *last).record("records", taken as i64).record("outcome", "error");
+                            span.record("otel.status_code", "ERROR");
                             return Err(e);
                         }
                         taken += 1;
