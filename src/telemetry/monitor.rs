@@ -152,3 +152,34 @@ fn rss_mb() -> Option<f64> {
     let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_webhook_body_has_a_slack_text_and_every_field() {
+        let firing = Firing {
+            name: "high_memory",
+            severity: Severity::Critical,
+            value: 1500.0,
+            threshold: 1000.0,
+            message: "memory usage 1500.0 MB above 1000.0 MB".into(),
+        };
+        let a = OpsAlert { firing, instance: "worker-0/7".into(), group_id: "g".into(), fired_at_ms: 42 };
+        let v = webhook_body(&a);
+        assert_eq!(v["text"], "[critical] onad-stream high_memory on worker-0/7 (group g): memory usage 1500.0 MB above 1000.0 MB");
+        assert_eq!(
+            (v["name"].as_str(), v["severity"].as_str(), v["value"].as_f64(), v["threshold"].as_f64()),
+            (Some("high_memory"), Some("critical"), Some(1500.0), Some(1000.0))
+        );
+        assert_eq!((v["instance"].as_str(), v["group_id"].as_str(), v["fired_at_ms"].as_i64()), (Some("worker-0/7"), Some("g"), Some(42)));
+    }
+
+    #[test]
+    fn resident_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(rss_mb().is_some_and(|mb| mb > 0.0));
+        }
+    }
+}
