@@ -152,3 +152,51 @@ async fn a_run_exports_its_batch_rebalance_restore_and_snapshot_spans_and_counte
     assert_eq!(last_sum(&received, "onad.readings.scored"), Some(total), "scored counter over OTLP");
     assert_eq!(last_sum(&received, "onad.dead_letters"), Some(0), "dead-letter counter over OTLP");
 }
+
+/// The standard variables alone turn export on: `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_SERVICE_NAME`, and `OTEL_METRIC_EXPORT_INTERVAL` (metrics arrive while it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_otel_variables_turn_export_on_and_name_the_service() {
+    let receiver = HttpSink::start();
+    let s = Scenario::new("otelenv", 1).await;
+    let readings = fleet(3, 1, 20, None);
+    let total = readings.len() as u64;
+    common::produce(&s.config, readings).await;
+    let log = tempfile::NamedTempFile::new().expect("temp log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_onad-stream"));
+    cmd.arg("run");
+    for o in common::overrides(&s.name, 1) {
+        cmd.arg("--set").arg(o);
+    }
+    let child = cmd
+        .arg("--set")
+        .arg(format!("state.path={:?}", s.state.path().display().to_string()))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env("OTEL_SERVICE_NAME", "onad-env-test")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().expect("reopen log"))
+        .spawn()
+        .expect("start onad-stream run");
+    let mut child = KillOnDrop(child);
+    // Both while it runs: the periodic exports (no shutdown flush, it is killed afterwards).
+    let received = receiver.until(Duration::from_secs(60), "the consumed counter at its end value and batch spans", |r| {
+        last_sum(r, "onad.records.consumed") == Some(total) && spans(r).iter().any(|(_, s)| s.name == "onad.batch")
+    });
+    let exited = child.0.try_wait().expect("worker status");
+    drop(child);
+    assert!(exited.is_none(), "the worker exited early:\n{}", std::fs::read_to_string(log.path()).unwrap_or_default());
+    let services: std::collections::BTreeSet<String> = spans(&received).into_iter().map(|(service, _)| service).collect();
+    assert_eq!(services.into_iter().collect::<Vec<_>>(), ["onad-env-test"], "OTEL_SERVICE_NAME names the service");
+}
+
+/// Kills the worker when the test ends, whether it passes or panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
