@@ -2,7 +2,7 @@
 //! `telemetry.otlp_endpoint` pointing at an in-test OTLP/HTTP receiver exports a span per
 //! batch (topic, partition, first/last offset, records, outcome), per rebalance, restore and
 //! snapshot, its main counters as OTLP metrics, and its log lines inside a span carry the
-//! span's trace id.
+//! span's trace id. The standard `OTEL_*` variables alone do the same.
 
 mod common;
 
