@@ -11,6 +11,8 @@
 //! join (seconds on Tansu) is excluded by starting the clock at the first record.
 //!
 //! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092) and `ONAD_BENCH_READINGS` (default 200000).
+//! `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318` exports spans and metrics over OTLP while
+//! measuring (the tracing-on figure of BENCHMARKS.md).
 //! Run: `scripts/kafka-broker start; cargo bench --bench worker_throughput` (release), or
 //! `cargo test --bench worker_throughput` (test profile) where a release build is too costly.
 
@@ -178,6 +180,11 @@ fn time_bare(config: &Config, n: usize) -> f64 {
 fn main() {
     // `cargo test --benches` passes no args; `cargo bench` passes --bench. Either way, run.
     let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    // Tracing on vs off: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and metrics are exported
+    // as `run` exports them (BENCHMARKS.md); without it, OpenTelemetry is off.
+    let telemetry = onad_stream::config::TelemetryConfig { log_level: "warn".into(), ..Default::default() };
+    let otel = onad_stream::telemetry::init_with_otel(&telemetry).expect("OpenTelemetry");
+    println!("worker_throughput: OpenTelemetry {}", if otel.is_some() { "on (exporting over OTLP)" } else { "off" });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
         println!("worker_throughput: {n} readings, {PARTITIONS} partitions, {SENSORS} sensors, 4 features, broker {}", bootstrap());
@@ -194,4 +201,7 @@ fn main() {
         let secs = tokio::task::block_in_place(|| time_bare(&config, n));
         println!("  bare loop       : {secs:6.2} s  {:>9.0} records/s", n as f64 / secs);
     });
+    // Outside the runtime: flushes the last spans.
+    drop(rt);
+    drop(otel);
 }

@@ -57,6 +57,30 @@ pub const DEFAULT_ALERT_COOLDOWN: &str = "0s";
 /// driver polls every 100 ms; a rebalance that restores state blocks the poll, so this
 /// leaves room for a restore of a few large partitions.
 pub const DEFAULT_READY_MAX_POLL_AGE_SECS: u64 = 30;
+/// Seconds between evaluations of the operational alert rules.
+pub const DEFAULT_MONITOR_INTERVAL_SECS: u64 = 10;
+/// Seconds an ops alert stays quiet after firing (the seed's `alert_cooldown`, 5 minutes).
+pub const DEFAULT_MONITOR_COOLDOWN_SECS: u64 = 300;
+/// The seed's `slow_processing`: average processing time per record, ms (0.1 s).
+pub const DEFAULT_SLOW_PROCESSING_MS: f64 = 100.0;
+/// The seed's `high_error_rate`: dead letters per record consumed.
+pub const DEFAULT_HIGH_ERROR_RATE: f64 = 0.05;
+/// The seed's `high_anomaly_rate` (its usage example): anomalies per reading scored.
+pub const DEFAULT_HIGH_ANOMALY_RATE: f64 = 0.15;
+/// `low_anomaly_rate`: anomalies per reading scored. Not the seed's 0.001: with the calibrated
+/// default `anomaly = 0.8` a healthy sensor flags about 1 reading in 10,000, so 0.001 would fire
+/// all the time; 1e-5 (ten times below the promise) means the detector stopped flagging.
+pub const DEFAULT_LOW_ANOMALY_RATE: f64 = 1e-5;
+/// The seed's `high_memory`: resident set size, MB.
+pub const DEFAULT_HIGH_MEMORY_MB: f64 = 1000.0;
+/// The seed's `low_throughput`: records per second (only while there is a backlog).
+pub const DEFAULT_LOW_THROUGHPUT: f64 = 10.0;
+/// Consecutive evaluations the total lag must grow in for `lag_growing`.
+pub const DEFAULT_LAG_GROWING_INTERVALS: u32 = 3;
+/// Fewest records in an interval for the rate rules to judge it (fewer say nothing).
+pub const DEFAULT_MONITOR_MIN_RECORDS: u64 = 100;
+/// Timeout of one webhook POST.
+pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
 
@@ -142,6 +166,9 @@ pub struct RawConfig {
     /// `AnomalyAlert` de-duplication.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Operational alerts about the worker itself.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
 }
 
 fn default_model_type() -> String {
@@ -255,6 +282,10 @@ pub struct TelemetryConfig {
     pub metrics_addr: String,
     /// `/ready` answers 503 when the consumer's last poll is older than this, seconds.
     pub ready_max_poll_age_secs: u64,
+    /// OTLP/HTTP base URL (`http://collector:4318`) for traces and metrics of `run`; empty:
+    /// the standard `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT` decide, and without
+    /// them OpenTelemetry is off.
+    pub otlp_endpoint: String,
 }
 
 impl Default for TelemetryConfig {
@@ -264,6 +295,63 @@ impl Default for TelemetryConfig {
             log_format: "text".into(),
             metrics_addr: String::new(),
             ready_max_poll_age_secs: DEFAULT_READY_MAX_POLL_AGE_SECS,
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+/// `[monitoring]`: the seed's `MonitoringService` thresholds, evaluated by `run` every
+/// `interval_secs` over the counters of that interval. A threshold of 0 disables its rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Evaluate the rules at all.
+    pub enabled: bool,
+    /// Seconds between evaluations.
+    pub interval_secs: u64,
+    /// Seconds a rule stays quiet after firing.
+    pub cooldown_secs: u64,
+    /// Average processing time per record above this (ms) fires `slow_processing`.
+    pub slow_processing_ms: f64,
+    /// Dead letters per consumed record above this fires `high_error_rate`.
+    pub high_error_rate: f64,
+    /// Anomalies per scored reading above this fires `high_anomaly_rate`.
+    pub high_anomaly_rate: f64,
+    /// Anomalies per scored reading below this fires `low_anomaly_rate`.
+    pub low_anomaly_rate: f64,
+    /// Resident memory above this (MB) fires `high_memory`.
+    pub high_memory_mb: f64,
+    /// Records per second below this while the consumer lags fires `low_throughput`.
+    pub low_throughput: f64,
+    /// Total consumer lag growing over this many evaluations in a row fires `lag_growing`.
+    pub lag_growing_intervals: u32,
+    /// Fewest records an interval needs before the rate rules judge it.
+    pub min_records: u64,
+    /// Topic the `OpsAlert` records go to (created with one partition); empty: not published.
+    pub ops_alerts_topic: String,
+    /// URL each firing is POSTed to as JSON with a Slack-compatible `text`; empty: none.
+    pub webhook_url: String,
+    /// Timeout of one webhook POST, ms (a failed POST is logged, not retried).
+    pub webhook_timeout_ms: u64,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: DEFAULT_MONITOR_INTERVAL_SECS,
+            cooldown_secs: DEFAULT_MONITOR_COOLDOWN_SECS,
+            slow_processing_ms: DEFAULT_SLOW_PROCESSING_MS,
+            high_error_rate: DEFAULT_HIGH_ERROR_RATE,
+            high_anomaly_rate: DEFAULT_HIGH_ANOMALY_RATE,
+            low_anomaly_rate: DEFAULT_LOW_ANOMALY_RATE,
+            high_memory_mb: DEFAULT_HIGH_MEMORY_MB,
+            low_throughput: DEFAULT_LOW_THROUGHPUT,
+            lag_growing_intervals: DEFAULT_LAG_GROWING_INTERVALS,
+            min_records: DEFAULT_MONITOR_MIN_RECORDS,
+            ops_alerts_topic: String::new(),
+            webhook_url: String::new(),
+            webhook_timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
         }
     }
 }
@@ -445,6 +533,32 @@ impl Config {
         if raw.telemetry.ready_max_poll_age_secs < 1 {
             return Err(invalid("telemetry.ready_max_poll_age_secs", "must be at least 1"));
         }
+        let m = &raw.monitoring;
+        if m.interval_secs < 1 {
+            return Err(invalid("monitoring.interval_secs", "must be at least 1"));
+        }
+        if m.webhook_timeout_ms < 1 {
+            return Err(invalid("monitoring.webhook_timeout_ms", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("monitoring.slow_processing_ms", m.slow_processing_ms),
+            ("monitoring.high_error_rate", m.high_error_rate),
+            ("monitoring.high_anomaly_rate", m.high_anomaly_rate),
+            ("monitoring.low_anomaly_rate", m.low_anomaly_rate),
+            ("monitoring.high_memory_mb", m.high_memory_mb),
+            ("monitoring.low_throughput", m.low_throughput),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(key, "must be a finite number >= 0 (0 disables the rule)"));
+            }
+        }
+        if outputs.contains(&&m.ops_alerts_topic) || m.ops_alerts_topic == k.input_topic {
+            return Err(invalid("monitoring.ops_alerts_topic", "must differ from the input and output topics"));
+        }
+        let url = &m.webhook_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid("monitoring.webhook_url", "must be an http:// or https:// URL"));
+        }
         let v = &raw.validation;
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
             return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
@@ -586,6 +700,24 @@ mod tests {
             let err = load(text, &[], &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn monitoring_keys_are_checked_and_name_the_key() {
+        let c = load("[monitoring]\ncooldown_secs = 60\nwebhook_url = \"https://hooks.slack.com/x\"\n", &[], &[]).unwrap();
+        assert_eq!((c.monitoring.cooldown_secs, c.monitoring.high_error_rate), (60, DEFAULT_HIGH_ERROR_RATE));
+        for (bad, key) in [
+            ("[monitoring]\nhigh_error_rate = -0.1\n", "monitoring.high_error_rate"),
+            ("[monitoring]\nwebhook_url = \"hooks.slack.com\"\n", "monitoring.webhook_url"),
+            ("[monitoring]\ninterval_secs = 0\n", "monitoring.interval_secs"),
+            ("[monitoring]\nops_alerts_topic = \"sensor-scores\"\n", "monitoring.ops_alerts_topic"),
+            ("[monitoring]\ncooldown = 5\n", "cooldown"),
+        ] {
+            let err = load(bad, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        let c = load("", &[], &["telemetry.otlp_endpoint=\"http://127.0.0.1:4318\""]).unwrap();
+        assert_eq!(c.telemetry.otlp_endpoint, "http://127.0.0.1:4318");
     }
 
     #[test]

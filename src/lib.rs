@@ -25,7 +25,8 @@
 //! - [`ops`]: input validation, the per-sensor circuit breaker and its warm fallback (rate limiting and the memory budget will live here too).
 //! - [`detect`]: the pure detection core (no Kafka, RocksDB, tokio or tracing).
 //! - [`config`]: TOML + env + flags -> checked [`config::Config`].
-//! - [`telemetry`]: logs, metrics, health and the worker's counters ([`WorkerStats`]); a leaf.
+//! - [`telemetry`]: logs, metrics, health, OpenTelemetry export, the ops-alert monitor and
+//!   the worker's counters ([`WorkerStats`]); a leaf.
 //! - [`error`]: [`WorkerError`] and the subsystem errors folded into it; a leaf.
 //! - [`proto`]: the wire contracts, generated from `proto/onad/v1`.
 

@@ -34,20 +34,30 @@ pub struct RunArgs {
 /// Run the subcommand.
 pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
-    crate::telemetry::init(&config.telemetry);
+    // Kept to the end of `main`, outside the runtime: dropping it flushes the last spans.
+    let otel = crate::telemetry::init_with_otel(&config.telemetry).map_err(|e| anyhow::anyhow!("OpenTelemetry: {e}"))?;
+    if let Some(endpoint) = otel.as_ref().and(crate::telemetry::otel::endpoint(&config.telemetry)) {
+        tracing::info!(%endpoint, "exporting traces and metrics over OTLP");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let summary = runtime.block_on(async {
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         let worker = crate::worker::Worker::new(config.clone());
         let stats = worker.stats();
+        if let Some(o) = &otel {
+            o.watch(&config.kafka.input_topic, stats.clone());
+        }
         let server = serve(&config, &stats).await?;
+        // The ops-alert monitor needs Kafka (its topic): started once Kafka answers.
+        let mut monitor = None;
         let run = async {
             let Some(partitions) = wait_for_kafka(&config.kafka, &stats, shutdown.as_mut()).await? else {
                 return Ok(None);
             };
             // State store (issue 4): restore on assignment, snapshots, changelog.
             let hooks = crate::kafka::recovery::StoreHooks::open(&config, partitions as i32).await?.with_stats(stats.clone());
+            monitor = Some(start_monitor(config.monitoring.clone(), &config.kafka, stats.clone()).await?);
             let worker = worker.with_state(Arc::new(hooks));
             worker.run(shutdown.as_mut()).await.map(Some).map_err(anyhow::Error::from)
         };
@@ -55,8 +65,20 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         if let Some(task) = server {
             task.abort();
         }
+        if let Some((task, ops)) = monitor {
+            if let Some(task) = task {
+                task.abort();
+            }
+            if let Some(ops) = ops {
+                if let Err(e) = ops.flush(OPS_FLUSH_TIMEOUT) {
+                    tracing::warn!(cause = %e, "ops alerts not all delivered before exit");
+                }
+            }
+        }
         result
     })?;
+    drop(runtime);
+    drop(otel);
     match summary {
         Some(summary) => eprintln!(
             "onad-stream run: {} readings in {:.1} s: {} scored, {} alerts, {} dead letters",
@@ -119,6 +141,47 @@ async fn wait_for_kafka<F: Future<Output = ()>>(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Longest wait on shutdown for ops alerts still queued.
+const OPS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Start the ops-alert monitor when `[monitoring]` is enabled: creates the ops topic (one
+/// partition) and its producer when one is configured.
+async fn start_monitor(
+    m: crate::config::MonitoringConfig,
+    kafka: &crate::config::KafkaConfig,
+    stats: std::sync::Arc<crate::telemetry::WorkerStats>,
+) -> anyhow::Result<(Option<tokio::task::JoinHandle<()>>, Option<std::sync::Arc<crate::kafka::producer::OpsAlertProducer>>)> {
+    if !m.enabled {
+        return Ok((None, None));
+    }
+    let ops = if m.ops_alerts_topic.is_empty() {
+        None
+    } else {
+        let admin = crate::kafka::admin::client(kafka)?;
+        crate::kafka::admin::create(&admin, kafka, &[(m.ops_alerts_topic.as_str(), 1)]).await?;
+        Some(std::sync::Arc::new(crate::kafka::producer::OpsAlertProducer::new(kafka, &m.ops_alerts_topic)?))
+    };
+    let publish: Option<crate::telemetry::monitor::Publish> = ops.clone().map(|p| {
+        Box::new(move |alert: &crate::telemetry::monitor::OpsAlert| {
+            let (key, payload) = crate::partition::output::ops_alert(alert);
+            let name = alert.firing.name;
+            match p.send(&key, &payload) {
+                // Delivery is awaited off the monitor's path; a failure is only logged.
+                Ok(delivery) => {
+                    tokio::spawn(async move {
+                        if let Ok(Err((e, _))) = delivery.await {
+                            tracing::warn!(alert = name, cause = %e, "ops alert record not delivered");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(alert = name, cause = %e, "ops alert record not sent"),
+            }
+        }) as crate::telemetry::monitor::Publish
+    });
+    let monitor = crate::telemetry::monitor::Monitor::new(m, stats, &kafka.group_id, publish).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((Some(tokio::spawn(monitor.run())), ops))
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

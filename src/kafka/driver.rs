@@ -93,15 +93,17 @@ impl WorkerContext {
         // Restoring state and reading output tails take about a second per partition, mostly
         // waiting on the broker: do the partitions side by side, not one after another.
         let hooks = &self.shared.hooks;
+        // The restore spans of the assignment threads belong to this rebalance's span.
+        let rebalance = tracing::Span::current();
         let resumes: Vec<_> = std::thread::scope(|scope| {
             let handles: Vec<_> = new
                 .iter()
                 .zip(parked)
                 .map(|(&p, parked)| {
-                    let topic = &topic;
+                    let (topic, rebalance) = (&topic, &rebalance);
                     std::thread::Builder::new()
                         .name(format!("onad-assign-p{p}"))
-                        .spawn_scoped(scope, move || hooks.on_assign(topic, p, parked, committed(p)))
+                        .spawn_scoped(scope, move || rebalance.in_scope(|| hooks.on_assign(topic, p, parked, committed(p))))
                 })
                 .collect();
             handles.into_iter().map(|h| h.map_err(|e| e.to_string()).and_then(|h| h.join().map_err(|_| "panicked".to_string()))).collect()
@@ -230,6 +232,14 @@ impl ConsumerContext for WorkerContext {
     fn rebalance(&self, consumer: &Consumer, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let kind = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => "assign",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => "revoke",
+            _ => "error",
+        };
+        let listed: Vec<i32> = tpl.elements_for_topic(&self.shared.topic).iter().map(|e| e.partition()).collect();
+        let span = crate::telemetry::otel::rebalance_span(kind, &self.shared.topic, &listed);
+        let _in_span = span.enter();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.assign(consumer, tpl);

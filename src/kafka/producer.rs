@@ -89,3 +89,29 @@ impl OutputProducer {
         self.producer.flush(timeout)
     }
 }
+
+/// Producer of the `OpsAlert` records of `monitoring.ops_alerts_topic` (records built by
+/// `partition::output::ops_alert`).
+pub struct OpsAlertProducer {
+    /// A plain producer of its own: ops alerts must not queue behind the outputs' backlog.
+    producer: FutureProducer,
+    /// `monitoring.ops_alerts_topic`.
+    topic: String,
+}
+
+impl OpsAlertProducer {
+    /// A producer for `topic` on the cluster of `k`.
+    pub fn new(k: &KafkaConfig, topic: &str) -> Result<Self, KafkaError> {
+        Ok(Self { producer: super::client::producer(k).create()?, topic: topic.to_string() })
+    }
+
+    /// Enqueue one record (never blocks: a full queue is an error the caller logs).
+    pub fn send(&self, key: &[u8], payload: &[u8]) -> Result<DeliveryFuture, KafkaError> {
+        self.producer.send_result(FutureRecord::to(&self.topic).key(key).payload(payload)).map_err(|(e, _)| e)
+    }
+
+    /// Wait for the queued records to be delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+}

@@ -38,6 +38,7 @@ use crate::partition::{ColdStore, KeyPipeline, Models, Resume, StateHooks};
 use crate::state::codec::{self, Kind};
 use crate::state::policy::{self, ChangelogVerdict, Checkpoints, Pending};
 use crate::state::{KeyModel, StateError, StateStore};
+use crate::telemetry::otel;
 use crate::telemetry::WorkerStats;
 
 /// Bound on a changelog restore during assignment.
@@ -187,8 +188,11 @@ impl StoreHooks {
     /// changed ones, resident or evicted) and publish the changed rows to the changelog (all
     /// of them for a full one whose partition's changelog is behind).
     fn write(&self, topic: &str, partition: i32, pending: &Pending) -> Result<(), StateError> {
+        let span = otel::snapshot_span(topic, partition);
+        let _in_span = span.enter();
         let t = Instant::now();
         let offset = pending.offset;
+        span.record("offset", offset);
         let mut changed = Vec::with_capacity(pending.evicted.len());
         for key in &pending.evicted {
             // No eviction ran since the encoding (`partition::resident`): the row is the key's
@@ -198,14 +202,17 @@ impl StoreHooks {
                 changed.push((key.clone(), bytes));
             }
         }
-        let info = match pending.parent {
-            None => self.store.write_merged(topic, partition, offset, &pending.models)?,
+        let written = match pending.parent {
+            None => self.store.write_merged(topic, partition, offset, &pending.models),
             Some(parent) => {
                 changed.extend(pending.models.iter().cloned());
                 changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                self.store.write_delta(topic, partition, offset, parent, &changed)?
+                self.store.write_delta(topic, partition, offset, parent, &changed)
             }
         };
+        span.record("outcome", if written.is_ok() { "ok" } else { "error" });
+        let info = written?;
+        span.record("keys", info.keys as i64).record("bytes", info.bytes as i64);
         let took = t.elapsed();
         let ms = took.as_millis() as u64;
         tracing::debug!(partition, offset, keys = info.keys, bytes = info.bytes, depth = info.depth, ms, "snapshot written");
@@ -259,6 +266,8 @@ impl StoreHooks {
 
 impl StateHooks for StoreHooks {
     fn on_assign(&self, topic: &str, partition: i32, parked: Option<Models>, committed: Option<i64>) -> Resume {
+        let span = otel::restore_span(topic, partition);
+        let _in_span = span.enter();
         let local = self.local_epoch(topic, partition);
         let tails = self.tails(partition);
         let epoch = resume::epoch(local, tails.as_ref());
@@ -278,6 +287,14 @@ impl StateHooks for StoreHooks {
         } else if nothing && r.start_at.is_some() {
             tracing::warn!(partition, ?committed, "no usable state: rebuilding the models from the start of the input");
         }
+        let source = if snapshot {
+            "snapshot"
+        } else if nothing {
+            "none"
+        } else {
+            "parked"
+        };
+        span.record("source", source).record("keys", r.models.keys.len() as i64).record("offset", r.models.last_offset.unwrap_or(-1));
         // Deltas may build on the local snapshot the models are at (not on changelog state).
         let depth = r.models.last_offset.and_then(|o| self.store.snapshot_info(topic, partition, o).ok().flatten()).map(|i| i.depth);
         self.checkpoints.assigned(partition, r.models.last_offset, depth);

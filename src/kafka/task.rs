@@ -19,6 +19,7 @@ use super::producer::OutputProducer;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
 use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
+use crate::telemetry::otel::batch_span;
 use crate::telemetry::stats::PartitionStats;
 use crate::telemetry::WorkerStats;
 
@@ -224,7 +225,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 }
                 None => false,
             };
-            let mut started = None;
+            // Timed from the first record (not the idle poll) for the ops monitor's
+            // `slow_processing`; the span exists only while OpenTelemetry is on.
+            let mut batch = None;
             while taken < MAX_BATCH && self.stalled.is_none() {
                 let polled = self.queue.poll(wait);
                 // Checked between taking a record and producing its outputs: a freeze while
@@ -236,9 +239,19 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 match polled {
                     None => break,
                     Some(Ok(m)) => {
-                        // The batch's time runs from its first record, not from the wait for it.
-                        started.get_or_insert_with(std::time::Instant::now);
-                        handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out, &self.timing.latency)?;
+                        // Entered once per batch (not per record): log lines of the batch carry its trace id.
+                        let (_, span, last) = batch.get_or_insert_with(|| {
+                            let span = batch_span(&self.shared.topic, self.processor.partition(), m.offset());
+                            (std::time::Instant::now(), span.entered(), 0)
+                        });
+                        *last = m.offset();
+                        if let Err(e) =
+                            handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out, &self.timing.latency)
+                        {
+                            span.record("last_offset", *last).record("records", taken as i64).record("outcome", "error");
+                            span.record("otel.status_code", "ERROR");
+                            return Err(e);
+                        }
                         taken += 1;
                         wait = Duration::ZERO;
                     }
@@ -248,8 +261,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                     }
                 }
             }
-            if let Some(t) = started {
-                self.timing.batch.observe(t.elapsed().as_secs_f64());
+            if let Some((started, span, last)) = batch {
+                let took = started.elapsed();
+                self.timing.batch.observe(took.as_secs_f64());
+                self.shared.stats.processing_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                span.record("last_offset", last).record("records", taken as i64).record("outcome", "ok");
             }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
             let retired = self.acks.advance(&self.consumer, wait)?;

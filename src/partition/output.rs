@@ -187,3 +187,25 @@ pub fn dead_letter(src: Source<'_>, key: Option<&[u8]>, value: Option<&[u8]>, wh
     };
     out.push(OutRecord { dest: Dest::DeadLetters, key, payload: dl.encode_to_vec() });
 }
+
+/// The `OpsAlert` record of an operational alert (key, payload), for
+/// `monitoring.ops_alerts_topic`; key = the rule name, so one rule's alerts stay in order.
+pub fn ops_alert(a: &crate::telemetry::monitor::OpsAlert) -> (Vec<u8>, Vec<u8>) {
+    use crate::telemetry::rules::Severity as S;
+    let f = &a.firing;
+    let severity = match f.severity {
+        S::Warning => proto::OpsSeverity::Warning,
+        S::Critical => proto::OpsSeverity::Critical,
+    };
+    let msg = proto::OpsAlert {
+        name: f.name.to_string(),
+        severity: severity as i32,
+        value: f.value,
+        threshold: f.threshold,
+        message: f.message.clone(),
+        instance: a.instance.clone(),
+        group_id: a.group_id.clone(),
+        fired_at_ms: a.fired_at_ms,
+    };
+    (f.name.as_bytes().to_vec(), msg.encode_to_vec())
+}

@@ -53,6 +53,9 @@ pub struct WorkerStats {
     pub stall_fences: AtomicU64,
     /// Labelled counters and histograms, observed where they happen (`telemetry::metrics`).
     pub instruments: super::metrics::Instruments,
+    /// Time spent processing batches (first record taken to last record handled), µs; with
+    /// `consumed`, the average processing time per record the ops monitor judges.
+    pub processing_us: AtomicU64,
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).

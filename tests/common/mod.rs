@@ -3,8 +3,11 @@
 //! in-process, and collecting outputs with bounded waits and clear failure messages.
 #![allow(dead_code)]
 
+mod http_sink;
 mod small_disk;
 mod tansu;
+#[allow(unused_imports)]
+pub use http_sink::HttpSink;
 #[allow(unused_imports)]
 pub use small_disk::{Filler, SmallDisk};
 #[allow(unused_imports)]
