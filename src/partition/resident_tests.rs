@@ -167,4 +167,3 @@ fn without_a_cold_store_nothing_is_evicted_and_it_is_reported() {
     assert_eq!(p.models().keys.len(), 5);
     assert_eq!(stats.evictions.load(Ordering::Relaxed), 0);
 }
-
