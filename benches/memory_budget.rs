@@ -22,7 +22,7 @@ use onad_stream::proto::SensorReading;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const BUDGET_MB: u64 = 512;
@@ -141,9 +141,36 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Scores on the scores topic so far (sum of partition end offsets).
-fn scored(consumer: &BaseConsumer, topic: &str) -> i64 {
-    (0..PARTITIONS).map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, high)| high).unwrap_or(0)).sum()
+/// Counts the records of the scores topic (read from the beginning; the watermarks Tansu
+/// reports lag behind).
+struct Counter {
+    consumer: BaseConsumer,
+    seen: i64,
+}
+
+impl Counter {
+    fn new(config: &Config) -> Self {
+        let consumer: BaseConsumer = onad_stream::kafka::bounds::reader(&config.kafka).create().expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&config.kafka.scores_topic, p, Offset::Beginning).expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign");
+        Self { consumer, seen: 0 }
+    }
+
+    /// Read for up to `d`; returns the records seen so far.
+    fn read_for(&mut self, d: Duration) -> i64 {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            match self.consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(_)) => self.seen += 1,
+                Some(Err(e)) => panic!("reading the scores: {e}"),
+                None => break,
+            }
+        }
+        self.seen
+    }
 }
 
 /// Run the worker over `name`'s topics until `n` scores are out; returns (seconds from the
@@ -152,11 +179,11 @@ fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
     let dir = state_dir();
     let log = dir.path().join("worker.log");
     let child = start(name, &dir.path().join("state"), &log);
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("consumer");
+    let mut counter = Counter::new(config);
     let deadline = Instant::now() + LIMIT;
     let mut first = None;
     loop {
-        let done = scored(&consumer, &config.kafka.scores_topic);
+        let done = counter.read_for(Duration::from_millis(200));
         if first.is_none() && done > 0 {
             first = Some((Instant::now(), done));
         }
@@ -164,7 +191,6 @@ fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
             break;
         }
         assert!(Instant::now() < deadline, "only {done} of {n} scored within {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(200));
     }
     let secs = first.map(|(t, _)| t.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     let (hwm, _) = rss_mb(child.id());
@@ -236,6 +262,9 @@ fn main() {
         let (name, config) = rt.block_on(prepare(mode, s, p));
         let (secs, hwm, log) = run_worker(&name, &config, n);
         let evicting = log.matches("memory budget reached").count();
+        for line in log.lines().filter(|l| l.contains("memory budget: partition stopped")) {
+            println!("    worker: {}", line.split("memory budget: partition stopped").nth(1).unwrap_or(""));
+        }
         println!(
             "  {s:>9} sensors x {p:>4} readings: {secs:6.1} s {:>8.0} readings/s, peak RSS {hwm:.0} MiB (bound 1.2 x {BUDGET_MB} + {overhead:.0} = {:.0}), {evicting} partitions evicted",
             n as f64 / secs,

@@ -199,6 +199,16 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         } else if !fenced {
             self.shared.hooks.on_revoke(&self.shared.topic, partition, self.processor.models());
         }
+        if self.evicted > 0 {
+            let r = self.processor.resident();
+            tracing::info!(
+                partition,
+                resident = r.resident(),
+                model_bytes = r.bytes(),
+                evicted = self.evicted,
+                "memory budget: partition stopped"
+            );
+        }
         TaskExit { stored: self.acks.stored(), models: self.processor.into_models(), error, fenced }
     }
 

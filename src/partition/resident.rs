@@ -270,6 +270,11 @@ impl Resident {
         self.stats.model_bytes.store(self.bytes, Ordering::Relaxed);
     }
 
+    /// Bytes this partition accounts in the budget now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// Pipelines in memory.
     pub fn resident(&self) -> usize {
         self.entries.len()

@@ -21,11 +21,17 @@ use crate::state::{SnapshotInfo, StateError};
 /// Bits per key of the family's bloom filter.
 const BLOOM_BITS: f64 = 10.0;
 
-/// Options of the `spill` family: point lookups, so a bloom filter.
+/// Memtable size of the `spill` family: evictions are a steady trickle of small rows, and
+/// memtables count against the worker's RSS (the default 64 MiB, twice, would be a quarter
+/// of a 512 MiB budget).
+const SPILL_WRITE_BUFFER: usize = 8 << 20;
+
+/// Options of the `spill` family: point lookups, so a bloom filter; small memtables.
 pub(super) fn cf_options() -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_bloom_filter(BLOOM_BITS, false);
     let mut o = Options::default();
+    o.set_write_buffer_size(SPILL_WRITE_BUFFER);
     o.set_block_based_table_factory(&table);
     o.set_compression_type(rocksdb::DBCompressionType::Lz4);
     o
