@@ -7,6 +7,16 @@
 //! 3. environment variables `ONAD__<SECTION>__<KEY>` (`ONAD__KAFKA__BOOTSTRAP=host:9092`,
 //!    `ONAD__MODEL_TYPE=knn`), keys lower-cased, `__` separating levels;
 //! 4. `--set section.key=value` flags (repeatable), and the dedicated flags of each command.
+//!    The key is a TOML key, so a quoted part may hold dots:
+//!    `--set 'kafka.settings."sasl.password"=…'`.
+//!
+//! librdkafka settings (`[kafka.settings]`) have dotted names, which `__` nesting cannot
+//! spell, so below `ONAD__KAFKA__SETTINGS__` a single `_` stands for a dot:
+//! `ONAD__KAFKA__SETTINGS__SASL_PASSWORD` sets `sasl.password` (no librdkafka property has an
+//! underscore in its name). Any setting `x` may instead be given as `x_file`, a path whose
+//! content (without the trailing newline) is the value — how Kubernetes mounts a Secret:
+//! `ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE=/run/secrets/kafka/password`. Secret settings
+//! ([`is_secret_setting`]) are redacted from `Debug` output, so a logged config leaks nothing.
 //!
 //! Values from env and flags are parsed as TOML values (`10`, `0.5`, `true`, `[1, 2]`), falling
 //! back to a plain string. Unknown keys and impossible values are errors that name the key.
@@ -38,6 +48,12 @@ pub const DEFAULT_MAX_SENSOR_ID_BYTES: usize = 256;
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
+/// Below this (after [`ENV_PREFIX`]), env names map to librdkafka settings: `_` = `.`.
+pub const ENV_KAFKA_SETTINGS: &str = "KAFKA__SETTINGS__";
+/// Suffix of a setting whose value is read from the file it names.
+pub const FILE_SUFFIX: &str = "_file";
+/// Shown instead of a secret setting's value.
+pub const REDACTED: &str = "<redacted>";
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +172,49 @@ pub struct KafkaConfig {
     /// Partitions of the input topic when `topics create` makes it.
     pub partitions: i32,
     /// Extra librdkafka settings, passed through unchanged to consumer and producer
-    /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own.
-    pub settings: BTreeMap<String, String>,
+    /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own. A key
+    /// `x_file` is replaced by `x` with the named file's content when the config is loaded.
+    pub settings: KafkaSettings,
+}
+
+/// `[kafka.settings]`: librdkafka properties by name. A map that redacts secret values
+/// ([`is_secret_setting`]) when debug-printed.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaSettings(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaSettings {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaSettings {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a KafkaSettings {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, if is_secret_setting(k) { REDACTED } else { v.as_str() }))).finish()
+    }
+}
+
+/// Whether a librdkafka setting holds a secret (passwords, private keys, OAuth client
+/// secrets and configs, Kerberos keytabs' passwords): its value is never printed.
+pub fn is_secret_setting(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config"].iter().any(|s| k.contains(s))
 }
 
 impl Default for KafkaConfig {
@@ -173,7 +230,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             replication_factor: 1,
             partitions: 4,
-            settings: BTreeMap::new(),
+            settings: KafkaSettings::default(),
         }
     }
 }
@@ -272,14 +329,15 @@ impl Config {
         };
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
-                let key = path.to_ascii_lowercase().replace("__", ".");
-                set_path(&mut table, &key, value).map_err(|e| ConfigError::Override(name.clone(), e))?;
+                set_parts(&mut table, env_key(path), value).map_err(|e| ConfigError::Override(name.clone(), e))?;
             }
         }
         for o in overrides {
             let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone(), "expected key=value".into()))?;
-            set_path(&mut table, key.trim(), value.trim()).map_err(|e| ConfigError::Override(o.clone(), e))?;
+            let parts = key_parts(key.trim()).map_err(|e| ConfigError::Override(redact_override(o), e))?;
+            set_parts(&mut table, parts, value.trim()).map_err(|e| ConfigError::Override(redact_override(o), e))?;
         }
+        resolve_setting_files(&mut table)?;
         let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         Self::check(raw)
     }
@@ -348,21 +406,90 @@ impl Config {
     }
 }
 
-/// Set `dotted.key` in `table` to `value` parsed as a TOML value (or a string).
-fn set_path(table: &mut toml::Table, dotted: &str, value: &str) -> Result<(), String> {
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let mut parts: Vec<&str> = dotted.split('.').collect();
+/// The config path of an env name (after [`ENV_PREFIX`]), as one string per level.
+/// `KAFKA__SETTINGS__SASL_PASSWORD_FILE` → `kafka`, `settings`, `sasl.password_file`.
+fn env_key(name: &str) -> Vec<String> {
+    let lower = name.to_ascii_lowercase();
+    let settings = ENV_KAFKA_SETTINGS.to_ascii_lowercase();
+    match lower.strip_prefix(&settings) {
+        Some(rest) => {
+            let (base, file) = match rest.strip_suffix(FILE_SUFFIX) {
+                Some(base) => (base, FILE_SUFFIX),
+                None => (rest, ""),
+            };
+            vec!["kafka".into(), "settings".into(), format!("{}{file}", base.replace('_', "."))]
+        }
+        None => lower.split("__").map(str::to_string).collect(),
+    }
+}
+
+/// The levels of a `--set` key, read as a TOML key so quoted parts keep their dots
+/// (`kafka.settings."sasl.password"`).
+fn key_parts(key: &str) -> Result<Vec<String>, String> {
+    let table = format!("{key} = 0").parse::<toml::Table>().map_err(|_| format!("`{key}` is not a TOML key"))?;
+    let mut parts = Vec::new();
+    let mut cur = &table;
+    loop {
+        let mut entries = cur.iter();
+        let (name, value) = entries.next().ok_or("empty key")?;
+        parts.push(name.clone());
+        match value {
+            toml::Value::Table(t) => cur = t,
+            _ => return Ok(parts),
+        }
+    }
+}
+
+/// A `--set` flag as it may appear in an error: the value of a secret setting hidden.
+fn redact_override(o: &str) -> String {
+    match o.split_once('=') {
+        Some((k, _)) if is_secret_setting(k) => format!("{k}={REDACTED}"),
+        _ => o.to_string(),
+    }
+}
+
+/// Set the key `parts` in `table` to `value` parsed as a TOML value (or a string). A
+/// librdkafka setting is always a string: `linger.ms=50` or a password `12345` stays text.
+fn set_parts(table: &mut toml::Table, mut parts: Vec<String>, value: &str) -> Result<(), String> {
+    let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
+    let is_setting = parts.len() == 3 && parts[0] == "kafka" && parts[1] == "settings";
+    let parsed = match parsed {
+        Some(v) if !is_setting || v.is_str() => v,
+        _ => toml::Value::String(value.to_string()),
+    };
     let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
     let mut cur = table;
     for part in parts {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a table"))?;
     }
-    cur.insert(last.to_string(), parsed);
+    cur.insert(last, parsed);
+    Ok(())
+}
+
+/// Replace every `[kafka.settings]` key `x_file` by `x` = the named file's content, without
+/// its trailing newline (`echo pw > file` and Kubernetes Secrets alike). Giving both `x` and
+/// `x_file` is an error: which one wins would be a guess.
+fn resolve_setting_files(table: &mut toml::Table) -> Result<(), ConfigError> {
+    let Some(settings) =
+        table.get_mut("kafka").and_then(|k| k.as_table_mut()).and_then(|k| k.get_mut("settings")).and_then(|s| s.as_table_mut())
+    else {
+        return Ok(());
+    };
+    let files: Vec<String> = settings.keys().filter(|k| k.ends_with(FILE_SUFFIX)).cloned().collect();
+    for key in files {
+        let invalid = |reason: String| ConfigError::Invalid { key: format!("kafka.settings.\"{key}\""), reason };
+        let base = key.trim_end_matches(FILE_SUFFIX).to_string();
+        if settings.contains_key(&base) {
+            return Err(invalid(format!("`{base}` is given too; give the value or the file, not both")));
+        }
+        let path = match settings.remove(&key) {
+            Some(toml::Value::String(p)) => p,
+            _ => return Err(invalid("must be a file path (a string)".into())),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| invalid(format!("cannot read {path}: {e}")))?;
+        settings.insert(base, toml::Value::String(text.trim_end_matches(['\n', '\r']).to_string()));
+    }
     Ok(())
 }
 
@@ -423,5 +550,50 @@ mod tests {
         assert!(err.contains("pca: invalid `tol`"), "{err}");
         let err = load(&file.replace("type = \"pca\"", "type = \"pcaa\""), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("unknown preprocessing step `pcaa`"), "{err}");
+    }
+
+    #[test]
+    fn librdkafka_settings_come_from_env_with_underscores_as_dots_and_from_quoted_set_keys() {
+        let c = load(
+            "",
+            &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD", "12345"), ("ONAD__KAFKA__SETTINGS__SECURITY_PROTOCOL", "SASL_SSL")],
+            &["kafka.settings.\"sasl.username\"=alice", "kafka.settings.\"linger.ms\"=50"],
+        )
+        .unwrap();
+        let s = &c.kafka.settings;
+        assert_eq!(s.get("sasl.password").map(String::as_str), Some("12345"));
+        assert_eq!(s.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(s.get("sasl.username").map(String::as_str), Some("alice"));
+        assert_eq!(s.get("linger.ms").map(String::as_str), Some("50"));
+    }
+
+    #[test]
+    fn a_file_setting_reads_the_secret_from_the_mounted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cr=t pw\n").unwrap();
+        let path = secret.display().to_string();
+        let c = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", &path)], &[]).unwrap();
+        assert_eq!(c.kafka.settings.get("sasl.password").map(String::as_str), Some("s3cr=t pw"));
+        assert!(!c.kafka.settings.contains_key("sasl.password_file"));
+        let c = load(&format!("[kafka.settings]\n\"sasl.password_file\" = {path:?}\n"), &[], &[]).unwrap();
+        assert_eq!(c.kafka.settings.get("sasl.password").map(String::as_str), Some("s3cr=t pw"));
+        let err = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", "/nonexistent/pw")], &[]).unwrap_err().to_string();
+        assert!(err.contains("sasl.password_file") && err.contains("/nonexistent/pw"), "{err}");
+        let err = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", &path)], &["kafka.settings.\"sasl.password\"=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn secret_settings_are_redacted_from_debug_output() {
+        let c = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD", "hunter2-secret")], &["kafka.settings.\"ssl.key.password\"=kp-secret"])
+            .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2-secret") && !printed.contains("kp-secret"), "{printed}");
+        assert!(printed.contains("sasl.password") && printed.contains(REDACTED), "{printed}");
+        let err = load("", &[], &["kafka.settings.\"sasl.password\"=pw-in-error", "kafka.settings.x.y=1"]).unwrap_err().to_string();
+        assert!(!err.contains("pw-in-error"), "{err}");
     }
 }
