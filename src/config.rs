@@ -281,6 +281,8 @@ pub struct ValidationConfig {
     pub max_sensor_id_bytes: usize,
     /// Largest input record, in bytes.
     pub max_record_bytes: usize,
+    /// `[validation.rate_limit]`: token buckets per reading `source`.
+    pub rate_limit: crate::ops::ratelimit::RateLimitConfig,
 }
 
 impl Default for ValidationConfig {
@@ -289,6 +291,7 @@ impl Default for ValidationConfig {
             max_features: DEFAULT_MAX_FEATURES,
             max_sensor_id_bytes: DEFAULT_MAX_SENSOR_ID_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            rate_limit: Default::default(),
         }
     }
 }
@@ -390,6 +393,9 @@ impl Config {
         let v = &raw.validation;
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
             return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
+        }
+        if v.rate_limit.max_sources < 1 {
+            return Err(invalid("validation.rate_limit.max_sources", "must be at least 1"));
         }
         let pipeline = PipelineSpec {
             model_type: raw.model_type.clone(),

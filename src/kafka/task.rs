@@ -248,8 +248,11 @@ fn handle(
                 stats.alerts.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Outcome::DeadLetter(_) => {
+        Outcome::DeadLetter(kind) => {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = usize::try_from(kind as i32).ok().and_then(|i| stats.dead_letters_by_kind.get(i)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };

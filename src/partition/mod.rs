@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ValidationConfig;
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
+use crate::ops::ratelimit::SourceLimiter;
 use crate::ops::validate::{self, Rejection};
 use crate::proto::{ErrorKind, SensorReading};
 
@@ -106,12 +107,15 @@ pub struct Processor {
     models: Models,
     /// Reused dense feature vector.
     x: Vec<f64>,
+    /// Token buckets per reading `source` (`validation.rate_limit`), timed by the readings.
+    limiter: SourceLimiter,
 }
 
 impl Processor {
     /// A processor for `topic`/`partition` starting from `models`.
     pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
-        Self { topic, partition, config, models, x: Vec::new() }
+        let limiter = SourceLimiter::new(&config.limits.rate_limit);
+        Self { topic, partition, config, models, x: Vec::new(), limiter }
     }
 
     /// The learned state.
@@ -149,6 +153,9 @@ impl Processor {
         validate::check_record_size(bytes.len(), &self.config.limits)?;
         let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        // After validation: only readings that would be scored spend tokens, and the
+        // timestamp that times the bucket has passed the timestamp check.
+        self.limiter.check(&reading.source, reading.timestamp_ms)?;
         let kp = match self.models.keys.get_mut(&reading.sensor_id) {
             Some(kp) => {
                 let same = kp.features.len() == reading.values.len() && kp.features.iter().zip(reading.values.keys()).all(|(a, b)| a == b);

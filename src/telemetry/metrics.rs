@@ -119,10 +119,20 @@ impl Metrics {
                 let v = (e.read)(&stats).load(Ordering::Relaxed);
                 let _ = writeln!(out, "# HELP {n} {h}\n# TYPE {n} {k}\n{n}{{topic=\"{topic}\"}} {v}", n = e.name, h = e.help, k = e.kind);
             }
+            write_by_kind(&mut out, &topic, &stats);
         }
         let _ =
             writeln!(out, "# HELP onad_up 1 when the worker is consuming.\n# TYPE onad_up gauge\nonad_up {}", u8::from(self.is_healthy()));
         out
+    }
+}
+
+/// Counters with a `kind` label: dead letters by error kind.
+fn write_by_kind(out: &mut String, topic: &str, stats: &WorkerStats) {
+    let n = "onad_dead_letters_by_kind_total";
+    let _ = writeln!(out, "# HELP {n} Records sent to the dead-letter topic, by error kind.\n# TYPE {n} counter");
+    for (kind, c) in super::stats::DEAD_LETTER_KINDS.iter().zip(&stats.dead_letters_by_kind).skip(1) {
+        let _ = writeln!(out, "{n}{{topic=\"{topic}\",kind=\"{kind}\"}} {}", c.load(Ordering::Relaxed));
     }
 }
 

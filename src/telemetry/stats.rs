@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The proto `ErrorKind`s by number, as metric label values (`onad_dead_letters_by_kind_total`).
+pub const DEAD_LETTER_KINDS: [&str; 7] =
+    ["unspecified", "decode", "invalid", "schema_mismatch", "rate_limited", "processing", "key_mismatch"];
+
 /// Live counters of a running worker (read them any time; they only grow).
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -48,6 +52,9 @@ pub struct WorkerStats {
     /// Per assigned partition: the state `/ready` and `/metrics` report. Entries are
     /// created on assignment ([`WorkerStats::partition`]) and removed on revocation.
     pub per_partition: Mutex<BTreeMap<(String, i32), Arc<PartitionStats>>>,
+    /// Dead letters by error kind, indexed by the proto `ErrorKind` number
+    /// ([`DEAD_LETTER_KINDS`] names them).
+    pub dead_letters_by_kind: [AtomicU64; DEAD_LETTER_KINDS.len()],
 }
 
 /// What one assigned partition reports (gauges; written by its owner, read by telemetry).

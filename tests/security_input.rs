@@ -1,0 +1,94 @@
+//! Hostile input through the real binary and broker: readings above their source's rate limit
+//! become RATE_LIMITED dead letters (none dropped), counted by kind on `/metrics`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{produce, unique, ChildWorker, Collector, In};
+use onad_stream::proto::{DeadLetter, ErrorKind, ScoredReading, SensorReading};
+use prost::Message as _;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// An encoded reading of `id` from `source` at `ts`.
+fn from_source(id: &str, source: &str, ts: i64, v: f64) -> Vec<u8> {
+    SensorReading {
+        sensor_id: id.into(),
+        timestamp_ms: ts,
+        source: source.into(),
+        values: [("t".to_string(), v)].into(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    format!("127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_above_their_source_rate_become_rate_limited_dead_letters() {
+    let name = unique("ratelimit");
+    let config = common::config(&name, 1, &[]);
+    common::create_topics(&config).await;
+    // "flood" sends 20 readings within 20 ms: its burst of 5 passes, 15 are limited.
+    // "calm" sends 10 readings 2 s apart (by their timestamps): all pass at 60 a minute.
+    let mut records = Vec::new();
+    for i in 0..20 {
+        records.push(In { key: Some(b"s-flood".to_vec()), value: from_source("s-flood", "flood", 1_000_000 + i, 1.0), partition: 0 });
+    }
+    for i in 0..10 {
+        records.push(In { key: Some(b"s-calm".to_vec()), value: from_source("s-calm", "calm", 1_000_000 + i * 2000, 1.0), partition: 0 });
+    }
+    produce(&config, records).await;
+    let metrics = free_addr();
+    let state = tempfile::tempdir().expect("state dir");
+    let worker = ChildWorker::start_with_sets(
+        &name,
+        1,
+        "[validation.rate_limit]\nper_minute = 60\nburst = 5\n",
+        state.path(),
+        &[format!("telemetry.metrics_addr={metrics:?}")],
+    );
+    let mut scores = Collector::new(&config.kafka.scores_topic, 1);
+    let mut dead = Collector::new(&config.kafka.dead_letter_topic, 1);
+    scores.until(WAIT, "15 scores", |s| s.len() >= 15);
+    dead.until(WAIT, "15 dead letters", |d| d.len() >= 15);
+    scores.read_for(Duration::from_millis(500));
+    dead.read_for(Duration::from_millis(300));
+
+    let scored: Vec<ScoredReading> = scores.seen.iter().map(|o| ScoredReading::decode(&o.payload[..]).expect("ScoredReading")).collect();
+    let letters: Vec<DeadLetter> = dead.seen.iter().map(|o| DeadLetter::decode(&o.payload[..]).expect("DeadLetter")).collect();
+    assert_eq!(scored.iter().filter(|s| s.sensor_id == "s-flood").count(), 5, "the flood's burst is scored");
+    assert_eq!(scored.iter().filter(|s| s.sensor_id == "s-calm").count(), 10, "a source within its rate is never limited");
+    assert_eq!(letters.len(), 15, "every limited reading is a dead letter, none dropped");
+    for d in &letters {
+        assert_eq!(d.error_kind, ErrorKind::RateLimited as i32);
+        assert!(d.error_message.contains("\"flood\"") && d.error_message.contains("rate_limit.per_minute = 60"), "{}", d.error_message);
+        assert_eq!(d.original_key, b"s-flood");
+    }
+    let needle = "onad_dead_letters_by_kind_total{topic=";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = http_get(&metrics, "/metrics");
+        if page.lines().any(|l| l.starts_with(needle) && l.contains("kind=\"rate_limited\"} 15")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics never counted 15 rate_limited dead letters:\n{page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    worker.stop();
+}
