@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_FEATURES: usize = 1024;
 pub const DEFAULT_MAX_SENSOR_ID_BYTES: usize = 256;
 /// Largest input record accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1 << 20;
+/// Longest feature name accepted, in bytes.
+pub const DEFAULT_MAX_FEATURE_NAME_BYTES: usize = 128;
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
 /// Below this (after [`ENV_PREFIX`]), env names map to librdkafka settings: `_` = `.`.
@@ -281,6 +283,19 @@ pub struct ValidationConfig {
     pub max_sensor_id_bytes: usize,
     /// Largest input record, in bytes.
     pub max_record_bytes: usize,
+    /// Longest feature name, in bytes.
+    pub max_feature_name_bytes: usize,
+    /// Admit Unicode letters and digits in sensor ids and feature names (besides ASCII
+    /// letters, digits and `_-.:/@`).
+    pub allow_unicode: bool,
+    /// Smallest value a feature may take; unset = any finite value.
+    pub min_value: Option<f64>,
+    /// Largest value a feature may take; unset = any finite value.
+    pub max_value: Option<f64>,
+    /// How far (ms) a reading's timestamp may be ahead of the worker's clock; 0 = no bound.
+    pub max_future_ms: i64,
+    /// How far (ms) a reading's timestamp may be behind the worker's clock; 0 = no bound.
+    pub max_past_ms: i64,
     /// `[validation.rate_limit]`: token buckets per reading `source`.
     pub rate_limit: crate::ops::ratelimit::RateLimitConfig,
 }
@@ -291,6 +306,12 @@ impl Default for ValidationConfig {
             max_features: DEFAULT_MAX_FEATURES,
             max_sensor_id_bytes: DEFAULT_MAX_SENSOR_ID_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_feature_name_bytes: DEFAULT_MAX_FEATURE_NAME_BYTES,
+            allow_unicode: false,
+            min_value: None,
+            max_value: None,
+            max_future_ms: 0,
+            max_past_ms: 0,
             rate_limit: Default::default(),
         }
     }
@@ -393,6 +414,20 @@ impl Config {
         let v = &raw.validation;
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
             return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
+        }
+        if v.max_feature_name_bytes < 1 {
+            return Err(invalid("validation.max_feature_name_bytes", "must be at least 1"));
+        }
+        if v.max_future_ms < 0 || v.max_past_ms < 0 {
+            return Err(invalid("validation.max_future_ms", "max_future_ms and max_past_ms must be >= 0 (0 = no bound)"));
+        }
+        if v.min_value.is_some_and(|x| x.is_nan()) || v.max_value.is_some_and(|x| x.is_nan()) {
+            return Err(invalid("validation.min_value", "min_value and max_value must be numbers, not NaN"));
+        }
+        if let (Some(lo), Some(hi)) = (v.min_value, v.max_value) {
+            if lo > hi {
+                return Err(invalid("validation.min_value", "must be at most validation.max_value"));
+            }
         }
         if v.rate_limit.max_sources < 1 {
             return Err(invalid("validation.rate_limit.max_sources", "must be at least 1"));

@@ -92,3 +92,68 @@ async fn readings_above_their_source_rate_become_rate_limited_dead_letters() {
     }
     worker.stop();
 }
+
+fn reading_of(id: &str, ts: i64, values: &[(&str, f64)]) -> In {
+    let value = SensorReading {
+        sensor_id: id.into(),
+        timestamp_ms: ts,
+        values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    In { key: Some(id.as_bytes().to_vec()), value, partition: 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_readings_become_dead_letters_naming_the_field_and_count_as_security_events() {
+    let name = unique("hostile");
+    let config = common::config(&name, 1, &[]);
+    common::create_topics(&config).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let records = vec![
+        reading_of("good", now, &[("t", 1.0)]),
+        reading_of("bad id", now, &[("t", 1.0)]),
+        reading_of("s2", now, &[("t\u{202e}x", 1.0)]),
+        reading_of("s3", now, &[("t", 1e12)]),
+        reading_of("s4", now + 3_600_000, &[("t", 1.0)]),
+        reading_of("good", now + 1, &[("t", 2.0)]),
+    ];
+    produce(&config, records).await;
+    let metrics = free_addr();
+    let state = tempfile::tempdir().expect("state dir");
+    let worker = ChildWorker::start_with_sets(
+        &name,
+        1,
+        "[validation]\nmax_value = 1e9\nmax_future_ms = 60000\n",
+        state.path(),
+        &[format!("telemetry.metrics_addr={metrics:?}")],
+    );
+    let mut scores = Collector::new(&config.kafka.scores_topic, 1);
+    let mut dead = Collector::new(&config.kafka.dead_letter_topic, 1);
+    scores.until(WAIT, "2 scores", |s| s.len() >= 2);
+    dead.until(WAIT, "4 dead letters", |d| d.len() >= 4);
+    dead.read_for(Duration::from_millis(300));
+    let mut reasons: Vec<(i64, String)> = dead
+        .seen
+        .iter()
+        .map(|o| DeadLetter::decode(&o.payload[..]).expect("DeadLetter"))
+        .map(|d| (d.source.map(|s| s.offset).unwrap_or(-1), d.error_message))
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for ((offset, reason), field) in reasons.iter().zip(["sensor_id", "feature name", "max_value", "timestamp_ms"]) {
+        assert!(reason.contains(field), "offset {offset}: {reason:?} does not name {field}");
+    }
+    let deadline = Instant::now() + WAIT;
+    let wanted = ["sensor_id\"} 1", "feature_name\"} 1", "value_range\"} 1", "timestamp\"} 1"];
+    loop {
+        let page = http_get(&metrics, "/metrics");
+        let events: Vec<&str> = page.lines().filter(|l| l.starts_with("onad_security_events_total{")).collect();
+        if wanted.iter().all(|w| events.iter().any(|l| l.ends_with(w))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/metrics lacks the security events {wanted:?}:\n{page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    worker.stop();
+}

@@ -253,6 +253,9 @@ fn handle(
             if let Some(c) = usize::try_from(kind as i32).ok().and_then(|i| stats.dead_letters_by_kind.get(i)) {
                 c.fetch_add(1, Ordering::Relaxed);
             }
+            if let Some(e) = processor.last_security_event() {
+                stats.security_events[e as usize].fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };

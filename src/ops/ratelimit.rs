@@ -37,7 +37,7 @@ use governor::{Quota, RateLimiter};
 use lru::LruCache;
 use serde::Deserialize;
 
-use super::validate::Rejection;
+use super::validate::{Rejection, SecurityEvent};
 use crate::proto::ErrorKind;
 
 /// Buckets kept per partition when `rate_limit.max_sources` is not set.
@@ -132,7 +132,8 @@ impl SourceLimiter {
                 "source {shown:?} is above validation.rate_limit.per_minute = {} (burst {}) at timestamp_ms {timestamp_ms}",
                 self.per_minute, self.burst
             ),
-        ))
+        )
+        .security(SecurityEvent::RateLimited))
     }
 
     /// Buckets held now (at most `max_sources`).

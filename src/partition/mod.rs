@@ -109,13 +109,15 @@ pub struct Processor {
     x: Vec<f64>,
     /// Token buckets per reading `source` (`validation.rate_limit`), timed by the readings.
     limiter: SourceLimiter,
+    /// The security event of the last record processed, if it was one.
+    last_security: Option<validate::SecurityEvent>,
 }
 
 impl Processor {
     /// A processor for `topic`/`partition` starting from `models`.
     pub fn new(topic: Arc<str>, partition: i32, config: Arc<ProcessorConfig>, models: Models) -> Self {
         let limiter = SourceLimiter::new(&config.limits.rate_limit);
-        Self { topic, partition, config, models, x: Vec::new(), limiter }
+        Self { topic, partition, config, models, x: Vec::new(), limiter, last_security: None }
     }
 
     /// The learned state.
@@ -133,15 +135,23 @@ impl Processor {
         self.partition
     }
 
+    /// The security event the last processed record counted as (a dead letter whose cause
+    /// points at a hostile or broken producer), if any.
+    pub fn last_security_event(&self) -> Option<validate::SecurityEvent> {
+        self.last_security
+    }
+
     /// Process one record, appending its outputs to `out`. Every record yields either one
     /// `ScoredReading` (plus an `AnomalyAlert` when anomalous) or one `DeadLetter`.
     pub fn process(&mut self, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Outcome {
         let topic = self.topic.clone();
         let src = Source { topic: &topic, partition: self.partition, offset: rec.offset, epoch: self.models.epoch };
         self.models.last_offset = Some(rec.offset);
+        self.last_security = None;
         match self.score(src, rec, now_ms, out) {
             Ok(anomaly) => Outcome::Scored { anomaly },
             Err(why) => {
+                self.last_security = why.security;
                 output::dead_letter(src, rec.key, rec.value, &why, now_ms, out);
                 Outcome::DeadLetter(why.kind)
             }
@@ -153,6 +163,7 @@ impl Processor {
         validate::check_record_size(bytes.len(), &self.config.limits)?;
         let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        validate::check_timestamp(&reading, now_ms, &self.config.limits)?;
         // After validation: only readings that would be scored spend tokens, and the
         // timestamp that times the bucket has passed the timestamp check.
         self.limiter.check(&reading.source, reading.timestamp_ms)?;

@@ -127,11 +127,16 @@ impl Metrics {
     }
 }
 
-/// Counters with a `kind` label: dead letters by error kind.
+/// Counters with a `kind` label: dead letters by error kind, security events by kind.
 fn write_by_kind(out: &mut String, topic: &str, stats: &WorkerStats) {
     let n = "onad_dead_letters_by_kind_total";
     let _ = writeln!(out, "# HELP {n} Records sent to the dead-letter topic, by error kind.\n# TYPE {n} counter");
     for (kind, c) in super::stats::DEAD_LETTER_KINDS.iter().zip(&stats.dead_letters_by_kind).skip(1) {
+        let _ = writeln!(out, "{n}{{topic=\"{topic}\",kind=\"{kind}\"}} {}", c.load(Ordering::Relaxed));
+    }
+    let n = "onad_security_events_total";
+    let _ = writeln!(out, "# HELP {n} Rejected readings pointing at a hostile or broken producer, by kind.\n# TYPE {n} counter");
+    for (kind, c) in super::stats::SecurityEvent::NAMES.iter().zip(&stats.security_events) {
         let _ = writeln!(out, "{n}{{topic=\"{topic}\",kind=\"{kind}\"}} {}", c.load(Ordering::Relaxed));
     }
 }
