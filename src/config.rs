@@ -173,6 +173,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Partitions of the input topic when `topics create` makes it.
     pub partitions: i32,
+    /// Encoding of input records: `protobuf`, `confluent` (Schema Registry framing), `json`
+    /// (proto3 canonical JSON) or `auto` (detected per record).
+    pub input_format: crate::partition::decode::InputFormat,
     /// Extra librdkafka settings, passed through unchanged to consumer and producer
     /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own. A key
     /// `x_file` is replaced by `x` with the named file's content when the config is loaded.
@@ -232,6 +235,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             replication_factor: 1,
             partitions: 4,
+            input_format: Default::default(),
             settings: KafkaSettings::default(),
         }
     }

@@ -73,6 +73,7 @@ impl Worker {
             processor: Arc::new(ProcessorConfig {
                 factory: self.config.pipeline.clone(),
                 limits: self.config.validation.clone(),
+                input_format: k.input_format,
                 scoring: self.scoring,
             }),
             producer: OutputProducer::new(k)?,

@@ -157,3 +157,63 @@ async fn hostile_readings_become_dead_letters_naming_the_field_and_count_as_secu
     }
     worker.stop();
 }
+
+/// `r` in Confluent Schema Registry framing (schema id 7, message indexes [0]).
+fn confluent(r: &SensorReading) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 0, 7, 0];
+    v.extend(r.encode_to_vec());
+    v
+}
+
+fn plain(id: &str, ts: i64) -> SensorReading {
+    SensorReading { sensor_id: id.into(), timestamp_ms: ts, values: [("t".to_string(), 1.0 + ts as f64)].into(), ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_confluent_framed_and_json_readings_are_all_scored_with_auto_detection() {
+    let name = unique("formats");
+    let config = common::config(&name, 1, &[]);
+    common::create_topics(&config).await;
+    let mut records = Vec::new();
+    for ts in 1..=2 {
+        records.push(In { key: Some(b"s-proto".to_vec()), value: plain("s-proto", ts).encode_to_vec(), partition: 0 });
+        records.push(In { key: Some(b"s-confluent".to_vec()), value: confluent(&plain("s-confluent", ts)), partition: 0 });
+        let json = format!(r#"{{"sensorId":"s-json","timestampMs":"{ts}","values":{{"t":{}}},"source":"web"}}"#, 1.0 + ts as f64);
+        records.push(In { key: Some(b"s-json".to_vec()), value: json.into_bytes(), partition: 0 });
+    }
+    produce(&config, records).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let worker = ChildWorker::start_with_sets(&name, 1, "[kafka]\ninput_format = \"auto\"\n", state.path(), &[]);
+    let mut scores = Collector::new(&config.kafka.scores_topic, 1);
+    scores.until(WAIT, "6 scores", |s| s.len() >= 6);
+    let mut ids: Vec<String> =
+        scores.seen.iter().map(|o| ScoredReading::decode(&o.payload[..]).expect("ScoredReading").sensor_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["s-confluent", "s-confluent", "s-json", "s-json", "s-proto", "s-proto"]);
+    worker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_confluent_format_dead_letters_unframed_records_naming_the_framing() {
+    let name = unique("confluent");
+    let config = common::config(&name, 1, &[]);
+    common::create_topics(&config).await;
+    let records = vec![
+        In { key: Some(b"s1".to_vec()), value: confluent(&plain("s1", 1)), partition: 0 },
+        In { key: Some(b"s1".to_vec()), value: plain("s1", 2).encode_to_vec(), partition: 0 },
+        In { key: Some(b"s1".to_vec()), value: br#"{"sensorId":"s1"}"#.to_vec(), partition: 0 },
+    ];
+    produce(&config, records).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let worker = ChildWorker::start_with_sets(&name, 1, "[kafka]\ninput_format = \"confluent\"\n", state.path(), &[]);
+    let mut scores = Collector::new(&config.kafka.scores_topic, 1);
+    let mut dead = Collector::new(&config.kafka.dead_letter_topic, 1);
+    scores.until(WAIT, "1 score", |s| !s.is_empty());
+    dead.until(WAIT, "2 dead letters", |d| d.len() >= 2);
+    for o in &dead.seen {
+        let d = DeadLetter::decode(&o.payload[..]).expect("DeadLetter");
+        assert_eq!(d.error_kind, ErrorKind::Decode as i32);
+        assert!(d.error_message.contains("Confluent") && d.error_message.contains("kafka.input_format"), "{}", d.error_message);
+    }
+    worker.stop();
+}

@@ -11,6 +11,7 @@
 //! after each batch (snapshot when due) and on revocation (final snapshot); the layers above
 //! implement it (`kafka::recovery`), so this one imports none of them.
 
+pub mod decode;
 pub mod output;
 pub mod replay_plan;
 pub mod resume;
@@ -18,14 +19,13 @@ pub mod resume;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ValidationConfig;
 use crate::detect::{Pipeline, PipelineFactory, Scored, Severity};
 use crate::ops::ratelimit::SourceLimiter;
 use crate::ops::validate::{self, Rejection};
-use crate::proto::{ErrorKind, SensorReading};
+use crate::proto::ErrorKind;
 
 pub use crate::error::StateFailure;
 pub use output::{Dest, OutRecord, Source};
@@ -89,6 +89,8 @@ pub struct ProcessorConfig {
     pub factory: PipelineFactory,
     /// Validation limits.
     pub limits: ValidationConfig,
+    /// How input records are encoded (`kafka.input_format`).
+    pub input_format: decode::InputFormat,
     /// Run the pipelines. `false` (only through `Worker::without_scoring`) emits every
     /// valid reading with score 0 and detector "none": it measures the worker without the
     /// detector's cost and is never a production setting.
@@ -161,7 +163,7 @@ impl Processor {
     fn score(&mut self, src: Source<'_>, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Result<bool, Rejection> {
         let bytes = rec.value.ok_or_else(|| Rejection::new(ErrorKind::Decode, "record has no value"))?;
         validate::check_record_size(bytes.len(), &self.config.limits)?;
-        let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
+        let reading = decode::decode(bytes, self.config.input_format)?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
         validate::check_timestamp(&reading, now_ms, &self.config.limits)?;
         // After validation: only readings that would be scored spend tokens, and the
@@ -268,11 +270,17 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading};
+    use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading, SensorReading};
+    use prost::Message;
 
     fn processor() -> Processor {
         let c = Config::load_from(None, &[], &[]).unwrap();
-        let pc = ProcessorConfig { factory: c.pipeline.clone(), limits: c.validation.clone(), scoring: true };
+        let pc = ProcessorConfig {
+            factory: c.pipeline.clone(),
+            limits: c.validation.clone(),
+            input_format: c.kafka.input_format,
+            scoring: true,
+        };
         Processor::new("in".into(), 3, Arc::new(pc), Models::default())
     }
 

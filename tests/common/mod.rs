@@ -471,7 +471,12 @@ pub type Expected = BTreeMap<(i32, i64), Option<(u64, u64, u64)>>;
 /// Expected (score bits, raw score bits, processed count) or dead letter, per (partition,
 /// offset): the worker's own `Processor`, run once over each partition in offset order.
 pub fn reference(config: &onad_stream::config::Config, inputs: &BTreeMap<(i32, i64), In>) -> Expected {
-    let pc = Arc::new(ProcessorConfig { factory: config.pipeline.clone(), limits: config.validation.clone(), scoring: true });
+    let pc = Arc::new(ProcessorConfig {
+        factory: config.pipeline.clone(),
+        limits: config.validation.clone(),
+        input_format: config.kafka.input_format,
+        scoring: true,
+    });
     let mut procs: BTreeMap<i32, Processor> = BTreeMap::new();
     let mut out = Vec::new();
     let mut expected = BTreeMap::new();
