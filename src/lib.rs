@@ -22,7 +22,7 @@
 //!   and [`partition::replay_plan`], a replay request checked against the partitions' bounds.
 //! - [`state`]: RocksDB snapshots, the snapshot codec, the changelog's record format and the
 //!   restore policy (no Kafka client).
-//! - [`ops`]: input validation (the circuit breaker, rate limiting and memory budget will live here).
+//! - [`ops`]: input validation and rate limiting per source (the circuit breaker and memory budget will live here).
 //! - [`detect`]: the pure detection core (no Kafka, RocksDB, tokio or tracing).
 //! - [`config`]: TOML + env + flags -> checked [`config::Config`].
 //! - [`telemetry`]: logs, metrics, health and the worker's counters ([`WorkerStats`]); a leaf.
