@@ -273,6 +273,9 @@ async fn a_wrong_ca_is_a_start_up_error_naming_ssl_ca_location() {
     let out = onad(&broker, &name, &broker.ca, &["topics", "create"]).output().expect("run topics create");
     assert!(out.status.success(), "topics create over TLS failed: {}", String::from_utf8_lossy(&out.stderr));
     let wrong = make_ca(broker.dir.path(), "other");
+    let out = onad(&broker, &name, &wrong, &["topics", "create"]).output().expect("run topics create");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("ssl.ca.location"), "topics create with the wrong CA:\n{err}");
     let state = tempfile::tempdir().expect("state dir");
     let log = broker.dir.path().join("wrong-ca.log");
     let mut child = onad(&broker, &name, &wrong, &["run"])

@@ -185,7 +185,11 @@ impl MockCluster {
 /// it is when it already exists), then the output topics as the worker would create them.
 pub async fn create_all(k: &KafkaConfig) -> Result<usize, AdminError> {
     let admin = client(k)?;
-    if partition_count(&admin, &k.input_topic).await?.is_none() {
+    let exists = match partition_count(&admin, &k.input_topic).await {
+        Ok(n) => n.is_some(),
+        Err(e) => return Err(super::tls::explain(k, e).await),
+    };
+    if !exists {
         create(&admin, k, &[(&k.input_topic, k.partitions as usize)]).await?;
     }
     ensure_output_topics(k).await
