@@ -7,17 +7,30 @@
 //! 3. environment variables `ONAD__<SECTION>__<KEY>` (`ONAD__KAFKA__BOOTSTRAP=host:9092`,
 //!    `ONAD__MODEL_TYPE=knn`), keys lower-cased, `__` separating levels;
 //! 4. `--set section.key=value` flags (repeatable), and the dedicated flags of each command.
+//!    The key is a TOML key, so a quoted part may hold dots:
+//!    `--set 'kafka.settings."sasl.password"=…'`.
+//!
+//! librdkafka settings (`[kafka.settings]`) have dotted names, which `__` nesting cannot
+//! spell, so below `ONAD__KAFKA__SETTINGS__` a single `_` stands for a dot:
+//! `ONAD__KAFKA__SETTINGS__SASL_PASSWORD` sets `sasl.password` (no librdkafka property has an
+//! underscore in its name). Any setting `x` may instead be given as `x_file`, a path whose
+//! content (without the trailing newline) is the value — how Kubernetes mounts a Secret:
+//! `ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE=/run/secrets/kafka/password`. Secret settings
+//! ([`is_secret_setting`]) are redacted from `Debug` output, so a logged config leaks nothing.
 //!
 //! Values from env and flags are parsed as TOML values (`10`, `0.5`, `true`, `[1, 2]`), falling
 //! back to a plain string. Unknown keys and impossible values are errors that name the key.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::detect::{Params, PipelineFactory, PipelineSpec, StepSpec, Thresholds};
+
+mod settings;
+use settings::{env_key, key_parts, redact_override, resolve_setting_files};
+pub use settings::{is_secret_setting, KafkaSettings, ENV_KAFKA_SETTINGS, FILE_SUFFIX, REDACTED};
 
 /// ONAD's `AnomalyDetectionConfig.memory_limit_mb` default.
 pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 1000;
@@ -81,6 +94,8 @@ pub const DEFAULT_LAG_GROWING_INTERVALS: u32 = 3;
 pub const DEFAULT_MONITOR_MIN_RECORDS: u64 = 100;
 /// Timeout of one webhook POST.
 pub const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
+/// Longest feature name accepted, in bytes.
+pub const DEFAULT_MAX_FEATURE_NAME_BYTES: usize = 128;
 /// Environment variable prefix of config overrides.
 pub const ENV_PREFIX: &str = "ONAD__";
 
@@ -218,9 +233,13 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Partitions of the input topic when `topics create` makes it.
     pub partitions: i32,
+    /// Encoding of input records: `protobuf`, `confluent` (Schema Registry framing), `json`
+    /// (proto3 canonical JSON) or `auto` (detected per record).
+    pub input_format: crate::partition::decode::InputFormat,
     /// Extra librdkafka settings, passed through unchanged to consumer and producer
-    /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own.
-    pub settings: BTreeMap<String, String>,
+    /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own. A key
+    /// `x_file` is replaced by `x` with the named file's content when the config is loaded.
+    pub settings: KafkaSettings,
 }
 
 impl Default for KafkaConfig {
@@ -238,7 +257,8 @@ impl Default for KafkaConfig {
             fatal_exit_after_ms: DEFAULT_FATAL_EXIT_AFTER_MS,
             replication_factor: 1,
             partitions: 4,
-            settings: BTreeMap::new(),
+            input_format: Default::default(),
+            settings: KafkaSettings::default(),
         }
     }
 }
@@ -366,6 +386,21 @@ pub struct ValidationConfig {
     pub max_sensor_id_bytes: usize,
     /// Largest input record, in bytes.
     pub max_record_bytes: usize,
+    /// Longest feature name, in bytes.
+    pub max_feature_name_bytes: usize,
+    /// Admit Unicode letters and digits in sensor ids and feature names (besides ASCII
+    /// letters, digits and `_-.:/@`).
+    pub allow_unicode: bool,
+    /// Smallest value a feature may take; unset = any finite value.
+    pub min_value: Option<f64>,
+    /// Largest value a feature may take; unset = any finite value.
+    pub max_value: Option<f64>,
+    /// How far (ms) a reading's timestamp may be ahead of the worker's clock; 0 = no bound.
+    pub max_future_ms: i64,
+    /// How far (ms) a reading's timestamp may be behind the worker's clock; 0 = no bound.
+    pub max_past_ms: i64,
+    /// `[validation.rate_limit]`: token buckets per reading `source`.
+    pub rate_limit: crate::ops::ratelimit::RateLimitConfig,
 }
 
 impl Default for ValidationConfig {
@@ -374,6 +409,13 @@ impl Default for ValidationConfig {
             max_features: DEFAULT_MAX_FEATURES,
             max_sensor_id_bytes: DEFAULT_MAX_SENSOR_ID_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_feature_name_bytes: DEFAULT_MAX_FEATURE_NAME_BYTES,
+            allow_unicode: false,
+            min_value: None,
+            max_value: None,
+            max_future_ms: 0,
+            max_past_ms: 0,
+            rate_limit: Default::default(),
         }
     }
 }
@@ -464,14 +506,15 @@ impl Config {
         };
         for (name, value) in env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
-                let key = path.to_ascii_lowercase().replace("__", ".");
-                set_path(&mut table, &key, value).map_err(|e| ConfigError::Override(name.clone(), e))?;
+                set_parts(&mut table, env_key(path), value).map_err(|e| ConfigError::Override(name.clone(), e))?;
             }
         }
         for o in overrides {
             let (key, value) = o.split_once('=').ok_or_else(|| ConfigError::Override(o.clone(), "expected key=value".into()))?;
-            set_path(&mut table, key.trim(), value.trim()).map_err(|e| ConfigError::Override(o.clone(), e))?;
+            let parts = key_parts(key.trim()).map_err(|e| ConfigError::Override(redact_override(o), e))?;
+            set_parts(&mut table, parts, value.trim()).map_err(|e| ConfigError::Override(redact_override(o), e))?;
         }
+        resolve_setting_files(&mut table)?;
         let raw: RawConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         Self::check(raw)
     }
@@ -563,6 +606,23 @@ impl Config {
         if v.max_features < 1 || v.max_sensor_id_bytes < 1 || v.max_record_bytes < 16 {
             return Err(invalid("validation", "limits must be positive (max_record_bytes >= 16)"));
         }
+        if v.max_feature_name_bytes < 1 {
+            return Err(invalid("validation.max_feature_name_bytes", "must be at least 1"));
+        }
+        if v.max_future_ms < 0 || v.max_past_ms < 0 {
+            return Err(invalid("validation.max_future_ms", "max_future_ms and max_past_ms must be >= 0 (0 = no bound)"));
+        }
+        if v.min_value.is_some_and(|x| x.is_nan()) || v.max_value.is_some_and(|x| x.is_nan()) {
+            return Err(invalid("validation.min_value", "min_value and max_value must be numbers, not NaN"));
+        }
+        if let (Some(lo), Some(hi)) = (v.min_value, v.max_value) {
+            if lo > hi {
+                return Err(invalid("validation.min_value", "must be at most validation.max_value"));
+            }
+        }
+        if v.rate_limit.max_sources < 1 {
+            return Err(invalid("validation.rate_limit.max_sources", "must be at least 1"));
+        }
         let spec = PipelineSpec {
             model_type: raw.model_type.clone(),
             model_params: raw.model_params.clone(),
@@ -609,21 +669,22 @@ fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     Duration::try_from(d).map_err(|_| invalid(format!("`{text}` is negative")))
 }
 
-/// Set `dotted.key` in `table` to `value` parsed as a TOML value (or a string).
-fn set_path(table: &mut toml::Table, dotted: &str, value: &str) -> Result<(), String> {
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let mut parts: Vec<&str> = dotted.split('.').collect();
+/// Set the key `parts` in `table` to `value` parsed as a TOML value (or a string). A
+/// librdkafka setting is always a string: `linger.ms=50` or a password `12345` stays text.
+fn set_parts(table: &mut toml::Table, mut parts: Vec<String>, value: &str) -> Result<(), String> {
+    let parsed = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v"));
+    let is_setting = parts.len() == 3 && parts[0] == "kafka" && parts[1] == "settings";
+    let parsed = match parsed {
+        Some(v) if !is_setting || v.is_str() => v,
+        _ => toml::Value::String(value.to_string()),
+    };
     let last = parts.pop().filter(|s| !s.is_empty()).ok_or("empty key")?;
     let mut cur = table;
     for part in parts {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a table"))?;
     }
-    cur.insert(last.to_string(), parsed);
+    cur.insert(last, parsed);
     Ok(())
 }
 
@@ -730,5 +791,50 @@ mod tests {
         assert!(err.contains("pca: invalid `tol`"), "{err}");
         let err = load(&file.replace("type = \"pca\"", "type = \"pcaa\""), &[], &[]).unwrap_err().to_string();
         assert!(err.contains("unknown preprocessing step `pcaa`"), "{err}");
+    }
+
+    #[test]
+    fn librdkafka_settings_come_from_env_with_underscores_as_dots_and_from_quoted_set_keys() {
+        let c = load(
+            "",
+            &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD", "12345"), ("ONAD__KAFKA__SETTINGS__SECURITY_PROTOCOL", "SASL_SSL")],
+            &["kafka.settings.\"sasl.username\"=alice", "kafka.settings.\"linger.ms\"=50"],
+        )
+        .unwrap();
+        let s = &c.kafka.settings;
+        assert_eq!(s.get("sasl.password").map(String::as_str), Some("12345"));
+        assert_eq!(s.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(s.get("sasl.username").map(String::as_str), Some("alice"));
+        assert_eq!(s.get("linger.ms").map(String::as_str), Some("50"));
+    }
+
+    #[test]
+    fn a_file_setting_reads_the_secret_from_the_mounted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "s3cr=t pw\n").unwrap();
+        let path = secret.display().to_string();
+        let c = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", &path)], &[]).unwrap();
+        assert_eq!(c.kafka.settings.get("sasl.password").map(String::as_str), Some("s3cr=t pw"));
+        assert!(!c.kafka.settings.contains_key("sasl.password_file"));
+        let c = load(&format!("[kafka.settings]\n\"sasl.password_file\" = {path:?}\n"), &[], &[]).unwrap();
+        assert_eq!(c.kafka.settings.get("sasl.password").map(String::as_str), Some("s3cr=t pw"));
+        let err = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", "/nonexistent/pw")], &[]).unwrap_err().to_string();
+        assert!(err.contains("sasl.password_file") && err.contains("/nonexistent/pw"), "{err}");
+        let err = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD_FILE", &path)], &["kafka.settings.\"sasl.password\"=x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn secret_settings_are_redacted_from_debug_output() {
+        let c = load("", &[("ONAD__KAFKA__SETTINGS__SASL_PASSWORD", "hunter2-secret")], &["kafka.settings.\"ssl.key.password\"=kp-secret"])
+            .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2-secret") && !printed.contains("kp-secret"), "{printed}");
+        assert!(printed.contains("sasl.password") && printed.contains(REDACTED), "{printed}");
+        let err = load("", &[], &["kafka.settings.\"sasl.password\"=pw-in-error", "kafka.settings.x.y=1"]).unwrap_err().to_string();
+        assert!(!err.contains("pw-in-error"), "{err}");
     }
 }

@@ -58,6 +58,9 @@ pub enum AdminError {
     /// The client could not be created or the broker did not answer.
     #[error("kafka admin: {0}")]
     Client(#[from] KafkaError),
+    /// The brokers refused the TLS connection: the reason names the setting to fix.
+    #[error("kafka TLS: {0}")]
+    Tls(String),
     /// The input topic does not exist.
     #[error("input topic `{0}` does not exist; create it with `onad-stream topics create` (kafka.partitions sets its partition count)")]
     MissingInput(String),

@@ -22,7 +22,7 @@
 //!   and [`partition::replay_plan`], a replay request checked against the partitions' bounds.
 //! - [`state`]: RocksDB snapshots, the snapshot codec, the changelog's record format and the
 //!   restore policy (no Kafka client).
-//! - [`ops`]: input validation, the per-sensor circuit breaker and its warm fallback (rate limiting and the memory budget will live here too).
+//! - [`ops`]: input validation, rate limiting per source, the per-sensor circuit breaker and its warm fallback, and the memory budget.
 //! - [`detect`]: the pure detection core (no Kafka, RocksDB, tokio or tracing).
 //! - [`config`]: TOML + env + flags -> checked [`config::Config`].
 //! - [`telemetry`]: logs, metrics, health, OpenTelemetry export, the ops-alert monitor and

@@ -107,7 +107,13 @@ pub fn client(k: &KafkaConfig) -> Result<Admin, AdminError> {
 /// Returns the input's partition count.
 pub async fn ensure_output_topics(k: &KafkaConfig) -> Result<usize, AdminError> {
     let admin = client(k)?;
-    let need = partition_count(&admin, &k.input_topic).await?.ok_or_else(|| AdminError::MissingInput(k.input_topic.clone()))?;
+    let need = match partition_count(&admin, &k.input_topic).await {
+        Ok(n) => n,
+        // librdkafka reports a refused TLS handshake as a bare transport failure (its log
+        // line is not surfaced by the admin client): find out why, and name the setting.
+        Err(e) => return Err(super::tls::explain(k, e).await),
+    };
+    let need = need.ok_or_else(|| AdminError::MissingInput(k.input_topic.clone()))?;
     let mut missing = Vec::new();
     for topic in [&k.scores_topic, &k.alerts_topic, &k.dead_letter_topic] {
         match partition_count(&admin, topic).await? {
@@ -179,7 +185,11 @@ impl MockCluster {
 /// it is when it already exists), then the output topics as the worker would create them.
 pub async fn create_all(k: &KafkaConfig) -> Result<usize, AdminError> {
     let admin = client(k)?;
-    if partition_count(&admin, &k.input_topic).await?.is_none() {
+    let exists = match partition_count(&admin, &k.input_topic).await {
+        Ok(n) => n.is_some(),
+        Err(e) => return Err(super::tls::explain(k, e).await),
+    };
+    if !exists {
         create(&admin, k, &[(&k.input_topic, k.partitions as usize)]).await?;
     }
     ensure_output_topics(k).await

@@ -13,6 +13,7 @@
 //! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
 //! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
+//! - [`tls`]: the diagnosis of a failed TLS connection, naming the setting to fix;
 //! - [`bounds`]: a partition's true end and the record at an offset, read from the log;
 //! - [`probe`]: whether a broker answers (for `/ready`);
 //! - [`recovery`]: [`recovery::StoreHooks`], the state seam wired to RocksDB and these topics.
@@ -53,6 +54,7 @@ pub mod producer;
 pub mod recovery;
 pub mod tails;
 pub mod task;
+pub mod tls;
 
 pub use admin::AdminError;
 pub use driver::{Consumer, WorkerContext};

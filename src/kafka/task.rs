@@ -479,6 +479,9 @@ fn handle(
         Outcome::DeadLetter(kind) => {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
             stats.instruments.dead_letter(&shared.topic, kind_label(kind));
+            if let Some(e) = processor.last_security_event() {
+                stats.instruments.security_event(&shared.topic, e.name());
+            }
         }
     }
     if let Some(ts) = m.timestamp().to_millis() {

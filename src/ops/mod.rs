@@ -5,4 +5,5 @@ pub mod breaker;
 pub mod fallback;
 pub mod heap;
 pub mod memory;
+pub mod ratelimit;
 pub mod validate;

@@ -11,6 +11,7 @@
 //! after each batch (snapshot when due) and on revocation (final snapshot); the layers above
 //! implement it (`kafka::recovery`), so this one imports none of them.
 
+pub mod decode;
 pub mod output;
 pub mod replay_plan;
 pub mod resident;
@@ -19,7 +20,6 @@ pub mod resume;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ValidationConfig};
@@ -28,8 +28,9 @@ use crate::ops::breaker::{BreakerParams, BreakerState};
 use crate::ops::fallback::{self, Guard, Resilience, Verdict};
 use crate::ops::heap;
 use crate::ops::memory::MemoryBudget;
+use crate::ops::ratelimit::SourceLimiter;
 use crate::ops::validate::{self, Rejection};
-use crate::proto::{ErrorKind, SensorReading};
+use crate::proto::ErrorKind;
 use crate::telemetry::stats::PartitionStats;
 pub use resident::{ColdStore, Resident};
 
@@ -165,6 +166,8 @@ pub struct ProcessorConfig {
     pub factory: PipelineFactory,
     /// Validation limits.
     pub limits: ValidationConfig,
+    /// How input records are encoded (`kafka.input_format`).
+    pub input_format: decode::InputFormat,
     /// Run the pipelines. `false` (only through `Worker::without_scoring`) emits every
     /// valid reading with score 0 and detector "none": it measures the worker without the
     /// detector's cost and is never a production setting.
@@ -185,6 +188,7 @@ impl ProcessorConfig {
         Self {
             factory: config.pipeline.clone(),
             limits: config.validation.clone(),
+            input_format: config.kafka.input_format,
             scoring,
             resilience: Resilience {
                 breaker: BreakerParams { window: r.error_window, threshold: r.error_threshold, open_timeout_ms: ms(config.open_timeout) },
@@ -214,6 +218,10 @@ pub struct Processor {
     degraded: u64,
     /// Which pipelines are in memory, under the budget.
     resident: Resident,
+    /// Token buckets per reading `source` (`validation.rate_limit`), timed by the readings.
+    limiter: SourceLimiter,
+    /// The security event of the last record processed, if it was one.
+    last_security: Option<validate::SecurityEvent>,
 }
 
 impl Processor {
@@ -239,7 +247,8 @@ impl Processor {
         }
         resident.publish();
         let breakers_open = open_breakers(&models);
-        Self { topic, partition, config, models, x: Vec::new(), resident, breakers_open, degraded: 0 }
+        let limiter = SourceLimiter::new(&config.limits.rate_limit);
+        Self { topic, partition, config, models, x: Vec::new(), resident, breakers_open, degraded: 0, limiter, last_security: None }
     }
 
     /// Keep the worker's memory budget: evict this partition's least-recently-used
@@ -286,15 +295,23 @@ impl Processor {
         self.partition
     }
 
+    /// The security event the last processed record counted as (a dead letter whose cause
+    /// points at a hostile or broken producer), if any.
+    pub fn last_security_event(&self) -> Option<validate::SecurityEvent> {
+        self.last_security
+    }
+
     /// Process one record, appending its outputs to `out`. Every record yields either one
     /// `ScoredReading` (plus an `AnomalyAlert` when anomalous) or one `DeadLetter`.
     pub fn process(&mut self, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Outcome {
         let topic = self.topic.clone();
         let src = Source { topic: &topic, partition: self.partition, offset: rec.offset, epoch: self.models.epoch };
         self.models.last_offset = Some(rec.offset);
+        self.last_security = None;
         match self.score(src, rec, now_ms, out) {
             Ok(anomaly) => Outcome::Scored { anomaly },
             Err(why) => {
+                self.last_security = why.security;
                 output::dead_letter(src, rec.key, rec.value, &why, now_ms, out);
                 Outcome::DeadLetter(why.kind)
             }
@@ -304,8 +321,12 @@ impl Processor {
     fn score(&mut self, src: Source<'_>, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Result<bool, Rejection> {
         let bytes = rec.value.ok_or_else(|| Rejection::new(ErrorKind::Decode, "record has no value"))?;
         validate::check_record_size(bytes.len(), &self.config.limits)?;
-        let reading = SensorReading::decode(bytes).map_err(|e| Rejection::new(ErrorKind::Decode, format!("not a SensorReading: {e}")))?;
+        let reading = decode::decode(bytes, self.config.input_format)?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
+        validate::check_timestamp(&reading, now_ms, &self.config.limits)?;
+        // After validation: only readings that would be scored spend tokens, and the
+        // timestamp that times the bucket has passed the timestamp check.
+        self.limiter.check(&reading.source, reading.timestamp_ms)?;
         if !self.models.keys.contains_key(&reading.sensor_id) {
             // Evicted earlier: load it back, so that it continues exactly.
             let reloaded = self
@@ -468,7 +489,8 @@ mod resilience_tests;
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading};
+    use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading, SensorReading};
+    use prost::Message;
 
     fn processor() -> Processor {
         let c = Config::load_from(None, &[], &[]).unwrap();

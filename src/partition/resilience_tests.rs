@@ -5,7 +5,7 @@ use prost::Message;
 
 use super::*;
 use crate::config::Config;
-use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading};
+use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading, SensorReading};
 use crate::state::codec::{self, Kind};
 
 /// A processor with KNN as the main detector (its squared distances overflow on 1e200) and

@@ -54,6 +54,8 @@ pub struct Instruments {
     dead_letters: Family<Labels2, Counter>,
     /// `onad_anomalies_total{topic,severity}`.
     anomalies: Family<Labels2, Counter>,
+    /// `onad_security_events_total{topic,kind}`.
+    security_events: Family<Labels2, Counter>,
     /// `onad_reading_to_output_seconds{topic,partition}`.
     latency: HistogramFamily,
     /// `onad_batch_processing_seconds{topic,partition}`.
@@ -69,6 +71,7 @@ impl Default for Instruments {
         Self {
             dead_letters: Family::default(),
             anomalies: Family::default(),
+            security_events: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             batch: Family::new_with_constructor(batch_histogram),
             snapshot: Family::new_with_constructor(snapshot_histogram),
@@ -81,6 +84,12 @@ impl Instruments {
     /// Count a dead letter of `kind` (e.g. `decode`).
     pub fn dead_letter(&self, topic: &str, kind: &str) {
         self.dead_letters.get_or_create(&[("topic", topic.to_string()), ("kind", kind.to_string())]).inc();
+    }
+
+    /// Count a rejected reading pointing at a hostile or broken producer (`kind`: a
+    /// [`super::stats::SecurityEvent`] name).
+    pub fn security_event(&self, topic: &str, kind: &str) {
+        self.security_events.get_or_create(&[("topic", topic.to_string()), ("kind", kind.to_string())]).inc();
     }
 
     /// Count an anomaly alert of `severity` (e.g. `high`).
@@ -110,6 +119,11 @@ impl Instruments {
     fn register(&self, registry: &mut Registry) {
         registry.register("onad_dead_letters_by_kind", "Records sent to the dead-letter topic, by error kind", self.dead_letters.clone());
         registry.register("onad_anomalies", "Anomaly alerts emitted, by severity", self.anomalies.clone());
+        registry.register(
+            "onad_security_events",
+            "Rejected readings pointing at a hostile or broken producer, by kind",
+            self.security_events.clone(),
+        );
         registry.register(
             "onad_reading_to_output_seconds",
             "From the input record's timestamp to its outputs being handed to the producer, seconds",

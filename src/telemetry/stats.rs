@@ -6,6 +6,34 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A rejected reading that points at a hostile or broken producer rather than a detector
+/// concern (`onad_security_events_total{kind}`); each is also a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityEvent {
+    /// Its source was above `validation.rate_limit`.
+    RateLimited,
+    /// A record, id or feature set above a size limit.
+    Oversized,
+    /// A sensor id with characters outside the allowed set.
+    SensorId,
+    /// A feature name too long or with characters outside the allowed set.
+    FeatureName,
+    /// A value outside `validation.min_value`..`max_value`.
+    ValueRange,
+    /// A timestamp beyond `validation.max_future_ms` / `max_past_ms`.
+    Timestamp,
+}
+
+impl SecurityEvent {
+    /// Metric label values, in declaration order.
+    pub const NAMES: [&'static str; 6] = ["rate_limited", "oversized", "sensor_id", "feature_name", "value_range", "timestamp"];
+
+    /// Its label value.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
 /// Live counters of a running worker (read them any time; they only grow).
 #[derive(Debug, Default)]
 pub struct WorkerStats {

@@ -135,12 +135,23 @@ impl IncrementalPca {
 
     fn initialise(&mut self) {
         let n = self.warm.len() / self.dim;
-        let x = DMatrix::from_row_slice(n, self.dim, &self.warm);
+        // The SVD runs on the matrix divided by its largest magnitude: finite but huge inputs
+        // (1e300 after a scaler) would overflow inside the solver to NaN singular values, on
+        // which nalgebra's sort panics (found by tests/fuzz_pipeline.rs). Singular vectors are
+        // unchanged by the scale; singular values are multiplied back. A warm-up holding a
+        // non-finite value has no principal directions: it starts over (bounded memory).
+        let scale = self.warm.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if !scale.is_finite() || self.warm.iter().any(|v| v.is_nan()) {
+            self.warm.clear();
+            return;
+        }
+        let scale = if scale == 0.0 { 1.0 } else { scale };
+        let x = DMatrix::from_row_slice(n, self.dim, &self.warm) / scale;
         let Some(svd) = SVD::try_new(x, false, true, f64::EPSILON, MAX_SOLVER_ITERATIONS) else { return };
         let Some(vt) = svd.v_t else { return };
         let k = self.params.n_components.min(svd.singular_values.len());
         let denom = ((n.max(2) - 1) as f64).sqrt();
-        self.values = svd.singular_values.iter().take(k).map(|s| (s / denom).powi(2)).collect();
+        self.values = svd.singular_values.iter().take(k).map(|s| (s * scale / denom).powi(2)).collect();
         self.vectors = Vec::with_capacity(self.dim * k);
         for c in 0..k {
             self.vectors.extend((0..self.dim).map(|j| vt[(c, j)]));
@@ -266,5 +277,21 @@ mod tests {
         assert!(IncrementalPcaSpec::default().check().unwrap_err().to_string().contains("n_components"));
         let p = IncrementalPcaSpec { n_components: Some(5), n0: 3, ..Default::default() };
         assert!(p.check().unwrap_err().to_string().contains("n0"));
+    }
+
+    #[test]
+    fn huge_and_nan_warm_up_values_neither_panic_nor_grow_the_warm_up() {
+        let mut pca = IncrementalPca::new(params(1, 4), 2);
+        let mut out = Vec::new();
+        for i in 0..4 {
+            pca.learn_one(&[1e300 * (i as f64 + 1.0), -1e308]);
+        }
+        pca.transform_one(&[1e300, 1.0], &mut out);
+        assert!(out.iter().all(|v| !v.is_nan()), "{out:?}");
+        let mut pca = IncrementalPca::new(params(1, 4), 2);
+        for i in 0..40 {
+            pca.learn_one(&[f64::NAN, i as f64]);
+        }
+        assert!(pca.warm.len() < 8, "a NaN warm-up starts over instead of growing");
     }
 }

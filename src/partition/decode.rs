@@ -1,0 +1,214 @@
+//! Input record bytes -> `SensorReading`, in the configured `kafka.input_format`.
+//!
+//! - `protobuf` (default): the bare `SensorReading` message.
+//! - `confluent`: Confluent Schema Registry framing as written by Confluent's
+//!   `KafkaProtobufSerializer`: magic byte 0, the 4-byte big-endian schema id, the message
+//!   indexes (a zig-zag varint count, then that many zig-zag varints; the common `[0]` is the
+//!   single byte 0), then the protobuf message. The schema id is not looked up (no registry
+//!   client): the indexes must be `[0]`, `SensorReading` being the first message of
+//!   `proto/onad/v1/readings.proto`, the schema such producers register.
+//! - `json`: the proto3 canonical JSON mapping (`{"sensorId": "s1", "timestampMs": "17",
+//!   "values": {"t": 1.5}}`): lowerCamelCase or original field names, int64 as a string or a
+//!   number, doubles as numbers or `"NaN"` / `"Infinity"` / `"-Infinity"` (which validation
+//!   then rejects, naming the feature), unknown fields an error.
+//! - `auto`: per record, by its first byte: 0 is Confluent framing (a protobuf message never
+//!   starts with 0: field number 0 does not exist), `{` (after whitespace) is JSON, anything
+//!   else plain protobuf.
+//!
+//! Every failure is a `DECODE` rejection naming the format and what is wrong.
+
+use std::collections::{BTreeMap, HashMap};
+
+use prost::Message;
+use serde::Deserialize;
+
+use crate::ops::validate::Rejection;
+use crate::proto::{ErrorKind, SensorReading};
+
+/// `kafka.input_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// A bare protobuf `SensorReading`.
+    #[default]
+    Protobuf,
+    /// Confluent Schema Registry framed protobuf.
+    Confluent,
+    /// The proto3 canonical JSON mapping of `SensorReading`.
+    Json,
+    /// Detected per record (Confluent, JSON or plain protobuf).
+    Auto,
+}
+
+/// Confluent's wire-format magic byte.
+pub const CONFLUENT_MAGIC: u8 = 0;
+/// Magic byte and schema id.
+const CONFLUENT_HEADER: usize = 5;
+
+fn decode_error(message: String) -> Rejection {
+    Rejection::new(ErrorKind::Decode, message)
+}
+
+/// Decode `bytes` as `format`.
+pub fn decode(bytes: &[u8], format: InputFormat) -> Result<SensorReading, Rejection> {
+    match format {
+        InputFormat::Protobuf => protobuf(bytes),
+        InputFormat::Confluent => confluent(bytes),
+        InputFormat::Json => json(bytes),
+        InputFormat::Auto => match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(&CONFLUENT_MAGIC) if bytes.first() == Some(&CONFLUENT_MAGIC) => confluent(bytes),
+            Some(b'{') => json(bytes),
+            _ => protobuf(bytes),
+        },
+    }
+}
+
+fn protobuf(bytes: &[u8]) -> Result<SensorReading, Rejection> {
+    SensorReading::decode(bytes).map_err(|e| decode_error(format!("not a SensorReading: {e}")))
+}
+
+/// A zig-zag varint (Confluent's `ByteUtils.readVarint`) at the front of `bytes`.
+fn zigzag(bytes: &mut &[u8]) -> Option<i64> {
+    let raw = prost::encoding::decode_varint(bytes).ok()?;
+    Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+}
+
+fn confluent(bytes: &[u8]) -> Result<SensorReading, Rejection> {
+    if bytes.len() < CONFLUENT_HEADER + 1 || bytes[0] != CONFLUENT_MAGIC {
+        return Err(decode_error(format!(
+            "not Confluent Schema Registry framing (kafka.input_format): want magic byte 0, a 4-byte schema id and message indexes, got {} bytes starting {:02x?}",
+            bytes.len(),
+            &bytes[..bytes.len().min(CONFLUENT_HEADER)]
+        )));
+    }
+    let schema_id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let mut rest = &bytes[CONFLUENT_HEADER..];
+    let bad = |what: &str| decode_error(format!("Confluent framing (schema id {schema_id}): {what}"));
+    let count = zigzag(&mut rest).ok_or_else(|| bad("truncated message-index count"))?;
+    // Count 0 is the short form of the index path [0].
+    if count != 0 {
+        if !(1..=16).contains(&count) {
+            return Err(bad(&format!("message-index count {count} is not a sane nesting depth")));
+        }
+        let mut path = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            path.push(zigzag(&mut rest).ok_or_else(|| bad("truncated message indexes"))?);
+        }
+        if path != [0] {
+            return Err(bad(&format!(
+                "message indexes {path:?} name another message than SensorReading (index [0] of onad/v1/readings.proto)"
+            )));
+        }
+    }
+    SensorReading::decode(rest).map_err(|e| bad(&format!("payload is not a SensorReading: {e}")))
+}
+
+/// `SensorReading` in the proto3 canonical JSON mapping.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonReading {
+    #[serde(default, rename = "sensorId", alias = "sensor_id")]
+    sensor_id: String,
+    #[serde(default, rename = "timestampMs", alias = "timestamp_ms")]
+    timestamp_ms: Option<serde_json::Value>,
+    // `serde_json::Value`, not an untagged enum of number-or-string: with serde_json's
+    // `arbitrary_precision` (on for snapshots) an untagged enum never matches a number.
+    #[serde(default)]
+    values: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+fn json(bytes: &[u8]) -> Result<SensorReading, Rejection> {
+    let bad = |what: String| decode_error(format!("not a SensorReading in proto3 JSON: {what}"));
+    let r: JsonReading = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    // int64 is a string in canonical proto3 JSON; a number is accepted too.
+    let timestamp_ms = match &r.timestamp_ms {
+        None | Some(serde_json::Value::Null) => Some(0),
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(t)) => t.parse().ok(),
+        Some(_) => None,
+    }
+    .ok_or_else(|| bad(format!("timestampMs {} is not an int64", r.timestamp_ms.as_ref().map(|v| v.to_string()).unwrap_or_default())))?;
+    let mut values = HashMap::with_capacity(r.values.len());
+    for (name, v) in r.values {
+        let x = match &v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(t) => match t.as_str() {
+                "NaN" => Some(f64::NAN),
+                "Infinity" => Some(f64::INFINITY),
+                "-Infinity" => Some(f64::NEG_INFINITY),
+                other => other.parse().ok(),
+            },
+            _ => None,
+        };
+        values.insert(name.clone(), x.ok_or_else(|| bad(format!("value of feature {name:?} is {v}, not a number")))?);
+    }
+    Ok(SensorReading {
+        sensor_id: r.sensor_id,
+        timestamp_ms,
+        values: values.into_iter().collect(),
+        source: r.source,
+        labels: r.labels.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SensorReading {
+        SensorReading {
+            sensor_id: "s1".into(),
+            timestamp_ms: 1_700_000_000_123,
+            values: [("t".to_string(), 1.5), ("rpm".to_string(), -3.0)].into(),
+            source: "plc".into(),
+            ..Default::default()
+        }
+    }
+
+    fn framed(indexes: &[u8], r: &SensorReading) -> Vec<u8> {
+        let mut v = vec![0, 0, 0, 0, 42];
+        v.extend_from_slice(indexes);
+        v.extend(r.encode_to_vec());
+        v
+    }
+
+    #[test]
+    fn confluent_framing_short_and_long_index_forms_decode() {
+        let r = sample();
+        assert_eq!(decode(&framed(&[0], &r), InputFormat::Confluent).unwrap(), r);
+        // Count 1 (zig-zag 2), index 0.
+        assert_eq!(decode(&framed(&[2, 0], &r), InputFormat::Confluent).unwrap(), r);
+        assert_eq!(decode(&framed(&[0], &r), InputFormat::Auto).unwrap(), r);
+        let e = decode(&framed(&[2, 2], &r), InputFormat::Confluent).unwrap_err();
+        assert!(e.message.contains("[1]") && e.message.contains("schema id 42"), "{e}");
+        let e = decode(&r.encode_to_vec(), InputFormat::Confluent).unwrap_err();
+        assert!(e.message.contains("magic byte"), "{e}");
+        assert_eq!(decode(&[0, 0, 0, 0, 1, 0x7f], InputFormat::Confluent).unwrap_err().kind, ErrorKind::Decode);
+    }
+
+    #[test]
+    fn canonical_json_decodes_with_either_field_spelling() {
+        let r = sample();
+        let canonical = br#"{"sensorId":"s1","timestampMs":"1700000000123","values":{"t":1.5,"rpm":-3},"source":"plc"}"#;
+        assert_eq!(decode(canonical, InputFormat::Json).unwrap(), r);
+        let original = br#" {"sensor_id":"s1","timestamp_ms":1700000000123,"values":{"t":"1.5","rpm":-3.0},"source":"plc"}"#;
+        assert_eq!(decode(original, InputFormat::Auto).unwrap(), r);
+        let nan = decode(br#"{"sensorId":"s1","values":{"t":"NaN"}}"#, InputFormat::Json).unwrap();
+        assert!(nan.values["t"].is_nan());
+        let e = decode(br#"{"sensorId":"s1","valuez":{}}"#, InputFormat::Json).unwrap_err();
+        assert!(e.message.contains("valuez"), "{e}");
+        let e = decode(br#"{"sensorId":"s1","values":{"t":"warm"}}"#, InputFormat::Json).unwrap_err();
+        assert!(e.message.contains("\"t\""), "{e}");
+    }
+
+    #[test]
+    fn auto_falls_back_to_plain_protobuf() {
+        let r = sample();
+        assert_eq!(decode(&r.encode_to_vec(), InputFormat::Auto).unwrap(), r);
+        assert_eq!(decode(b"\xff\xff\xff", InputFormat::Auto).unwrap_err().kind, ErrorKind::Decode);
+    }
+}
