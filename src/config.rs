@@ -235,7 +235,7 @@ pub struct KafkaConfig {
     pub partitions: i32,
     /// Encoding of input records: `protobuf`, `confluent` (Schema Registry framing), `json`
     /// (proto3 canonical JSON) or `auto` (detected per record).
-    pub input_format: crate::partition::decode::InputFormat,
+    pub input_format: InputFormat,
     /// Extra librdkafka settings, passed through unchanged to consumer and producer
     /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own. A key
     /// `x_file` is replaced by `x` with the named file's content when the config is loaded.
@@ -400,7 +400,7 @@ pub struct ValidationConfig {
     /// How far (ms) a reading's timestamp may be behind the worker's clock; 0 = no bound.
     pub max_past_ms: i64,
     /// `[validation.rate_limit]`: token buckets per reading `source`.
-    pub rate_limit: crate::ops::ratelimit::RateLimitConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for ValidationConfig {
@@ -686,6 +686,42 @@ fn set_parts(table: &mut toml::Table, mut parts: Vec<String>, value: &str) -> Re
     }
     cur.insert(last, parsed);
     Ok(())
+}
+
+/// `kafka.input_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputFormat {
+    /// A bare protobuf `SensorReading`.
+    #[default]
+    Protobuf,
+    /// Confluent Schema Registry framed protobuf.
+    Confluent,
+    /// The proto3 canonical JSON mapping of `SensorReading`.
+    Json,
+    /// Detected per record (Confluent, JSON or plain protobuf).
+    Auto,
+}
+
+/// Buckets kept per partition when `rate_limit.max_sources` is not set.
+pub const DEFAULT_MAX_SOURCES: usize = 10_000;
+
+/// `[validation.rate_limit]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Readings a minute per source, on average; 0 turns rate limiting off.
+    pub per_minute: u32,
+    /// Readings a source may send at once above the average; 0 = `per_minute`.
+    pub burst: u32,
+    /// Sources whose buckets are kept per partition (least recently used evicted).
+    pub max_sources: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_minute: 0, burst: 0, max_sources: DEFAULT_MAX_SOURCES }
+    }
 }
 
 #[cfg(test)]

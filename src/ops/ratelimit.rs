@@ -35,33 +35,15 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use lru::LruCache;
-use serde::Deserialize;
 
 use super::validate::{Rejection, SecurityEvent};
 use crate::proto::ErrorKind;
 
-/// Buckets kept per partition when `rate_limit.max_sources` is not set.
-pub const DEFAULT_MAX_SOURCES: usize = 10_000;
+pub use crate::config::DEFAULT_MAX_SOURCES;
 /// Longest part of a source name quoted in a dead letter's reason.
 const SHOWN_SOURCE_CHARS: usize = 64;
 
-/// `[validation.rate_limit]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
-    /// Readings a minute per source, on average; 0 turns rate limiting off.
-    pub per_minute: u32,
-    /// Readings a source may send at once above the average; 0 = `per_minute`.
-    pub burst: u32,
-    /// Sources whose buckets are kept per partition (least recently used evicted).
-    pub max_sources: usize,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self { per_minute: 0, burst: 0, max_sources: DEFAULT_MAX_SOURCES }
-    }
-}
+pub use crate::config::RateLimitConfig;
 
 /// The clock of every bucket: the timestamp of the reading being checked.
 #[derive(Debug, Clone, Default)]

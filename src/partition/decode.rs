@@ -25,20 +25,7 @@ use serde::Deserialize;
 use crate::ops::validate::Rejection;
 use crate::proto::{ErrorKind, SensorReading};
 
-/// `kafka.input_format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputFormat {
-    /// A bare protobuf `SensorReading`.
-    #[default]
-    Protobuf,
-    /// Confluent Schema Registry framed protobuf.
-    Confluent,
-    /// The proto3 canonical JSON mapping of `SensorReading`.
-    Json,
-    /// Detected per record (Confluent, JSON or plain protobuf).
-    Auto,
-}
+pub use crate::config::InputFormat;
 
 /// Confluent's wire-format magic byte.
 pub const CONFLUENT_MAGIC: u8 = 0;

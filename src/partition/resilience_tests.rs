@@ -6,7 +6,6 @@ use prost::Message;
 use super::*;
 use crate::config::Config;
 use crate::proto::{AnomalyAlert, DeadLetter, ScoredReading, SensorReading};
-use crate::state::codec::{self, Kind};
 
 /// A processor with KNN as the main detector (its squared distances overflow on 1e200) and
 /// the `--set` overrides `sets`.
@@ -130,8 +129,8 @@ fn a_snapshot_with_an_open_breaker_continues_bit_identically() {
         run(&mut p, "bad", t, 1e200);
     }
     assert_eq!(p.breakers_open(), 1);
-    let bytes = codec::encode(Kind::Model, p.models()).expect("encodes");
-    let models: Models = codec::decode(Kind::Model, &bytes).expect("decodes");
+    let bytes = postcard::to_allocvec(p.models()).expect("encodes");
+    let models: Models = postcard::from_bytes(&bytes).expect("decodes");
     let mut q = Processor::new("in".into(), 0, p.config.clone(), models);
     assert_eq!(q.breakers_open(), 1, "the restored processor counts the open breaker");
     // The same continuation: open, a trial, closed again, with the other sensor alongside.
@@ -143,7 +142,7 @@ fn a_snapshot_with_an_open_breaker_continues_bit_identically() {
         }
     }
     assert_eq!(p.breakers_open(), 0, "the continuation closed the breaker");
-    assert_eq!(codec::encode(Kind::Model, q.models()).expect("encodes"), codec::encode(Kind::Model, p.models()).expect("encodes"));
+    assert_eq!(postcard::to_allocvec(q.models()).expect("encodes"), postcard::to_allocvec(p.models()).expect("encodes"));
 }
 
 #[test]
