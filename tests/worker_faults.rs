@@ -230,16 +230,23 @@ async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_resta
     create_topics(&config).await;
     let state = tempfile::tempdir().expect("state dir");
     let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
-    let mut w = worker_on(&broker, &name, LINGERING, state.path());
+    let metrics = free_addr();
+    let toml = format!("{LINGERING}[telemetry]\nmetrics_addr = \"{metrics}\"\n");
+    let mut w = worker_on(&broker, &name, &toml, state.path());
     let mut inputs = BTreeMap::new();
     send(&config, &mut inputs, wave(0, 25)).await;
     let n = inputs.len();
     tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
 
-    // The second wave is read and scored (a fetch takes well under a second here), its
-    // outputs wait in the producer, and the broker stops before they are sent.
+    // The second wave is read and scored, its outputs wait in the producer (linger 8 s), and
+    // the broker stops before they are sent. Waiting for the worker to have taken the wave
+    // (not a fixed sleep): the partition threads first publish their first snapshot to the
+    // changelog, which lingers too.
     send(&config, &mut inputs, wave(25, 50)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = inputs.len() as u64;
+    tokio::task::block_in_place(|| {
+        wait_for(WAIT, "the worker to take the second wave", || metric(&metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
+    });
     broker.pause();
     let paused = Instant::now();
     let (status, log) = tokio::task::block_in_place(|| w.wait_exit(Duration::from_secs(60), "the broker pause"));

@@ -11,6 +11,7 @@
 //! - [`admin`]: metadata (never naming a topic) and topic creation, the changelog's included;
 //! - [`driver`]: the consumer, its rebalance callbacks, one thread per assigned partition;
 //! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
+//! - [`freeze`]: whether the whole process was frozen (zombie fencing), not one thread slow;
 //! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
 //! - [`tls`]: the diagnosis of a failed TLS connection, naming the setting to fix;
@@ -48,6 +49,7 @@ pub mod bounds;
 pub mod changelog;
 pub mod client;
 pub mod driver;
+pub mod freeze;
 pub mod offsets;
 pub mod probe;
 pub mod producer;

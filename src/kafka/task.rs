@@ -149,6 +149,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     ) -> Self {
         let topic = shared.topic.clone();
         let replay = Replay::new(&resume, committed);
+        super::freeze::start();
         let gauges = shared.stats.partition(&topic, partition);
         let cold = shared.hooks.cold_store(&topic, partition);
         let processor = Processor::with_cold(topic.clone(), partition, shared.processor.clone(), resume.models, cold, gauges.clone());
@@ -408,7 +409,9 @@ fn hold_after_stall<C: ConsumerContext>(
     partition: i32,
 ) -> bool {
     let gap = beat.elapsed();
-    if gap <= shared.session_timeout {
+    // A long gap alone may be this thread blocked in a call of its own (a changelog publish to
+    // a paused broker) while the process, and librdkafka's heartbeats, ran on: not a zombie.
+    if gap <= shared.session_timeout || !super::freeze::frozen_since(*beat, shared.session_timeout) {
         *beat = Instant::now();
         return true;
     }
