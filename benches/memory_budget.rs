@@ -13,24 +13,20 @@
 //! Run: `scripts/kafka-broker start; cargo bench --bench memory_budget` (state directories
 //! under `ONAD_BENCH_STATE_DIR`, default the system temp dir).
 
-use std::collections::VecDeque;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use onad_stream::config::Config;
 use onad_stream::proto::SensorReading;
-use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const BUDGET_MB: u64 = 512;
 const LIMIT: Duration = Duration::from_secs(600);
 
-fn bootstrap() -> String {
-    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
+mod common;
+use common::bootstrap;
 
 /// A temporary directory under `ONAD_BENCH_STATE_DIR` (default: the system's): the state of a
 /// million sensors is a few GB of RocksDB files.
@@ -69,36 +65,14 @@ async fn prepare(mode: &str, sensors: usize, passes: usize) -> (String, Config) 
     let name = format!("membench-{mode}-{t}");
     let config = Config::load_from(None, &[], &sets(&name)).expect("bench config");
     onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create bench topics");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "500000")
-        .create()
-        .expect("producer");
-    let mut pending = VecDeque::new();
-    for pass in 0..passes {
-        for s in 0..sensors {
-            let id = format!("sensor-{s:07}");
+    let readings = (0..passes).flat_map(|pass| {
+        (0..sensors).map(move |s| {
             let values = (0..4).map(|f| (format!("f{f}"), ((pass * 7 + s) as f64 * 0.1 + f as f64).sin())).collect();
-            let bytes = SensorReading { sensor_id: id.clone(), timestamp_ms: pass as i64, values, ..Default::default() }.encode_to_vec();
-            let mut rec = FutureRecord::to(&config.kafka.input_topic).key(&id).payload(&bytes).partition(s as i32 % PARTITIONS);
-            loop {
-                match producer.send_result(rec) {
-                    Ok(f) => break pending.push_back(f),
-                    Err((_, back)) => {
-                        rec = back;
-                        if let Some(f) = pending.pop_front() {
-                            f.await.expect("producer alive").expect("delivered");
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for f in pending {
-        f.await.expect("producer alive").expect("delivered");
-    }
+            let reading = SensorReading { sensor_id: format!("sensor-{s:07}"), timestamp_ms: pass as i64, values, ..Default::default() };
+            (s as i32 % PARTITIONS, reading)
+        })
+    });
+    common::produce_readings(&config.kafka.input_topic, 500_000, readings).await;
     (name, config)
 }
 

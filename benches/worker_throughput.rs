@@ -23,7 +23,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use onad_stream::config::Config;
 use onad_stream::proto::SensorReading;
 use onad_stream::Worker;
-use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,9 +32,8 @@ const PARTITIONS: i32 = 4;
 const SENSORS: usize = 50;
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn bootstrap() -> String {
-    std::env::var("ONAD_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
+mod common;
+use common::bootstrap;
 
 fn config(name: &str) -> Config {
     let sets = vec![
@@ -58,35 +56,17 @@ async fn prepare(mode: &str, n: usize) -> Config {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     let config = config(&format!("bench-{mode}-{t}"));
     onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create bench topics");
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "20")
-        .create()
-        .expect("producer");
-    let mut pending = VecDeque::new();
-    for i in 0..n {
+    let readings = (0..n).map(|i| {
         let sensor = i % SENSORS;
-        let id = format!("sensor-{sensor:03}");
         let step = (i / SENSORS) as f64;
         let values = (0..4).map(|f| (format!("f{f}"), (step * 0.1 + f as f64).sin() + sensor as f64)).collect();
-        let bytes = SensorReading { sensor_id: id.clone(), timestamp_ms: i as i64, values, ..Default::default() }.encode_to_vec();
-        let mut rec = FutureRecord::to(&config.kafka.input_topic).key(&id).payload(&bytes).partition(sensor as i32 % PARTITIONS);
-        loop {
-            match producer.send_result(rec) {
-                Ok(f) => break pending.push_back(f),
-                Err((_, back)) => {
-                    rec = back;
-                    if let Some(f) = pending.pop_front() {
-                        f.await.expect("producer alive").expect("delivered");
-                    }
-                }
-            }
-        }
-    }
-    for f in pending {
-        f.await.expect("producer alive").expect("delivered");
-    }
+        (
+            sensor as i32 % PARTITIONS,
+            SensorReading { sensor_id: format!("sensor-{sensor:03}"), timestamp_ms: i as i64, values, ..Default::default() },
+        )
+    });
+    // librdkafka's default local queue (100,000 messages).
+    common::produce_readings(&config.kafka.input_topic, 100_000, readings).await;
     config
 }
 
