@@ -1,8 +1,10 @@
 //! Throughput of `run` on the local broker: readings per second from the first record taken
 //! to the last record acknowledged (all outputs delivered, offset stored), for
 //! - `zscore`: the default detector (with the default warm fallback, a second z-score);
+//! - `isolation_forest`: that detector with its defaults (any `model_type` names a mode);
 //! - `zscore-nofb`: the same without the fallback (`resilience.fallback = "none"`);
-//! - `no scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
+//! - `zscore-throughput`: z-score with `kafka.profile = "throughput"`;
+//! - `no-scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
 //! - `bare loop`: consume -> produce the same bytes to the same partition, no decode (the
 //!   ceiling design.md measures; run here in the same process and moment as a peer).
 //!
@@ -10,7 +12,10 @@
 //! sensors, 4 features), so only consuming, processing and producing are timed; the group
 //! join (seconds on Tansu) is excluded by starting the clock at the first record.
 //!
-//! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092) and `ONAD_BENCH_READINGS` (default 200000).
+//! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092), `ONAD_BENCH_READINGS` (default 200000),
+//! `ONAD_BENCH_MODES` (default `no-scoring,zscore,isolation_forest`; the bare loop always
+//! runs) and `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
+//! summary gives the median readings/s and the median ratio to the bare loop of its round.
 //! `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318` exports spans and metrics over OTLP while
 //! measuring (the tracing-on figure of BENCHMARKS.md).
 //! Run: `scripts/kafka-broker start; cargo bench --bench worker_throughput` (release), or
@@ -157,9 +162,17 @@ fn time_bare(config: &Config, n: usize) -> f64 {
     first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() {
     // `cargo test --benches` passes no args; `cargo bench` passes --bench. Either way, run.
     let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let repeat: usize = std::env::var("ONAD_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let modes = std::env::var("ONAD_BENCH_MODES").unwrap_or_else(|_| "no-scoring,zscore,isolation_forest".into());
+    let modes: Vec<&str> = modes.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
     // Tracing on vs off: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans and metrics are exported
     // as `run` exports them (BENCHMARKS.md); without it, OpenTelemetry is off.
     let telemetry = onad_stream::config::TelemetryConfig { log_level: "warn".into(), ..Default::default() };
@@ -167,19 +180,50 @@ fn main() {
     println!("worker_throughput: OpenTelemetry {}", if otel.is_some() { "on (exporting over OTLP)" } else { "off" });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        println!("worker_throughput: {n} readings, {PARTITIONS} partitions, {SENSORS} sensors, 4 features, broker {}", bootstrap());
-        for (mode, scoring) in [("zscore", true), ("zscore-nofb", true), ("no-scoring", false)] {
-            let mut config = prepare(mode, n).await;
-            if mode == "zscore-nofb" {
-                // The same worker without the warm fallback (`resilience.fallback = "none"`).
-                config.fallback = None;
+        println!(
+            "worker_throughput: {n} readings, {PARTITIONS} partitions, {SENSORS} sensors, 4 features, broker {}, {repeat} rounds",
+            bootstrap()
+        );
+        // Per mode, the readings/s of each round; the bare loop runs in every round beside the
+        // modes, so each round gives side-by-side ratios under the same machine load.
+        let mut rates: Vec<(String, Vec<f64>)> =
+            std::iter::once("bare loop").chain(modes.iter().copied()).map(|m| (m.to_string(), Vec::new())).collect();
+        for round in 1..=repeat {
+            for (mode, got) in rates.iter_mut() {
+                let config = prepare(&mode.replace(['_', ' '], "-"), n).await;
+                let secs = match mode.as_str() {
+                    "bare loop" => tokio::task::block_in_place(|| time_bare(&config, n)),
+                    "no-scoring" => time_worker(config, n as u64, false).await,
+                    "zscore" => time_worker(config, n as u64, true).await,
+                    "zscore-nofb" => {
+                        // The same worker without the warm fallback (`resilience.fallback = "none"`).
+                        let mut config = config;
+                        config.fallback = None;
+                        time_worker(config, n as u64, true).await
+                    }
+                    "zscore-throughput" => {
+                        // The same with `kafka.profile = "throughput"`.
+                        let mut config = config;
+                        config.raw.kafka.profile = onad_stream::config::KafkaProfile::Throughput;
+                        time_worker(config, n as u64, true).await
+                    }
+                    detector => {
+                        let mut config = config;
+                        let spec = format!("model_type = \"{detector}\"");
+                        config.pipeline = Config::load_from(None, &[], &[spec]).expect("detector config").pipeline;
+                        time_worker(config, n as u64, true).await
+                    }
+                };
+                println!("  round {round} {mode:<18}: {secs:6.2} s  {:>9.0} readings/s", n as f64 / secs);
+                got.push(n as f64 / secs);
             }
-            let secs = time_worker(config, n as u64, scoring).await;
-            println!("  run, {mode:<10}: {secs:6.2} s  {:>9.0} readings/s", n as f64 / secs);
         }
-        let config = prepare("bare", n).await;
-        let secs = tokio::task::block_in_place(|| time_bare(&config, n));
-        println!("  bare loop       : {secs:6.2} s  {:>9.0} records/s", n as f64 / secs);
+        let bare = rates[0].1.clone();
+        println!("worker_throughput: median of {repeat} rounds (ratio: median of the rounds' mode / bare loop)");
+        for (mode, got) in &rates {
+            let ratio = median(got.iter().zip(&bare).map(|(g, b)| g / b).collect());
+            println!("  {mode:<18}: {:>9.0} readings/s  {:>5.1}% of the bare loop", median(got.clone()), ratio * 100.0);
+        }
     });
     // Outside the runtime: flushes the last spans.
     drop(rt);

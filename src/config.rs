@@ -236,6 +236,9 @@ pub struct KafkaConfig {
     /// Encoding of input records: `protobuf`, `confluent` (Schema Registry framing), `json`
     /// (proto3 canonical JSON) or `auto` (detected per record).
     pub input_format: InputFormat,
+    /// `latency` (default) or `throughput`: how the consumer and producer wait and batch
+    /// (`kafka::client::profile` names each setting); `settings` still override them.
+    pub profile: KafkaProfile,
     /// Extra librdkafka settings, passed through unchanged to consumer and producer
     /// (e.g. `"security.protocol" = "SASL_SSL"`). They override the worker's own. A key
     /// `x_file` is replaced by `x` with the named file's content when the config is loaded.
@@ -258,6 +261,7 @@ impl Default for KafkaConfig {
             replication_factor: 1,
             partitions: 4,
             input_format: Default::default(),
+            profile: KafkaProfile::default(),
             settings: KafkaSettings::default(),
         }
     }
@@ -701,6 +705,20 @@ pub enum InputFormat {
     Json,
     /// Detected per record (Confluent, JSON or plain protobuf).
     Auto,
+}
+
+/// `kafka.profile`: what librdkafka's waiting and batching is tuned for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaProfile {
+    /// Short waits: a reading is fetched, scored and its outputs sent within milliseconds
+    /// at moderate rates; under load librdkafka still batches what queued meanwhile. The
+    /// default: the worker raises alerts, and measured throughput was not lower (BENCHMARKS.md).
+    #[default]
+    Latency,
+    /// Longer linger and fetch waits: fuller batches and fewer requests, for backfills and
+    /// replays where no one waits on a single reading.
+    Throughput,
 }
 
 /// Buckets kept per partition when `rate_limit.max_sources` is not set.

@@ -13,7 +13,7 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, KafkaProfile};
 
 /// `fetch.queue.backoff.ms`: librdkafka's default (1 s) stalls a partition for a second each
 /// time its local queue passes `queued.min.messages`; 10 ms quadruples throughput here
@@ -22,8 +22,6 @@ pub const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 /// Auto-commit interval: commits carry only offsets stored after delivery, so committing
 /// often costs little and shortens replay after a crash (librdkafka's default is 5 s).
 pub const AUTO_COMMIT_INTERVAL_MS: &str = "1000";
-/// Producer linger: small batches keep the end-to-end latency low at modest rates.
-pub const LINGER_MS: &str = "5";
 /// Key partitioner of the producer: Java clients hash keys with murmur2, so the same sensor
 /// lands on the same partition whichever client produced it. (Outputs and the changelog name
 /// their partition, so only keyed records — `produce`, the demo — are affected.)
@@ -33,6 +31,38 @@ pub const PARTITIONER: &str = "murmur2_random";
 /// broker's watermarks are not used, design.md). Parsing them costs well under a millisecond
 /// per interval; `[kafka.settings]` may override it.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
+/// Which side of the worker's traffic a [`profile`] setting is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The group consumer.
+    Consumer,
+    /// The producer.
+    Producer,
+}
+
+/// `kafka.profile`'s settings for `side`, applied before `[kafka.settings]` (which override
+/// them). Only waiting and batching: `message.timeout.ms` and the prefetch caps
+/// (`queued.max.messages.kbytes`) are not a profile's business.
+///
+/// - `latency`: `fetch.wait.max.ms` 10 (librdkafka's 500 holds a fetch of a quiet partition
+///   for half a second where the broker does not answer early), `linger.ms` 1 (a record waits
+///   at most a millisecond for company; under load batches fill while earlier requests are in
+///   flight anyway) and `socket.nagle.disable` (no 40 ms Nagle delay on small requests).
+/// - `throughput`: `fetch.wait.max.ms` 100 and `fetch.min.bytes` 64 KiB (fewer, fuller
+///   fetches), `linger.ms` 20 and `batch.num.messages` 100,000 bounded by `batch.size` 4 MiB
+///   (fewer, fuller produce requests).
+fn profile(c: &mut ClientConfig, side: Side, p: KafkaProfile) {
+    let settings: &[(&str, &str)] = match (p, side) {
+        (KafkaProfile::Latency, Side::Consumer) => &[("fetch.wait.max.ms", "10"), ("socket.nagle.disable", "true")],
+        (KafkaProfile::Latency, Side::Producer) => &[("linger.ms", "1"), ("socket.nagle.disable", "true")],
+        (KafkaProfile::Throughput, Side::Consumer) => &[("fetch.wait.max.ms", "100"), ("fetch.min.bytes", "65536")],
+        (KafkaProfile::Throughput, Side::Producer) => &[("linger.ms", "20"), ("batch.num.messages", "100000"), ("batch.size", "4194304")],
+    };
+    for (key, value) in settings {
+        c.set(*key, *value);
+    }
+}
+
 /// Brokers for the demo's embedded mock cluster.
 pub const MOCK_BROKERS: &str = "1";
 
@@ -70,6 +100,7 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+    profile(&mut c, Side::Consumer, k.profile);
     // Static membership (KIP-345): a restarted replica with the same id takes its partitions
     // back without waiting for its old session to expire, where the broker honours it.
     if !k.instance_id.is_empty() {
@@ -83,7 +114,8 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
 /// rest on it).
 pub fn producer(k: &KafkaConfig) -> ClientConfig {
     let mut c = base(k);
-    c.set("enable.idempotence", "true").set("linger.ms", LINGER_MS).set("partitioner", PARTITIONER);
+    c.set("enable.idempotence", "true").set("partitioner", PARTITIONER);
+    profile(&mut c, Side::Producer, k.profile);
     passthrough(c, k)
 }
 
@@ -129,6 +161,20 @@ mod tests {
     fn passthrough_settings_override_the_role_settings() {
         assert_eq!(producer(&kafka()).get("linger.ms"), Some("50"));
         assert_eq!(consumer(&kafka()).get("enable.auto.commit"), Some("true"));
+    }
+
+    #[test]
+    fn the_profile_sets_waits_and_batches_and_settings_still_win() {
+        let mut k = KafkaConfig::default();
+        assert_eq!(k.profile, KafkaProfile::Latency);
+        assert_eq!((consumer(&k).get("fetch.wait.max.ms"), producer(&k).get("linger.ms")), (Some("10"), Some("1")));
+        k.profile = KafkaProfile::Throughput;
+        assert_eq!((consumer(&k).get("fetch.wait.max.ms"), producer(&k).get("linger.ms")), (Some("100"), Some("20")));
+        k.settings.insert("fetch.wait.max.ms".into(), "250".into());
+        assert_eq!(consumer(&k).get("fetch.wait.max.ms"), Some("250"));
+        for c in [consumer(&k), producer(&k)] {
+            assert_eq!((c.get("message.timeout.ms"), c.get("queued.max.messages.kbytes")), (None, None));
+        }
     }
 
     #[test]

@@ -6,12 +6,11 @@
 //! Generic over the consumer's context, so that it depends on no other part of the worker.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::FutureExt;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::DeliveryFuture;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -21,8 +20,8 @@ pub use crate::error::DeliveryError;
 struct Pending {
     /// Input offset.
     offset: i64,
-    /// Outstanding deliveries (removed as they complete).
-    deliveries: Vec<DeliveryFuture>,
+    /// Outputs of it not yet reported delivered.
+    remaining: u32,
 }
 
 /// How long [`Acks::advance`] may block.
@@ -32,6 +31,53 @@ pub enum Wait {
     Never,
     /// Block until at most this many records are in flight.
     Below(usize),
+}
+
+/// How often a blocked [`Acks::advance`] looks again without a report (a report wakes it at
+/// once; this only bounds a missed wake-up).
+const REPORT_WAIT: Duration = Duration::from_millis(50);
+
+/// The delivery reports of one partition task's outputs, written by the producer's delivery
+/// callback (librdkafka's poll thread) and read by the task's [`Acks`]. One per task, never
+/// shared with a later task of the same partition: reports of a fenced task's purged outputs
+/// land on its own board, which nobody reads any more.
+///
+/// It replaces a `DeliveryFuture` per output (a boxed oneshot channel each): a report is the
+/// input offset pushed onto a vector that the task swaps out, so a delivery allocates nothing.
+#[derive(Default)]
+pub struct DeliveryBoard {
+    /// Reports not yet taken by the task.
+    reports: Mutex<Reports>,
+    /// Signalled on every report, for a task blocked in [`Acks::advance`].
+    wake: Condvar,
+}
+
+/// Reports not yet taken.
+#[derive(Default)]
+struct Reports {
+    /// Input offsets of outputs delivered (one entry per output).
+    delivered: Vec<i64>,
+    /// The first failed delivery: input offset and reason.
+    failed: Option<(i64, String)>,
+}
+
+impl DeliveryBoard {
+    fn lock(&self) -> MutexGuard<'_, Reports> {
+        // A panic elsewhere while holding the lock leaves plain data behind: keep using it.
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An output of input `offset` was delivered.
+    pub fn delivered(&self, offset: i64) {
+        self.lock().delivered.push(offset);
+        self.wake.notify_one();
+    }
+
+    /// An output of input `offset` could not be delivered (the first failure is kept).
+    pub fn failed(&self, offset: i64, reason: String) {
+        self.lock().failed.get_or_insert((offset, reason));
+        self.wake.notify_one();
+    }
 }
 
 /// In-order acknowledgement of one partition's input offsets.
@@ -44,12 +90,21 @@ pub struct Acks {
     pending: VecDeque<Pending>,
     /// Last input offset stored for commit.
     stored: Option<i64>,
+    /// Where this task's delivery reports arrive.
+    board: Arc<DeliveryBoard>,
+    /// Reports taken from the board (kept to reuse its capacity).
+    taken: Vec<i64>,
 }
 
 impl Acks {
     /// Nothing in flight for `topic`/`partition`.
     pub fn new(topic: &str, partition: i32) -> Self {
-        Self { topic: topic.to_string(), partition, pending: VecDeque::new(), stored: None }
+        Self { topic: topic.to_string(), partition, pending: VecDeque::new(), stored: None, board: Arc::default(), taken: Vec::new() }
+    }
+
+    /// The board the producer reports this task's deliveries to.
+    pub fn board(&self) -> &Arc<DeliveryBoard> {
+        &self.board
     }
 
     /// Records in flight.
@@ -62,9 +117,37 @@ impl Acks {
         self.stored
     }
 
-    /// Track the outputs of input `offset` (offsets must be pushed in increasing order).
-    pub fn push(&mut self, offset: i64, deliveries: Vec<DeliveryFuture>) {
-        self.pending.push_back(Pending { offset, deliveries });
+    /// Track `outputs` outputs of input `offset`, each reported to [`Acks::board`] (offsets
+    /// must be pushed in increasing order; 0 outputs: retired at the next advance).
+    pub fn push(&mut self, offset: i64, outputs: u32) {
+        self.pending.push_back(Pending { offset, remaining: outputs });
+    }
+
+    /// Apply the reports on the board to the pending records; a failed delivery is an error.
+    /// With `block`, first waits (bounded) for a report when the oldest record is not done.
+    fn take_reports(&mut self, block: bool) -> Result<(), DeliveryError> {
+        {
+            let mut r = self.board.lock();
+            if block && r.delivered.is_empty() && r.failed.is_none() {
+                r = self.board.wake.wait_timeout(r, REPORT_WAIT).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            }
+            if let Some((offset, reason)) = r.failed.clone() {
+                return Err(DeliveryError { topic: self.topic.clone(), partition: self.partition, offset, reason });
+            }
+            std::mem::swap(&mut r.delivered, &mut self.taken);
+        }
+        for &offset in &self.taken {
+            // Offsets are pushed in increasing order, so the pending records are sorted.
+            match self.pending.binary_search_by_key(&offset, |p| p.offset) {
+                Ok(i) => self.pending[i].remaining = self.pending[i].remaining.saturating_sub(1),
+                // A report for no pending record would be a bug in this module; storing an
+                // offset past an undelivered output is the one thing it must never cause, and
+                // ignoring a stray report cannot.
+                Err(_) => tracing::warn!(topic = %self.topic, partition = self.partition, offset, "delivery report for no pending record"),
+            }
+        }
+        self.taken.clear();
+        Ok(())
     }
 
     /// Retire the leading records whose outputs are all delivered and store the last one's
@@ -73,28 +156,15 @@ impl Acks {
     pub fn advance<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, wait: Wait) -> Result<usize, DeliveryError> {
         let mut last = None;
         let mut retired = 0;
-        let (topic, partition) = (&self.topic, self.partition);
-        let failed = |offset: i64, reason: String| DeliveryError { topic: topic.clone(), partition, offset, reason };
+        self.take_reports(false)?;
         loop {
             let in_flight = self.pending.len();
-            let Some(front) = self.pending.front_mut() else { break };
-            let block = matches!(wait, Wait::Below(n) if in_flight > n);
-            let mut ready = true;
-            while let Some(d) = front.deliveries.last_mut() {
-                let result = if block { Some(futures::executor::block_on(d)) } else { d.now_or_never() };
-                match result {
-                    None => {
-                        ready = false;
-                        break;
-                    }
-                    Some(Ok(Ok(_))) => {
-                        front.deliveries.pop();
-                    }
-                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, e.to_string())),
-                    Some(Err(_)) => return Err(failed(front.offset, "producer shut down before delivery".into())),
+            let Some(front) = self.pending.front() else { break };
+            if front.remaining > 0 {
+                if matches!(wait, Wait::Below(n) if in_flight > n) {
+                    self.take_reports(true)?;
+                    continue;
                 }
-            }
-            if !ready {
                 break;
             }
             last = Some(front.offset);

@@ -1,14 +1,20 @@
 //! The output producer: copies [`OutRecord`]s onto the wire, to the input record's partition
 //! number, with the source headers. Building the records is `partition::output`'s job.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 
+use super::offsets::DeliveryBoard;
 use crate::config::KafkaConfig;
+use crate::partition::output::{SourceHeaders, HEADER_SOURCE_OFFSET};
 use crate::partition::{Dest, OutRecord, Source};
 
 /// First pause before retrying when librdkafka's local queue is full (backpressure from the
@@ -18,10 +24,49 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(2);
 /// Longest pause between retries of a full local queue.
 const QUEUE_FULL_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
+/// Routes each output's delivery report to the board of the partition task that produced it.
+pub struct OutputContext;
+
+impl ClientContext for OutputContext {}
+
+impl ProducerContext for OutputContext {
+    /// The producing task's board; the input offset travels in the record's
+    /// `onad-source-offset` header (set by [`OutputProducer::send`]), so a report needs no
+    /// allocation of its own (a `FutureProducer` boxes a oneshot channel per record).
+    type DeliveryOpaque = Arc<DeliveryBoard>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, board: Arc<DeliveryBoard>) {
+        let (message, error) = match result {
+            Ok(m) => (m, None),
+            Err((e, m)) => (m, Some(e)),
+        };
+        let offset = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == HEADER_SOURCE_OFFSET))
+            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok());
+        match (offset, error) {
+            (Some(offset), None) => board.delivered(offset),
+            (Some(offset), Some(e)) => board.failed(offset, e.to_string()),
+            // Every output carries the header: without it the report cannot be matched, and
+            // the task must not store offsets past it.
+            (None, e) => board.failed(-1, format!("delivery report without {HEADER_SOURCE_OFFSET} header ({e:?})")),
+        }
+    }
+}
+
+/// `src`'s headers as librdkafka wants them (one list per record: the producer takes it).
+fn owned_headers(headers: &SourceHeaders<'_>) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(4);
+    for (key, value) in headers.pairs() {
+        owned = owned.insert(Header { key, value: Some(value) });
+    }
+    owned
+}
+
 /// Produces the worker's outputs.
 pub struct OutputProducer {
     /// The idempotent producer (its own thread serves delivery reports).
-    producer: FutureProducer,
+    producer: ThreadedProducer<OutputContext>,
     /// Topic names indexed like [`Dest`].
     scores: String,
     /// See `scores`.
@@ -34,7 +79,7 @@ impl OutputProducer {
     /// A producer for the topics of `k`.
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: super::client::producer(k).create()?,
+            producer: super::client::producer(k).create_with_context(OutputContext)?,
             scores: k.scores_topic.clone(),
             alerts: k.alerts_topic.clone(),
             dead_letters: k.dead_letter_topic.clone(),
@@ -49,19 +94,26 @@ impl OutputProducer {
         }
     }
 
-    /// Enqueue `rec` for partition `src.partition` of its topic. Blocks (briefly, repeatedly)
-    /// while librdkafka's queue is full; call from a partition thread, not the reactor.
-    pub fn send(&self, src: &Source<'_>, rec: &OutRecord) -> Result<DeliveryFuture, KafkaError> {
-        let mut headers = OwnedHeaders::new_with_capacity(4);
-        for (key, value) in src.headers() {
-            headers = headers.insert(Header { key, value: Some(value.as_bytes()) });
-        }
-        let mut record =
-            FutureRecord::to(self.topic(rec.dest)).partition(src.partition).key(&rec.key[..]).payload(&rec.payload[..]).headers(headers);
+    /// Enqueue `rec` for partition `src.partition` of its topic, its delivery reported to
+    /// `board`; `headers` are `src`'s ([`Source::headers`], formatted once per input record).
+    /// Blocks (briefly, repeatedly) while librdkafka's queue is full; call from a partition
+    /// thread, not the reactor.
+    pub fn send(
+        &self,
+        src: &Source<'_>,
+        headers: &SourceHeaders<'_>,
+        rec: &OutRecord,
+        board: &Arc<DeliveryBoard>,
+    ) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::with_opaque_to(self.topic(rec.dest), board.clone())
+            .partition(src.partition)
+            .key(&rec.key[..])
+            .payload(&rec.payload[..])
+            .headers(owned_headers(headers));
         let mut backoff = QUEUE_FULL_BACKOFF;
         loop {
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 // Retriable: the queue drains as the broker acknowledges (or as undelivered
                 // records time out, which then fails their partition: a fatal error).
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {

@@ -458,7 +458,7 @@ fn handle(
         // them. Logged, not fatal: the models are still the best available.
         tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
     }
-    out.clear();
+    processor.recycle(out);
     let now = now_ms();
     let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now, out);
     let stats = &shared.stats;
@@ -467,7 +467,7 @@ fn handle(
         // Answered before a crash: the models learn it again, its outputs are not repeated.
         stats.replayed.fetch_add(1, Ordering::Relaxed);
         if replay.stores(offset) {
-            acks.push(offset, Vec::new());
+            acks.push(offset, 0);
         }
         return Ok(());
     }
@@ -491,11 +491,15 @@ fn handle(
         latency.observe(now.saturating_sub(ts).max(0) as f64 / 1000.0);
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };
-    let mut deliveries = Vec::with_capacity(out.len());
+    // Reports of these sends wait on the board until this thread's next `advance`, which
+    // comes after the push below: none can miss its record.
+    let headers = src.headers();
+    let mut outputs = 0;
     for rec in out.iter().filter(|r| replay.emits(r.dest, offset)) {
-        deliveries.push(shared.producer.send(&src, rec)?);
+        shared.producer.send(&src, &headers, rec, acks.board())?;
+        outputs += 1;
     }
-    acks.push(offset, deliveries);
+    acks.push(offset, outputs);
     Ok(())
 }
 

@@ -50,6 +50,124 @@ pub fn decode(bytes: &[u8], format: InputFormat) -> Result<SensorReading, Reject
     }
 }
 
+/// Decode `bytes` as `format` into `reading`, reusing its strings and, when the reading has
+/// the same feature names as the last one decoded into it, its feature map: a plain
+/// protobuf reading then costs no allocation per feature (`decode` allocates a `String` per
+/// feature name). `entries` is scratch space kept by the caller. The result is exactly
+/// `decode`'s (anything the fast path does not handle is decoded by `decode`).
+pub fn decode_into(bytes: &[u8], format: InputFormat, reading: &mut SensorReading, entries: &mut Vec<Entry>) -> Result<(), Rejection> {
+    let plain = match format {
+        InputFormat::Protobuf => true,
+        InputFormat::Auto => !matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(&CONFLUENT_MAGIC | b'{')),
+        InputFormat::Confluent | InputFormat::Json => false,
+    };
+    if !(plain && protobuf_into(bytes, reading, entries).is_some()) {
+        *reading = decode(bytes, format)?;
+    }
+    Ok(())
+}
+
+/// A feature of the reading being decoded: its name's byte range in the record, its value.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// Start of the name in the record.
+    start: usize,
+    /// End of the name.
+    end: usize,
+    /// The value.
+    value: f64,
+}
+
+/// A length-delimited field's bytes at the front of `buf`.
+fn len_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(prost::encoding::decode_varint(buf).ok()?).ok()?;
+    let (field, rest) = (buf.get(..len)?, buf.get(len..)?);
+    *buf = rest;
+    Some(field)
+}
+
+/// Replace `s` by `bytes` (UTF-8 checked, as prost does), keeping its capacity.
+fn set_str(s: &mut String, bytes: &[u8]) -> Option<()> {
+    s.clear();
+    s.push_str(std::str::from_utf8(bytes).ok()?);
+    Some(())
+}
+
+/// The fast path of [`decode_into`]: fields 1-4 of `SensorReading` with their proto3 wire
+/// types, map entries of a key and a double. `None` for anything else — labels, unknown
+/// fields, invalid or truncated input — which `decode` then handles, errors included.
+fn protobuf_into(bytes: &[u8], r: &mut SensorReading, entries: &mut Vec<Entry>) -> Option<()> {
+    use prost::encoding::decode_varint;
+    // Proto3: an absent field is its default.
+    r.sensor_id.clear();
+    r.timestamp_ms = 0;
+    r.source.clear();
+    r.labels.clear();
+    entries.clear();
+    let base = bytes.as_ptr() as usize;
+    let mut buf = bytes;
+    while !buf.is_empty() {
+        let key = decode_varint(&mut buf).ok()?;
+        match key {
+            // (field 1, length-delimited): sensor_id.
+            0x0a => set_str(&mut r.sensor_id, len_delimited(&mut buf)?)?,
+            // (2, varint): timestamp_ms; int64 is the varint's bits, as prost reads it.
+            0x10 => r.timestamp_ms = decode_varint(&mut buf).ok()? as i64,
+            // (3, length-delimited): one entry of `values`.
+            0x1a => {
+                let mut entry = len_delimited(&mut buf)?;
+                let (mut start, mut end, mut value) = (0, 0, 0.0);
+                while !entry.is_empty() {
+                    match decode_varint(&mut entry).ok()? {
+                        0x0a => {
+                            let name = len_delimited(&mut entry)?;
+                            std::str::from_utf8(name).ok()?;
+                            start = name.as_ptr() as usize - base;
+                            end = start + name.len();
+                        }
+                        0x11 => {
+                            let (v, rest) = (entry.get(..8)?, entry.get(8..)?);
+                            value = f64::from_le_bytes(v.try_into().ok()?);
+                            entry = rest;
+                        }
+                        _ => return None,
+                    }
+                }
+                entries.push(Entry { start, end, value });
+            }
+            // (4, length-delimited): source.
+            0x22 => set_str(&mut r.source, len_delimited(&mut buf)?)?,
+            _ => return None,
+        }
+    }
+    let name = |e: &Entry| &bytes[e.start..e.end];
+    // A map's entries may come in any order and repeat a key (the last one wins): sort by
+    // name (the BTreeMap's order), stably, and keep the last of each run.
+    entries.sort_by(|a, b| name(a).cmp(name(b)));
+    let mut kept = 0;
+    for i in 0..entries.len() {
+        if i + 1 < entries.len() && name(&entries[i]) == name(&entries[i + 1]) {
+            continue;
+        }
+        entries[kept] = entries[i];
+        kept += 1;
+    }
+    entries.truncate(kept);
+    let same = r.values.len() == entries.len() && r.values.keys().zip(entries.iter()).all(|(k, e)| k.as_bytes() == name(e));
+    if same {
+        for (v, e) in r.values.values_mut().zip(entries.iter()) {
+            *v = e.value;
+        }
+    } else {
+        r.values.clear();
+        for e in entries.iter() {
+            // Checked as UTF-8 above.
+            r.values.insert(String::from_utf8_lossy(name(e)).into_owned(), e.value);
+        }
+    }
+    Some(())
+}
+
 fn protobuf(bytes: &[u8]) -> Result<SensorReading, Rejection> {
     SensorReading::decode(bytes).map_err(|e| decode_error(format!("not a SensorReading: {e}")))
 }
@@ -197,5 +315,80 @@ mod tests {
         let r = sample();
         assert_eq!(decode(&r.encode_to_vec(), InputFormat::Auto).unwrap(), r);
         assert_eq!(decode(b"\xff\xff\xff", InputFormat::Auto).unwrap_err().kind, ErrorKind::Decode);
+    }
+
+    #[test]
+    fn decode_into_reuses_the_buffers_and_agrees_with_decode() {
+        let mut r = SensorReading::default();
+        let mut entries = Vec::new();
+        let mut cases: Vec<Vec<u8>> = vec![sample().encode_to_vec(), Vec::new()];
+        // Features in another order, a repeated key (the last wins), an entry without a
+        // value, labels, an unknown field, invalid UTF-8, truncation, JSON and framing.
+        let entry = |k: &[u8], v: Option<f64>| {
+            let mut e = vec![0x0a, k.len() as u8];
+            e.extend_from_slice(k);
+            if let Some(v) = v {
+                e.push(0x11);
+                e.extend_from_slice(&v.to_le_bytes());
+            }
+            let mut f = vec![0x1a, e.len() as u8];
+            f.extend(e);
+            f
+        };
+        let mut odd = vec![0x0a, 2, b's', b'2'];
+        odd.extend(entry(b"z", Some(1.0)));
+        odd.extend(entry(b"a", Some(2.0)));
+        odd.extend(entry(b"z", Some(3.0)));
+        odd.extend(entry(b"m", None));
+        cases.push(odd.clone());
+        let mut labelled = sample();
+        labelled.labels.insert("site".into(), "north".into());
+        cases.push(labelled.encode_to_vec());
+        let mut unknown = sample().encode_to_vec();
+        unknown.extend([0x30, 7]);
+        cases.push(unknown);
+        let mut bad_utf8 = vec![0x0a, 1, 0xff];
+        bad_utf8.extend(entry(b"a", Some(1.0)));
+        cases.push(bad_utf8);
+        cases.push(entry(&[0xc3], Some(1.0)));
+        let full = sample().encode_to_vec();
+        cases.extend((0..full.len()).map(|n| full[..n].to_vec()));
+        cases.push(br#"{"sensorId":"s1","values":{"t":1}}"#.to_vec());
+        cases.push(framed(&[0], &sample()));
+        // Random bytes, seeded.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let bytes: Vec<u8> = (0..len % 40)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            cases.push(bytes);
+        }
+        for format in [InputFormat::Protobuf, InputFormat::Auto] {
+            // Twice over, so that each case also follows every other one in the same buffers.
+            for bytes in cases.iter().chain(cases.iter().rev()) {
+                let want = decode(bytes, format);
+                let got = decode_into(bytes, format, &mut r, &mut entries).map(|()| r.clone());
+                match (&want, &got) {
+                    (Ok(a), Ok(b)) => assert!(
+                        a.sensor_id == b.sensor_id
+                            && a.timestamp_ms == b.timestamp_ms
+                            && a.source == b.source
+                            && a.labels == b.labels
+                            && a.values.len() == b.values.len()
+                            && a.values.iter().zip(&b.values).all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits()),
+                        "{bytes:02x?}: {a:?} vs {b:?}"
+                    ),
+                    (Err(a), Err(b)) => assert_eq!((a.kind, &a.message), (b.kind, &b.message), "{bytes:02x?}"),
+                    _ => panic!("{bytes:02x?}: decode {want:?}, decode_into {got:?}"),
+                }
+            }
+        }
+        let odd = decode(&odd, InputFormat::Protobuf).unwrap();
+        assert_eq!(odd.values.into_iter().collect::<Vec<_>>(), [("a".to_string(), 2.0), ("m".to_string(), 0.0), ("z".to_string(), 3.0)]);
     }
 }

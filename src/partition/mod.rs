@@ -11,6 +11,7 @@
 //! after each batch (snapshot when due) and on revocation (final snapshot); the layers above
 //! implement it (`kafka::recovery`), so this one imports none of them.
 
+mod buffers;
 pub mod decode;
 pub mod output;
 pub mod replay_plan;
@@ -210,8 +211,8 @@ pub struct Processor {
     config: Arc<ProcessorConfig>,
     /// Learned state.
     models: Models,
-    /// Reused dense feature vector.
-    x: Vec<f64>,
+    /// Reused from one record to the next.
+    buf: buffers::Buffers,
     /// Sensors of `models` whose breaker is open now (kept as breakers change, for stats).
     breakers_open: u64,
     /// Readings scored by a fallback by this processor (degraded).
@@ -248,7 +249,18 @@ impl Processor {
         resident.publish();
         let breakers_open = open_breakers(&models);
         let limiter = SourceLimiter::new(&config.limits.rate_limit);
-        Self { topic, partition, config, models, x: Vec::new(), resident, breakers_open, degraded: 0, limiter, last_security: None }
+        Self {
+            topic,
+            partition,
+            config,
+            models,
+            buf: Default::default(),
+            resident,
+            breakers_open,
+            degraded: 0,
+            limiter,
+            last_security: None,
+        }
     }
 
     /// Keep the worker's memory budget: evict this partition's least-recently-used
@@ -301,6 +313,11 @@ impl Processor {
         self.last_security
     }
 
+    /// Empty `out`, keeping its records' buffers for the next outputs (instead of `clear`).
+    pub fn recycle(&mut self, out: &mut Vec<OutRecord>) {
+        output::recycle(out, &mut self.buf.spare);
+    }
+
     /// Process one record, appending its outputs to `out`. Every record yields either one
     /// `ScoredReading` (plus an `AnomalyAlert` when anomalous) or one `DeadLetter`.
     pub fn process(&mut self, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Outcome {
@@ -321,7 +338,9 @@ impl Processor {
     fn score(&mut self, src: Source<'_>, rec: InputRecord<'_>, now_ms: i64, out: &mut Vec<OutRecord>) -> Result<bool, Rejection> {
         let bytes = rec.value.ok_or_else(|| Rejection::new(ErrorKind::Decode, "record has no value"))?;
         validate::check_record_size(bytes.len(), &self.config.limits)?;
-        let reading = decode::decode(bytes, self.config.input_format)?;
+        // Into the last valid reading (given back below): its strings and feature map are reused.
+        let mut reading = std::mem::take(&mut self.buf.reading);
+        decode::decode_into(bytes, self.config.input_format, &mut reading, &mut self.buf.entries)?;
         validate::check_reading(&reading, rec.key, &self.config.limits)?;
         validate::check_timestamp(&reading, now_ms, &self.config.limits)?;
         // After validation: only readings that would be scored spend tokens, and the
@@ -362,15 +381,15 @@ impl Processor {
             }
         };
         // `values` is a BTreeMap: its iteration order is the sorted feature order.
-        self.x.clear();
-        self.x.extend(reading.values.values().copied());
+        self.buf.x.clear();
+        self.buf.x.extend(reading.values.values().copied());
         let h0 = heap::net();
         let mut degraded = None;
         let s = if self.config.scoring {
             let main =
                 fallback::Main { factory: &self.config.factory, name: self.config.factory.detector_name(), pipeline: &mut kp.pipeline };
             let was_open = kp.guard.breaker.state() == BreakerState::Open;
-            let g = fallback::score(&self.config.resilience, main, &mut kp.guard, &reading.sensor_id, &self.x, reading.timestamp_ms);
+            let g = fallback::score(&self.config.resilience, main, &mut kp.guard, &reading.sensor_id, &self.buf.x, reading.timestamp_ms);
             match (was_open, kp.guard.breaker.state() == BreakerState::Open) {
                 (false, true) => self.breakers_open += 1,
                 (true, false) => self.breakers_open = self.breakers_open.saturating_sub(1),
@@ -413,7 +432,8 @@ impl Processor {
             degraded: degraded.as_deref(),
             alert,
         };
-        output::scored(src, &reading, &s, &cx, out);
+        output::scored(src, &reading, &s, &cx, out, &mut self.buf.spare);
+        self.buf.reading = reading;
         Ok(alert)
     }
 }
