@@ -16,7 +16,7 @@
 //! time), so the reader finds the `Instant` it was sent at: microsecond resolution, no clock
 //! of the broker involved. The reader (`fetch.wait.max.ms=5`) is the same in every mode. The
 //! worker runs with its default config (`kafka.profile` included, `ONAD_LATENCY_PROFILE`
-//! overrides it) and no state store. Timing starts once the worker has answered a probe
+//! overrides it; `ONAD_LATENCY_SET` adds `;`-separated `--set` overrides) and no state store. Timing starts once the worker has answered a probe
 //! reading on every partition (the group join is not measured).
 //!
 //! Run: `cargo bench --bench worker_latency` (with the broker up: `scripts/kafka-broker start`).
@@ -84,6 +84,10 @@ fn worker_config(bootstrap: &str, topics: &Topics, group: &str) -> Config {
     ];
     if let Ok(p) = std::env::var("ONAD_LATENCY_PROFILE") {
         sets.push(format!("kafka.profile=\"{p}\""));
+    }
+    // More `--set` overrides of the worker's config, `;`-separated.
+    if let Ok(more) = std::env::var("ONAD_LATENCY_SET") {
+        sets.extend(more.split(';').filter(|s| !s.is_empty()).map(String::from));
     }
     Config::load_from(None, &[], &sets).expect("bench config")
 }
@@ -174,7 +178,8 @@ impl Reader {
     }
 }
 
-/// When each measured reading was handed to the producer (nanoseconds after `start`).
+/// When each measured reading was handed to the producer (nanoseconds after `start`), and
+/// the timestamp of the first (`base_ms`: the reading's index is its timestamp minus it).
 struct Sent {
     start: Instant,
     base_ms: i64,
@@ -226,8 +231,9 @@ fn probe(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, reader: &Rea
 /// Offer `rate` readings/s for `secs` to `input` and measure until `reader` saw them all.
 fn offer(bootstrap: &str, input: &str, reader: &Reader, sent: &Sent, rate: f64, n: u64) {
     let p = producer(bootstrap);
+    let start = Instant::now();
     for i in 0..n {
-        let due = sent.start + Duration::from_secs_f64(i as f64 / rate);
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
@@ -263,15 +269,7 @@ fn with_worker(rt: &tokio::runtime::Runtime, bootstrap: &str, topics: &Topics, r
     let handle = rt.spawn(worker.run(async move {
         let _ = rx.await;
     }));
-    let probes = producer(bootstrap);
-    // The sending instants start after the probe: a fresh `Sent` then.
-    let warm = Reader::start(bootstrap, &topics.scores, score_ts, new_sent(0));
-    probe(&probes, &topics.input, &warm);
-    drop(warm.finish());
-    let sent = new_sent(n);
-    let reader = Reader::start(bootstrap, &topics.scores, score_ts, sent.clone());
-    offer(bootstrap, &topics.input, &reader, &sent, rate, n);
-    let us = reader.finish();
+    let us = measure(bootstrap, &topics.input, &topics.scores, score_ts, rate, n);
     let _ = tx.send(());
     rt.block_on(handle).expect("worker task").expect("worker run");
     Latency::of(us)
@@ -279,10 +277,18 @@ fn with_worker(rt: &tokio::runtime::Runtime, bootstrap: &str, topics: &Topics, r
 
 /// The same producer and reader with no worker: the reader reads the input topic.
 fn baseline(bootstrap: &str, topics: &Topics, rate: f64, n: u64) -> Latency {
+    Latency::of(measure(bootstrap, &topics.input, &topics.input, reading_ts, rate, n))
+}
+
+/// Start the reader of `read`, wait until the probe readings sent to `input` came through
+/// (the reader, and the worker if any, are connected and assigned), then offer `n`
+/// readings at `rate` and return the latency of each, in microseconds.
+fn measure(bootstrap: &str, input: &str, read: &str, ts_of: fn(&[u8]) -> Option<i64>, rate: f64, n: u64) -> Vec<u64> {
     let sent = new_sent(n);
-    let reader = Reader::start(bootstrap, &topics.input, reading_ts, sent.clone());
-    offer(bootstrap, &topics.input, &reader, &sent, rate, n);
-    Latency::of(reader.finish())
+    let reader = Reader::start(bootstrap, read, ts_of, sent.clone());
+    probe(&producer(bootstrap), input, &reader);
+    offer(bootstrap, input, &reader, &sent, rate, n);
+    reader.finish()
 }
 
 fn main() {
