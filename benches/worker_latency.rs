@@ -12,7 +12,7 @@
 //!   and grows with the topic).
 //!
 //! Readings: 50 sensors, 4 features, partitioned by sensor over 4 partitions, produced by a
-//! paced thread (`linger.ms=0`); each reading's `timestamp_ms` is its index (plus the start
+//! paced thread (`linger.ms` 5, librdkafka's default; `ONAD_LATENCY_LINGER_MS`); each reading's `timestamp_ms` is its index (plus the start
 //! time), so the reader finds the `Instant` it was sent at: microsecond resolution, no clock
 //! of the broker involved. The reader (`fetch.wait.max.ms=5`) is the same in every mode. The
 //! worker runs with its default config (`kafka.profile` included, `ONAD_LATENCY_PROFILE`
@@ -196,7 +196,13 @@ impl Sent {
 fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
+        // A plain client's settings: librdkafka's default linger (5 ms, counted in the
+        // latency) and idempotence (no loss or duplicate on retries). Unbatched (linger 0),
+        // every reading is a request of its own: Tansu times thousands of them out, and the
+        // mock cluster, which finds a fetch offset by walking its list of batches, slows
+        // down as that list grows.
+        .set("linger.ms", std::env::var("ONAD_LATENCY_LINGER_MS").unwrap_or_else(|_| "5".into()))
+        .set("enable.idempotence", "true")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .expect("producer")
@@ -229,8 +235,7 @@ fn probe(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, reader: &Rea
 }
 
 /// Offer `rate` readings/s for `secs` to `input` and measure until `reader` saw them all.
-fn offer(bootstrap: &str, input: &str, reader: &Reader, sent: &Sent, rate: f64, n: u64) {
-    let p = producer(bootstrap);
+fn offer(p: &ThreadedProducer<DefaultProducerContext>, input: &str, reader: &Reader, sent: &Sent, rate: f64, n: u64) {
     let start = Instant::now();
     for i in 0..n {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -239,7 +244,7 @@ fn offer(bootstrap: &str, input: &str, reader: &Reader, sent: &Sent, rate: f64, 
         }
         let r = reading(i, sent.base_ms);
         sent.at_ns[i as usize].store((sent.start.elapsed().as_nanos() as u64).max(1), Ordering::Release);
-        send(&p, input, r);
+        send(p, input, r);
     }
     let deadline = Instant::now() + DRAIN;
     while reader.seen.load(Ordering::Relaxed) < n {
@@ -286,8 +291,10 @@ fn baseline(bootstrap: &str, topics: &Topics, rate: f64, n: u64) -> Latency {
 fn measure(bootstrap: &str, input: &str, read: &str, ts_of: fn(&[u8]) -> Option<i64>, rate: f64, n: u64) -> Vec<u64> {
     let sent = new_sent(n);
     let reader = Reader::start(bootstrap, read, ts_of, sent.clone());
-    probe(&producer(bootstrap), input, &reader);
-    offer(bootstrap, input, &reader, &sent, rate, n);
+    // One producer for both: connected, and holding its idempotent producer id, before timing.
+    let p = producer(bootstrap);
+    probe(&p, input, &reader);
+    offer(&p, input, &reader, &sent, rate, n);
     reader.finish()
 }
 
