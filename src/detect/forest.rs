@@ -394,7 +394,7 @@ impl OnlineIsolationForest {
                     if node.first_child == LEAF {
                         continue;
                     }
-                    if (node.count as i64) < p.threshold(depth) {
+                    if (node.count as i64) < cache.tables.threshold(p, depth) {
                         tree.collapse(idx as usize, dim, p.branching_factor, &mut cache.scratch);
                         cache.leaves[t as usize] = None;
                         continue;
