@@ -1,7 +1,8 @@
 //! One online isolation tree: a node arena, leaf bounding boxes, splitting and collapsing.
 //!
-//! Traversal of many trees at once lives in the parent module (it interleaves the trees so
-//! that their memory loads overlap); this module owns everything that changes a tree's shape.
+//! Traversal of the trees lives in the parent module (it descends one tree after another and
+//! shares a score's recorded paths with the learning that follows); this module owns
+//! everything that changes a tree's shape.
 
 use rand::Rng;
 use rand_pcg::Pcg64Mcg;
