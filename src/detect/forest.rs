@@ -197,8 +197,8 @@ struct Cache {
     tables: Tables,
     /// Buffers of splitting and collapsing.
     scratch: Scratch,
-    /// (tree, node) pairs still descending in an interleaved traversal.
-    walk: Vec<(u32, u32)>,
+    /// Trees still to descend (in tree order) when learning without recorded paths.
+    walk: Vec<u32>,
     /// Per tree: the leaf the last learned (or scored) point reached and its depth; after
     /// learning, `None` when the tree did not learn it or changed shape since.
     leaves: Vec<Option<(u32, u32)>>,
@@ -320,13 +320,13 @@ impl OnlineIsolationForest {
             if tree.nodes.is_empty() {
                 tree.plant(x, p.branching_factor);
             } else {
-                cache.walk.push((t as u32, 0));
+                cache.walk.push(t as u32);
             }
         }
         if !cache.scored.is_empty() && cache.scored.as_slice() == x {
             // Score-then-learn of the same point: the trees have not changed since the score
             // descent, so the recorded paths are the ones this descent would take.
-            for &(t, _) in &cache.walk {
+            for &t in &cache.walk {
                 let t = t as usize;
                 let path = &cache.paths[t * MAX_PATH..t * MAX_PATH + cache.path_len[t] as usize];
                 let tree = &mut self.trees[t];
@@ -341,28 +341,26 @@ impl OnlineIsolationForest {
             cache.walk.clear();
         }
         cache.scored.clear();
-        // Interleaved descent: one level of every tree per pass, so the trees' independent
-        // memory loads overlap instead of waiting on each other.
-        let mut depth = 0;
-        while !cache.walk.is_empty() {
-            let mut kept = 0;
-            for j in 0..cache.walk.len() {
-                let (t, idx) = cache.walk[j];
-                let tree = &mut self.trees[t as usize];
-                let node = &mut tree.nodes[idx as usize];
+        // One tree after another: at the window sizes in use every tree is in L2 and a
+        // descent is a few levels, so the loop branches predict and the out-of-order core
+        // overlaps consecutive trees' loads (measured faster than interleaving the trees one
+        // level per pass, whose bookkeeping cost more than it hid; BENCHMARKS.md).
+        for &t in &cache.walk {
+            let tree = &mut self.trees[t as usize];
+            let (mut idx, mut depth) = (0u32, 0u32);
+            while let Some(node) = tree.nodes.get_mut(idx as usize) {
                 node.count += 1;
                 if node.first_child == LEAF {
                     tree.expand_box(idx, x);
                     cache.leaves[t as usize] = Some((idx, depth));
-                } else {
-                    let node = *node;
-                    cache.walk[kept] = (t, tree.child(idx, &node, x, p.branching_factor));
-                    kept += 1;
+                    break;
                 }
+                let node = *node;
+                idx = tree.child(idx, &node, x, p.branching_factor);
+                depth += 1;
             }
-            cache.walk.truncate(kept);
-            depth += 1;
         }
+        cache.walk.clear();
         for (t, tree) in self.trees.iter_mut().enumerate() {
             if let Some((idx, depth)) = cache.leaves[t] {
                 if tree.maybe_split(idx, depth, dim, p, &cache.tables, &mut self.rng, &mut cache.scratch) {
@@ -374,37 +372,26 @@ impl OnlineIsolationForest {
         if full {
             let old = &self.window[slot * dim..(slot + 1) * dim];
             let old_mask = &self.learned_by[slot * words..(slot + 1) * words];
-            cache.walk.clear();
             for (t, tree) in self.trees.iter_mut().enumerate() {
-                if words == 0 || old_mask[t / 64] >> (t % 64) & 1 == 1 {
-                    tree.count -= 1;
-                    if !tree.nodes.is_empty() {
-                        cache.walk.push((t as u32, 0));
-                    }
+                if words > 0 && old_mask[t / 64] >> (t % 64) & 1 == 0 {
+                    continue;
                 }
-            }
-            let mut depth = 0;
-            while !cache.walk.is_empty() {
-                let mut kept = 0;
-                for j in 0..cache.walk.len() {
-                    let (t, idx) = cache.walk[j];
-                    let tree = &mut self.trees[t as usize];
-                    let node = &mut tree.nodes[idx as usize];
+                tree.count -= 1;
+                let (mut idx, mut depth) = (0u32, 0u32);
+                while let Some(node) = tree.nodes.get_mut(idx as usize) {
                     node.count -= 1;
                     if node.first_child == LEAF {
-                        continue;
+                        break;
                     }
-                    if (node.count as i64) < p.threshold(depth) {
+                    if (node.count as i64) < cache.tables.threshold(p, depth) {
                         tree.collapse(idx as usize, dim, p.branching_factor, &mut cache.scratch);
-                        cache.leaves[t as usize] = None;
-                        continue;
+                        cache.leaves[t] = None;
+                        break;
                     }
                     let node = *node;
-                    cache.walk[kept] = (t, tree.child(idx, &node, old, p.branching_factor));
-                    kept += 1;
+                    idx = tree.child(idx, &node, old, p.branching_factor);
+                    depth += 1;
                 }
-                cache.walk.truncate(kept);
-                depth += 1;
             }
             self.data_size -= 1;
             self.window[slot * dim..(slot + 1) * dim].copy_from_slice(x);
@@ -430,12 +417,7 @@ impl OnlineIsolationForest {
     /// Depth of the point in one tree from its leaf: depth + c(count).
     #[inline]
     fn leaf_depth(&self, tree: &Tree, idx: u32, depth: u32) -> f64 {
-        let count = tree.nodes.get(idx as usize).map_or(0, |n| n.count.max(0) as usize);
-        let extra = match self.cache.tables.path_length.get(count) {
-            Some(c) => *c,
-            None => self.params.path_length(count as f64),
-        };
-        depth as f64 + extra
+        leaf_depth(&self.params, &self.cache.tables, tree, idx, depth)
     }
 
     fn score_point(&mut self, x: &[f64]) -> f64 {
@@ -445,49 +427,34 @@ impl OnlineIsolationForest {
         self.ensure_cache();
         let b = self.params.branching_factor;
         let cache = &mut self.cache;
-        cache.walk.clear();
         cache.scored.clear();
-        for (t, tree) in self.trees.iter().enumerate() {
-            cache.leaves[t] = None;
-            cache.path_len[t] = 0;
-            if !tree.nodes.is_empty() {
-                cache.walk.push((t as u32, 0));
-            }
-        }
-        let mut depth = 0;
         let mut recorded = true;
-        while !cache.walk.is_empty() {
-            let mut kept = 0;
-            for j in 0..cache.walk.len() {
-                let (t, idx) = cache.walk[j];
-                let tree = &self.trees[t as usize];
-                let node = &tree.nodes[idx as usize];
-                if (depth as usize) < MAX_PATH {
-                    cache.paths[t as usize * MAX_PATH + depth as usize] = idx;
-                    cache.path_len[t as usize] = depth as u8 + 1;
-                } else {
-                    recorded = false;
+        // Summed in tree order, so that every path to a score adds the same floats in the same
+        // order (bit-identical results). One tree after another, as in learning.
+        let mut total = 0.0;
+        for ((tree, path), path_len) in self.trees.iter().zip(cache.paths.chunks_exact_mut(MAX_PATH)).zip(&mut cache.path_len) {
+            *path_len = 0;
+            let (mut idx, mut depth) = (0u32, 0u32);
+            let Some(mut node) = tree.nodes.first() else { continue };
+            loop {
+                match path.get_mut(depth as usize) {
+                    Some(slot) => {
+                        *slot = idx;
+                        *path_len = depth as u8 + 1;
+                    }
+                    None => recorded = false,
                 }
                 if node.first_child == LEAF {
-                    cache.leaves[t as usize] = Some((idx, depth));
-                } else {
-                    cache.walk[kept] = (t, tree.child(idx, node, x, b));
-                    kept += 1;
+                    break;
                 }
+                idx = tree.child(idx, node, x, b);
+                depth += 1;
+                node = &tree.nodes[idx as usize];
             }
-            cache.walk.truncate(kept);
-            depth += 1;
+            total += leaf_depth(&self.params, &cache.tables, tree, idx, depth);
         }
         if recorded {
             cache.scored.extend_from_slice(x);
-        }
-        // Summed in tree order, so that every path to a score adds the same floats in the same
-        // order (bit-identical results).
-        let mut total = 0.0;
-        for (tree, leaf) in self.trees.iter().zip(&self.cache.leaves) {
-            if let Some((idx, depth)) = leaf {
-                total += self.leaf_depth(tree, *idx, *depth);
-            }
         }
         self.finish_score(total)
     }
@@ -515,6 +482,17 @@ impl OnlineIsolationForest {
     pub fn node_count(&self) -> usize {
         self.trees.iter().map(|t| t.nodes.len() - t.free.len() * self.params.branching_factor).sum()
     }
+}
+
+/// Depth of a point in `tree` from its leaf `idx` at `depth`: depth + c(leaf count).
+#[inline]
+fn leaf_depth(p: &IsolationForestParams, tables: &Tables, tree: &Tree, idx: u32, depth: u32) -> f64 {
+    let count = tree.nodes.get(idx as usize).map_or(0, |n| n.count.max(0) as usize);
+    let extra = match tables.path_length.get(count) {
+        Some(c) => *c,
+        None => p.path_length(count as f64),
+    };
+    depth as f64 + extra
 }
 
 impl Detector for OnlineIsolationForest {

@@ -256,3 +256,50 @@ fn learning_a_just_scored_point_reuses_its_paths_exactly() {
         assert_counts_consistent(&a);
     }
 }
+
+/// FNV-1a over 64-bit words: a fingerprint of a run, not a secure hash.
+fn fnv(h: u64, word: u64) -> u64 {
+    (h ^ word).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// Every score (score-then-learn, then learn-then-score) and the final state's bytes of a
+/// forest over stream (b) with a NaN now and then, folded into one number.
+fn run_fingerprint(p: IsolationForestParams, len: usize) -> u64 {
+    let mut s = generate(&StreamSpec { len, ..StreamSpec::benchmark(StreamKind::ShiftOne, 21) });
+    for (i, x) in s.points.iter_mut().enumerate() {
+        if i % 997 == 500 {
+            x[i % 10] = f64::NAN;
+        }
+    }
+    let mut f = OnlineIsolationForest::new(p, 10, 77);
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    let half = len / 2;
+    for x in &s.points[..half] {
+        h = fnv(h, f.score_one(x).to_bits());
+        f.learn_one(x);
+    }
+    for x in &s.points[half..] {
+        h = fnv(h, f.learn_score_one(x).to_bits());
+    }
+    postcard::to_stdvec(&f).unwrap().iter().fold(h, |h, b| fnv(h, *b as u64))
+}
+
+#[test]
+fn scores_and_state_are_bit_identical_to_before_the_speed_work() {
+    // Fingerprints taken before the speed work of issue 12 goal 4 (commit a8f994c): any change
+    // to a score bit, a random draw or the serialized state fails this test.
+    let d = IsolationForestParams::default();
+    let cases = [
+        ("32 trees", IsolationForestParams { num_trees: 32, ..d.clone() }, 3450336341838090110),
+        ("100 trees", d.clone(), 15562478888170266715),
+        (
+            "subsample 0.6, b = 3",
+            IsolationForestParams { subsample: 0.6, branching_factor: 3, window_size: 512, ..d.clone() },
+            17741220141468798495,
+        ),
+        ("fixed", IsolationForestParams { tree_type: TreeType::Fixed, window_size: 400, num_trees: 20, ..d.clone() }, 3264241258114354839),
+    ];
+    let got: Vec<_> = cases.iter().map(|(name, p, _)| (*name, run_fingerprint(p.clone(), 8_000))).collect();
+    let want: Vec<_> = cases.iter().map(|(name, _, h)| (*name, *h)).collect();
+    assert_eq!(got, want);
+}

@@ -1,7 +1,8 @@
 //! One online isolation tree: a node arena, leaf bounding boxes, splitting and collapsing.
 //!
-//! Traversal of many trees at once lives in the parent module (it interleaves the trees so
-//! that their memory loads overlap); this module owns everything that changes a tree's shape.
+//! Traversal of the trees lives in the parent module (it descends one tree after another and
+//! shares a score's recorded paths with the learning that follows); this module owns
+//! everything that changes a tree's shape.
 
 use rand::Rng;
 use rand_pcg::Pcg64Mcg;
@@ -52,6 +53,8 @@ pub(super) struct Tables {
     /// Per depth k: the smallest tree count n with `k < c(n)` (the depth limit), so that the
     /// hot path compares integers yet decides exactly as the float formula.
     pub(super) split_min_count: Vec<i64>,
+    /// Per depth: [`IsolationForestParams::threshold`], read on every forgetting step.
+    threshold: Vec<i64>,
 }
 
 impl Tables {
@@ -79,7 +82,17 @@ impl Tables {
                 hi
             })
             .collect();
-        Self { path_length, split_min_count }
+        let threshold = (0..64).map(|k| p.threshold(k)).collect();
+        Self { path_length, split_min_count, threshold }
+    }
+
+    /// [`IsolationForestParams::threshold`] from the table (the formula past its end).
+    #[inline]
+    pub(super) fn threshold(&self, p: &IsolationForestParams, depth: u32) -> i64 {
+        match self.threshold.get(depth as usize) {
+            Some(t) => *t,
+            None => p.threshold(depth),
+        }
     }
 
     /// Whether a tree holding `tree_count` points may split a node at `depth`.
@@ -148,13 +161,12 @@ impl Tree {
         let i = idx as usize;
         let b = &mut self.boxes[i * 2 * dim..(i + 1) * 2 * dim];
         let (lo, hi) = b.split_at_mut(dim);
+        // Selects rather than branches, so the loop compiles to packed min/max: the same
+        // result (a NaN compares false and leaves the box as it was).
         for ((l, h), v) in lo.iter_mut().zip(hi.iter_mut()).zip(x) {
-            if *v < *l {
-                *l = *v;
-            }
-            if *v > *h {
-                *h = *v;
-            }
+            let v = *v;
+            *l = if v < *l { v } else { *l };
+            *h = if v > *h { v } else { *h };
         }
     }
 
@@ -176,7 +188,7 @@ impl Tree {
         // ONAD's order: the count test, then the depth limit of the tree's current count
         // (which includes the point just learned).
         let count = self.nodes[i].count as i64;
-        if count >= p.threshold(depth) && tables.below_depth_limit(depth, self.count) {
+        if count >= tables.threshold(p, depth) && tables.below_depth_limit(depth, self.count) {
             return self.split_leaf(i, depth, dim, p, tables, rng, scratch);
         }
         false
@@ -283,7 +295,7 @@ impl Tree {
             }
         }
         self.nodes[idx].count = n as i32;
-        if (n as i64) < p.threshold(depth) || !tables.below_depth_limit(depth, self.count) {
+        if (n as i64) < tables.threshold(p, depth) || !tables.below_depth_limit(depth, self.count) {
             self.nodes[idx].first_child = LEAF;
             let b = &mut self.boxes[idx * 2 * dim..(idx + 1) * 2 * dim];
             b[..dim].copy_from_slice(&scratch.lo);
