@@ -6,12 +6,14 @@
 //! score just below the N × days highest scores, so `score > anomaly` selects them. Severity
 //! bands split those alerts: `medium` = `anomaly`, `high` keeps the top quarter of them,
 //! `critical` the top twentieth (the order of `[thresholds]` stays medium <= high <=
-//! critical). With the default `learn_anomalies = true` the models do not depend on the
-//! thresholds, so re-scoring with the printed section gives the same scores and the same count.
+//! critical). With `learn_anomalies = true` the models do not depend on the thresholds and
+//! the threshold is read off the run's scores; with the default `false` a flagged reading is
+//! not learned, so the search re-runs the configuration over the same rows per candidate
+//! threshold. Either way, re-scoring with the printed section gives the count printed.
 
 use std::fmt::Write as _;
 
-use super::score::Record;
+use super::score_run::Record;
 
 /// Share of the alerts above `high`.
 const HIGH_SHARE: f64 = 0.25;
@@ -20,8 +22,56 @@ const CRITICAL_SHARE: f64 = 0.05;
 /// Milliseconds in a day.
 const DAY_MS: f64 = 86_400_000.0;
 
-/// The report: a comment block and the `[thresholds]` section.
+/// The report for a configuration whose models do not depend on the thresholds
+/// (`learn_anomalies = true`): the anomaly threshold is read off this run's scores.
 pub fn thresholds_for(records: &[Record], per_day: f64, rate: Option<f64>) -> anyhow::Result<String> {
+    let (days, target) = budget(records, per_day, rate)?;
+    let anomaly = nearest_count(&sorted_scores(records), target);
+    report(records, per_day, days, target, anomaly)
+}
+
+/// The report when the thresholds change what the models learn (`learn_anomalies = false`:
+/// a flagged reading is not learned, so a lower threshold keeps the models tighter and flags
+/// more). `rescore(t)` runs the configuration again over the same rows with
+/// `thresholds.anomaly = t`; a bisection finds the threshold whose own run raises the budget,
+/// so the printed section reproduces it when pasted.
+pub fn thresholds_with_feedback(
+    records: &[Record],
+    per_day: f64,
+    rate: Option<f64>,
+    mut rescore: impl FnMut(f64) -> anyhow::Result<Vec<Record>>,
+) -> anyhow::Result<String> {
+    let (days, target) = budget(records, per_day, rate)?;
+    let alerts = |rs: &[Record]| rs.iter().filter(|r| r.is_anomaly).count();
+    // Alerts fall as the threshold rises; keep the bracket [lo, hi] with alerts(lo) > target
+    // >= alerts(hi), starting from the scale's ends.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    let mut best = (hi, rescore(hi)?);
+    for _ in 0..BISECTIONS {
+        let mid = (lo + hi) / 2.0;
+        let run = rescore(mid)?;
+        let n = alerts(&run);
+        // Nearest to the budget; among equals the higher threshold (fewer false alarms).
+        let (miss, best_miss) = (n.abs_diff(target), alerts(&best.1).abs_diff(target));
+        if miss < best_miss || (miss == best_miss && mid > best.0) {
+            best = (mid, run);
+        }
+        if n > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (anomaly, records) = best;
+    report(&records, per_day, days, target, anomaly)
+}
+
+/// Bisection steps of [`thresholds_with_feedback`]: 2^-14 of the score scale, finer than the
+/// calibrated scores of neighbouring ranks on histories of millions of rows.
+const BISECTIONS: usize = 14;
+
+/// Days of history the rows span, and the alerts `per_day` asks for over them.
+fn budget(records: &[Record], per_day: f64, rate: Option<f64>) -> anyhow::Result<(f64, usize)> {
     anyhow::ensure!(!records.is_empty(), "--alerts-per-day: the file has no rows");
     let days = match rate {
         Some(r) => records.len() as f64 / r / 86_400.0,
@@ -34,24 +84,34 @@ pub fn thresholds_for(records: &[Record], per_day: f64, rate: Option<f64>) -> an
         }
     };
     anyhow::ensure!(days > 0.0, "--alerts-per-day: the file's timestamps span no time; give --rate");
+    Ok((days, (per_day * days).round() as usize))
+}
+
+/// Scores, highest first.
+fn sorted_scores(records: &[Record]) -> Vec<f64> {
     let mut scores: Vec<f64> = records.iter().map(|r| r.score).collect();
     scores.sort_by(|a, b| b.total_cmp(a));
-    let target = (per_day * days).round() as usize;
-    // The threshold whose count of `score > it` is nearest to k: the (k+1)-th highest score
-    // keeps at most the k highest, fewer when scores tie there (calibrated scores saturate at
-    // 1.0); the next lower distinct score keeps the whole tied group, more than k.
-    let below_top = |k: usize| -> f64 {
-        let Some(&at) = scores.get(k) else { return 0.0 };
-        let kept = scores.partition_point(|s| *s > at);
-        let tied_end = scores.partition_point(|s| *s >= at);
-        match scores.get(tied_end) {
-            Some(&lower) if tied_end - k < k - kept => lower,
-            _ => at,
-        }
-    };
-    let anomaly = below_top(target);
-    let high = below_top((target as f64 * HIGH_SHARE).round() as usize).max(anomaly);
-    let critical = below_top((target as f64 * CRITICAL_SHARE).round() as usize).max(high);
+    scores
+}
+
+/// The threshold whose count of `score > it` is nearest to k: the (k+1)-th highest score
+/// keeps at most the k highest, fewer when scores tie there (calibrated scores saturate at
+/// 1.0); the next lower distinct score keeps the whole tied group, more than k.
+fn nearest_count(scores: &[f64], k: usize) -> f64 {
+    let Some(&at) = scores.get(k) else { return 0.0 };
+    let kept = scores.partition_point(|s| *s > at);
+    let tied_end = scores.partition_point(|s| *s >= at);
+    match scores.get(tied_end) {
+        Some(&lower) if tied_end - k < k - kept => lower,
+        _ => at,
+    }
+}
+
+/// The comment block and the `[thresholds]` section for `anomaly` on `records`' scores.
+fn report(records: &[Record], per_day: f64, days: f64, target: usize, anomaly: f64) -> anyhow::Result<String> {
+    let scores = sorted_scores(records);
+    let high = nearest_count(&scores, (target as f64 * HIGH_SHARE).round() as usize).max(anomaly);
+    let critical = nearest_count(&scores, (target as f64 * CRITICAL_SHARE).round() as usize).max(high);
     let over = |t: f64| records.iter().filter(|r| r.score > t).count();
     let alerts = over(anomaly);
     let (n_high, n_critical) = (over(high), over(critical));
@@ -64,10 +124,10 @@ pub fn thresholds_for(records: &[Record], per_day: f64, rate: Option<f64>) -> an
         n_high - n_critical,
         n_critical,
     )?;
-    if alerts < target {
+    if alerts.abs_diff(target) * 10 > target.max(10) {
         writeln!(
             s,
-            "# (fewer than the {target} asked: {} rows share the score {anomaly})",
+            "# (not the {target} asked: {} rows share the score {anomaly})",
             records.iter().filter(|r| r.score == anomaly).count()
         )?;
     }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::score::{Keep, Run};
 use super::score_input::{read_input, InputArgs};
+use super::score_run::{Keep, Run};
 use crate::config::Config;
 use crate::detect::pipeline::MODEL_TYPES;
 

@@ -20,6 +20,7 @@ mod score;
 mod score_input;
 #[cfg(feature = "parquet")]
 mod score_parquet;
+mod score_run;
 mod snapshot;
 mod synth;
 mod synth_file;

@@ -20,7 +20,7 @@ use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::score::{Record, Run};
+use super::score_run::{Record, Run};
 use crate::detect::Thresholds;
 
 /// The bundled font (see assets/fonts/LICENSE.md).
