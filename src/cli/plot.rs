@@ -106,7 +106,7 @@ pub fn draw(path: &Path, opts: &PlotOpts, run: &Run, features: &[String], thresh
         }
     }
     // Most alerts first; first seen first among equals (a stable sort keeps file order).
-    sensors.sort_by(|a, b| b.alerts.cmp(&a.alerts));
+    sensors.sort_by_key(|s| std::cmp::Reverse(s.alerts));
     sensors.truncate(opts.plot_sensors.max(1));
     let size = (opts.plot_size.width, opts.plot_size.height);
     let plot = Plot { sensors: &sensors, features, thresholds, labelled };

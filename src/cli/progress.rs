@@ -55,11 +55,6 @@ impl Progress {
         self.bar.is_hidden()
     }
 
-    /// Set the position (bytes read, for a file whose rows are not counted in advance).
-    pub fn set_position(&self, pos: u64) {
-        self.bar.set_position(pos);
-    }
-
     /// Advance by `n` units.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);

@@ -87,7 +87,7 @@ pub fn read(path: &Path, roles: &Roles, quiet: bool, mut f: impl FnMut(Row) -> a
         };
         f(Row { key, values, label, ts })?;
         if row_no % 4096 == 0 {
-            progress.set_position(row_no);
+            progress.inc(4096);
             progress.set_count(row_no, row_no as f64 / started.elapsed().as_secs_f64().max(1e-9));
         }
     }
