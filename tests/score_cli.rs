@@ -417,3 +417,12 @@ fn parquet_input_scores_exactly_like_the_same_rows_as_csv() {
     assert_eq!(auc_parquet, auc_csv);
     assert!(!auc_csv.is_empty());
 }
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_input_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "r.parquet", "PAR1");
+    let o = run(&["score", "--input", input.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--features parquet"), "{}", stderr(&o));
+}
