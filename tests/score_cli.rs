@@ -188,3 +188,241 @@ fn arima_finds_the_anomaly_of_the_public_ucr_series_and_prints_bands() {
     assert!(lower < expected && expected < upper, "{last}");
     assert!(lines[10].get("bands").is_none(), "no band while the model warms up");
 }
+
+/// `onad-stream synth`: the labelled synthetic fleet as CSV (`timestamp_ms,sensor,...,label`).
+fn synth(dir: &Path, rows: usize, sensors: usize) -> PathBuf {
+    let path = dir.join(format!("fleet-{rows}.csv"));
+    let o = run(&["synth", "-o", path.to_str().unwrap(), "--rows", &rows.to_string(), "--sensors", &sensors.to_string()]);
+    assert!(o.status.success(), "synth failed:\n{}", stderr(&o));
+    path
+}
+
+/// Alerts (`is_anomaly`) among the score lines of `path`.
+fn flagged_lines(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).expect("score lines");
+    text.lines().filter(|l| serde_json::from_str::<Value>(l).expect("JSON line")["is_anomaly"] == true).count()
+}
+
+#[test]
+fn plot_draws_a_png_and_an_svg_of_the_asked_size_with_lines_bands_and_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = synth(dir.path(), 6000, 3);
+    let scores = dir.path().join("scores.jsonl");
+    let png_path = dir.path().join("run.png");
+    let (fleet, scores_s) = (fleet.to_str().unwrap(), scores.to_str().unwrap());
+    let args = ["score", "--input", fleet, "--key", "sensor", "--label", "label", "-o", scores_s, "--plot-size", "900x600"];
+    let o = run(&[&args[..], &["--plot", png_path.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "score --plot failed:\n{}", stderr(&o));
+    assert!(flagged_lines(&scores) > 0, "the fleet's spikes are flagged");
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).expect("the PNG is written")));
+    let mut reader = decoder.read_info().expect("a valid PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut buf).expect("PNG pixels");
+    assert_eq!((info.width, info.height), (900, 600), "the asked size");
+    assert_eq!(info.color_type, png::ColorType::Rgb, "plotters writes RGB");
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(3).collect();
+    let white = pixels.iter().filter(|p| **p == [255, 255, 255]).count();
+    let flag_red = pixels.iter().filter(|p| **p == [213, 0, 0]).count();
+    let colours: std::collections::HashSet<&[u8]> = pixels.iter().copied().collect();
+    assert!(white < pixels.len() * 95 / 100, "lines and bands cover the canvas: {white} of {} white", pixels.len());
+    assert!(flag_red > 50, "flagged readings are drawn as red dots ({flag_red} red pixels)");
+    assert!(colours.len() > 20, "features, score, bands, text: {} colours", colours.len());
+
+    let svg_path = dir.path().join("run.svg");
+    let o = run(&[&args[..], &["--plot", svg_path.to_str().unwrap(), "--plot-sensors", "2"]].concat());
+    assert!(o.status.success(), "score --plot .svg failed:\n{}", stderr(&o));
+    let svg = std::fs::read_to_string(&svg_path).expect("the SVG is written");
+    assert!(svg.starts_with("<svg width=\"900\" height=\"600\""), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.trim_end().ends_with("</svg>"), "a complete document");
+    assert_eq!(svg.matches("features, each scaled to its range").count(), 2, "one panel pair per sensor asked");
+    assert!(svg.contains("sensor-00") && svg.contains("critical &gt; 0.99"), "sensor names and severity bands are labelled");
+    assert!(svg.matches("<circle").count() > 0 && svg.contains("fill=\"#D50000\""), "flagged readings are marked");
+    assert!(svg.matches("<polyline").count() >= 2 * 4, "3 feature lines and the score line per sensor");
+    let o = run(&[&args[..], &["--plot", "run.gif"]].concat());
+    assert!(!o.status.success() && stderr(&o).contains(".svg or .png"), "{}", stderr(&o));
+}
+
+#[test]
+fn compare_scores_every_config_in_one_pass_and_all_detectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let knn = knn_config(dir.path());
+    let z = write(dir.path(), "z.toml", "model_type = \"zscore\"\n");
+    let input = write(dir.path(), "readings.csv", &csv_readings(3000));
+    let (knn, z, input) = (knn.to_str().unwrap(), z.to_str().unwrap(), input.to_str().unwrap());
+    let o = run(&[
+        "compare",
+        "--input",
+        input,
+        "--key",
+        "sensor",
+        "--label",
+        "label",
+        "--eval-after",
+        "400",
+        "--config",
+        knn,
+        "--config",
+        z,
+        "--all-detectors",
+    ]);
+    assert!(o.status.success(), "compare failed:\n{}", stderr(&o));
+    let table = String::from_utf8(o.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| config"))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 2 + 13, "two configs and the 13 detectors at defaults:\n{table}");
+    assert_eq!((rows[0][1], rows[0][2]), ("knn", "knn"), "{table}");
+    assert_eq!((rows[1][1], rows[1][2]), ("z", "zscore"), "{table}");
+    assert!(rows[2][1].ends_with("(defaults)"), "{table}");
+    for r in &rows {
+        let roc: f64 = r[3].parse().unwrap_or_else(|_| panic!("ROC-AUC of {r:?}:\n{table}"));
+        let pr: f64 = r[4].parse().unwrap_or_else(|_| panic!("PR-AUC of {r:?}"));
+        assert!((0.0..=1.0).contains(&roc) && (0.0..=1.0).contains(&pr), "{r:?}");
+        assert!(r[5].contains(" / "), "alerts by severity: {r:?}");
+        assert!(r[6].parse::<f64>().unwrap() > 0.0 && r[7].parse::<usize>().unwrap() > 0, "points/s and state bytes: {r:?}");
+    }
+    let knn_roc: f64 = rows[0][3].parse().unwrap();
+    assert!(knn_roc > 0.9, "the scaled KNN finds the shifted rows:\n{table}");
+    assert!(table.contains("3000 rows") && table.contains("2 sensors"), "{table}");
+    let o = run(&["compare", "--input", input]);
+    assert!(!o.status.success() && stderr(&o).contains("nothing to compare"), "{}", stderr(&o));
+}
+
+#[test]
+fn alerts_per_day_prints_thresholds_that_give_that_budget_when_pasted_into_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    // 30,000 readings 6 s apart: 2.08 days of 10 sensors.
+    let fleet = synth(dir.path(), 30_000, 10);
+    let fleet = fleet.to_str().unwrap();
+    // Flagged readings are not learned: the threshold changes the models, so the budget
+    // search has to re-run the rows per candidate threshold.
+    let base = "model_type = \"zscore\"\nlearn_anomalies = false\n";
+    let config = write(dir.path(), "z.toml", base);
+    let per_day = 12.0;
+    let o = run(&[
+        "score",
+        "-c",
+        config.to_str().unwrap(),
+        "--input",
+        fleet,
+        "--key",
+        "sensor",
+        "--label",
+        "label",
+        "-o",
+        "/dev/null",
+        "--alerts-per-day",
+        "12",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let section: Vec<&str> = err.lines().skip_while(|l| *l != "[thresholds]").take(5).collect();
+    assert_eq!(section.len(), 5, "a [thresholds] section with four keys:\n{err}");
+    assert!(err.contains("recall") && err.contains("precision"), "with labels, what the budget would have caught:\n{err}");
+
+    let tuned = write(dir.path(), "tuned.toml", &format!("{base}{}\n", section.join("\n")));
+    let scores = dir.path().join("scores.jsonl");
+    let o = run(&[
+        "score",
+        "-c",
+        tuned.to_str().unwrap(),
+        "--input",
+        fleet,
+        "--key",
+        "sensor",
+        "--label",
+        "label",
+        "-o",
+        scores.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "the pasted section is a valid config:\n{}", stderr(&o));
+    let days = 30_000.0 * 6.0 / 86_400.0;
+    let got = flagged_lines(&scores) as f64 / days;
+    assert!((per_day * 0.7..=per_day * 1.3).contains(&got), "{got:.1} alerts/day with the printed thresholds, asked {per_day}:\n{err}");
+
+    let o = run(&["score", "--input", fleet, "--key", "sensor", "--timestamp", "none", "-o", "/dev/null", "--alerts-per-day", "5"]);
+    assert!(!o.status.success() && stderr(&o).contains("--rate"), "no timestamps, no rate: {}", stderr(&o));
+}
+
+#[test]
+fn progress_stays_off_stderr_when_it_is_not_a_terminal_and_quiet_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = synth(dir.path(), 20_000, 5);
+    for quiet in [&[][..], &["--quiet"][..]] {
+        let o = run(&[&["score", "--input", fleet.to_str().unwrap(), "--key", "sensor", "-o", "/dev/null"][..], quiet].concat());
+        let err = stderr(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(!err.contains('\r') && !err.contains('\u{1b}') && !err.contains("ETA"), "no bar off a terminal: {err:?}");
+        assert_eq!(err.lines().count(), 1, "only the summary: {err:?}");
+    }
+}
+
+/// Writes `rows` of [`csv_readings`] as Parquet with the `parquet` crate (the optional
+/// dependency, in scope with `--features parquet`): a TIMESTAMP(MILLIS)
+/// time, a UTF-8 key, double features and a boolean label, snappy-compressed (pandas' default).
+#[cfg(feature = "parquet")]
+fn write_parquet(path: &Path, rows: usize) {
+    use parquet::basic::Compression;
+    use parquet::data_type::{BoolType, ByteArray, ByteArrayType, DoubleType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+
+    let text = csv_readings(rows);
+    let cells: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let schema = "message readings { required int64 timestamp (TIMESTAMP(MILLIS,true)); required binary sensor (UTF8); \
+                  required double temp; required double pressure; required double vibration; required boolean label; }";
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(schema).unwrap());
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+    let mut writer = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let mut index = 0;
+    while let Some(mut col) = group.next_column().unwrap() {
+        let column: Vec<&str> = cells.iter().map(|c| c[index]).collect();
+        match index {
+            0 => col.typed::<Int64Type>().write_batch(&column.iter().map(|v| v.parse().unwrap()).collect::<Vec<i64>>(), None, None),
+            1 => col.typed::<ByteArrayType>().write_batch(&column.iter().map(|v| ByteArray::from(*v)).collect::<Vec<_>>(), None, None),
+            5 => col.typed::<BoolType>().write_batch(&column.iter().map(|v| *v == "1").collect::<Vec<_>>(), None, None),
+            _ => col.typed::<DoubleType>().write_batch(&column.iter().map(|v| v.parse().unwrap()).collect::<Vec<f64>>(), None, None),
+        }
+        .unwrap();
+        col.close().unwrap();
+        index += 1;
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+#[cfg(feature = "parquet")]
+#[test]
+fn parquet_input_scores_exactly_like_the_same_rows_as_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = knn_config(dir.path());
+    let csv = write(dir.path(), "readings.csv", &csv_readings(2000));
+    let parquet = dir.path().join("readings.parquet");
+    write_parquet(&parquet, 2000);
+    let score = |input: &Path| {
+        let o = run(&["score", "-c", config.to_str().unwrap(), "--input", input.to_str().unwrap(), "--key", "sensor", "--label", "label"]);
+        assert!(o.status.success(), "score {} failed:\n{}", input.display(), stderr(&o));
+        let err = stderr(&o);
+        (String::from_utf8(o.stdout).unwrap(), err.lines().filter(|l| l.starts_with("ROC-AUC")).map(String::from).collect::<Vec<_>>())
+    };
+    let (from_csv, auc_csv) = score(&csv);
+    let (from_parquet, auc_parquet) = score(&parquet);
+    assert_eq!(from_parquet.lines().count(), 2000);
+    assert_eq!(from_parquet, from_csv, "same rows, same roles (key, label, TIMESTAMP column), same scores");
+    assert_eq!(auc_parquet, auc_csv);
+    assert!(!auc_csv.is_empty());
+}
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_input_without_the_feature_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "r.parquet", "PAR1");
+    let o = run(&["score", "--input", input.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--features parquet"), "{}", stderr(&o));
+}

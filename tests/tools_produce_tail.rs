@@ -90,8 +90,9 @@ fn produce_from_csv_sends_exactly_one_reading_per_row_keyed_by_sensor() {
         expected.push((sensor, 1_700_000_000_000i64 + i, t, p));
     }
     std::fs::write(&csv, text).unwrap();
-    let (stdout, _) = run(&["produce", "--file", csv.to_str().unwrap(), "--key-column", "sensor", "--topic", &topic]);
+    let (stdout, stderr) = run(&["produce", "--file", csv.to_str().unwrap(), "--key-column", "sensor", "--topic", &topic]);
     assert!(stdout.contains("produced 60 readings of 7 sensors"), "summary: {stdout}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}') && !stderr.contains("ETA"), "no progress bar off a terminal: {stderr:?}");
 
     let records = consume(&topic, 3, 60);
     let mut got: Vec<(String, i64, f64, f64)> = Vec::new();
@@ -107,6 +108,15 @@ fn produce_from_csv_sends_exactly_one_reading_per_row_keyed_by_sensor() {
     }
     got.sort_by_key(|g| g.1);
     assert_eq!(got, expected);
+}
+
+#[test]
+fn produce_accepts_quiet_and_prints_no_progress_off_a_terminal() {
+    let topic = create_topic(1);
+    let (stdout, stderr) = run(&["produce", "--quiet", "--count", "50", "--rate", "0", "--topic", &topic]);
+    assert!(stdout.contains("produced 50 readings"), "summary: {stdout}");
+    assert!(!stderr.contains('\r') && !stderr.contains("ETA") && !stderr.contains("readings sent"), "quiet: {stderr:?}");
+    assert_eq!(consume(&topic, 1, 50).len(), 50);
 }
 
 #[test]

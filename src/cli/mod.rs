@@ -7,14 +7,23 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
+mod budget;
+mod compare;
 mod demo;
+mod plot;
 mod produce;
+mod progress;
 mod readings_file;
 mod replay;
 mod run;
 mod score;
+mod score_input;
+#[cfg(feature = "parquet")]
+mod score_parquet;
+mod score_run;
 mod snapshot;
 mod synth;
+mod synth_file;
 mod tail;
 mod tools;
 mod topics;
@@ -70,6 +79,10 @@ pub enum Command {
     Topics(topics::TopicsArgs),
     /// Score a file of readings offline with the configured pipeline (backtesting).
     Score(score::ScoreArgs),
+    /// Score a file with several configurations in one pass and print a comparison table.
+    Compare(compare::CompareArgs),
+    /// Write the synthetic fleet, labelled, to a CSV file (for `score` and `compare`).
+    Synth(synth_file::SynthArgs),
     /// Reset the group's offsets to an offset or a timestamp, choosing what happens to state.
     Replay(replay::ReplayArgs),
     /// Inspect the state store.
@@ -86,6 +99,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Tail(a) => tail::main(a),
         Command::Topics(a) => topics::main(a),
         Command::Score(a) => score::main(a),
+        Command::Compare(a) => compare::main(a),
+        Command::Synth(a) => synth_file::main(a),
         Command::Replay(a) => replay::main(a),
         Command::Snapshot(a) => snapshot::main(a),
     }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use super::progress::Progress;
 use super::readings_file::{FileFormat, ReadingsFile};
 use super::synth::{Fleet, FleetSpec};
 use super::tools::{now_ms, stop_on_signal, Pacer, ReadingSender};
@@ -72,6 +73,9 @@ pub struct ProduceArgs {
     /// Print every reading sent as a JSON line on stdout.
     #[arg(long, env = "ONAD_PRODUCE_PRINT")]
     pub print: bool,
+    /// No progress bar (it is only drawn when stderr is a terminal anyway).
+    #[arg(long, short = 'q', env = "ONAD_QUIET")]
+    pub quiet: bool,
 }
 
 impl ProduceArgs {
@@ -127,7 +131,9 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut spikes = 0u64;
     let mut keys = std::collections::BTreeSet::new();
-    let mut last_progress = Instant::now();
+    // Rows of a file are not counted in advance: the bar runs to `--count` when given, and
+    // is a spinner with the count and rate otherwise.
+    let progress = Progress::new(args.count, "readings", args.quiet);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut i = 0u64;
@@ -162,11 +168,12 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
             }
         }
         i += 1;
-        if last_progress.elapsed() >= Duration::from_secs(1) {
-            last_progress = Instant::now();
-            eprintln!("produce: {i} readings sent, {} delivered", sender.delivered());
+        progress.inc(1);
+        if i % 256 == 0 {
+            progress.set_count(i, i as f64 / started.elapsed().as_secs_f64().max(1e-9));
         }
     }
+    progress.finish();
     drop(out);
     let delivered = sender.finish()?;
     let secs = started.elapsed().as_secs_f64();

@@ -38,6 +38,7 @@ use clap::{Args, ValueEnum};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+use super::progress::Progress;
 use super::ConfigArgs;
 use crate::config::Config;
 use crate::kafka::changelog::Changelog;
@@ -94,6 +95,9 @@ pub struct ReplayArgs {
     /// Print the plan (per partition: from, to, state action, replay epoch) and change nothing.
     #[arg(long, env = "ONAD_REPLAY_DRY_RUN")]
     pub dry_run: bool,
+    /// No progress bar over the partitions (it is only drawn when stderr is a terminal).
+    #[arg(long, short = 'q', env = "ONAD_QUIET")]
+    pub quiet: bool,
 }
 
 /// Run the subcommand.
@@ -183,7 +187,10 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         Some(cl)
     };
     let tails = TailReader::new(&config.kafka);
+    // Restoring a partition's snapshot and rewriting its changelog take a while each.
+    let progress = Progress::new(Some(targets.len() as u64), "partitions", args.quiet);
     for (&p, &o) in &targets {
+        progress.inc(1);
         if let (StateMode::Keep, Some(cl)) = (args.state, &changelog) {
             seed_from_changelog(&store, cl, &topic, p).await?;
         }
@@ -219,6 +226,7 @@ async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         println!("{topic}[{p}] -> next offset {o}: {} ({published}){epoch}", report.summary);
     }
 
+    progress.finish();
     offsets::reset_group(&consumer, &topic, &targets, BROKER_TIMEOUT)
         .with_context(|| format!("committing the new offsets of group {group:?}"))?;
     println!("group {group:?} now starts {topic} at {}", targets.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(", "));
