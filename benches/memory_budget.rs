@@ -42,7 +42,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn sets(name: &str) -> Vec<String> {
-    vec![
+    let mut sets = vec![
         format!("kafka.bootstrap=\"{}\"", bootstrap()),
         format!("kafka.group_id=\"{name}-group\""),
         format!("kafka.input_topic=\"{name}-in\""),
@@ -56,7 +56,11 @@ fn sets(name: &str) -> Vec<String> {
         // Snapshots every 100,000 readings per partition (a handful per run).
         "checkpoint_interval=100000".to_string(),
         "state.checkpoint_secs=3600".to_string(),
-    ]
+    ];
+    // Extra `--set`s for experiments (`;`-separated), e.g. a librdkafka setting:
+    // ONAD_BENCH_SET='kafka.settings."queued.max.messages.kbytes"="4096"'.
+    sets.extend(std::env::var("ONAD_BENCH_SET").unwrap_or_default().split(';').filter(|s| !s.trim().is_empty()).map(str::to_string));
+    sets
 }
 
 /// Fresh topics for `mode`, filled with `passes` readings of each of `sensors` sensors.

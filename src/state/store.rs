@@ -36,6 +36,12 @@
 //!   one per key); compaction drops their data. Level compaction with dynamic level sizes.
 //! - `max_background_jobs` 2 and `bytes_per_sync` 1 MiB: the machines have 2 cores, and
 //!   write-back of large SSTs is smoothed instead of stalling at file close.
+//! - Memory, part of the worker's fixed overhead next to `memory_limit_mb` (BENCHMARKS.md):
+//!   all memtables together at most [`DB_WRITE_BUFFER_BYTES`] (RocksDB's default is 64 MiB
+//!   per family, times two while one flushes), `models` memtables of
+//!   [`MODELS_WRITE_BUFFER_BYTES`], and one [`BLOCK_CACHE_BYTES`] block cache shared by the
+//!   families (RocksDB's default gives each family its own 32 MiB): reads are the spill's
+//!   point lookups, which the bloom filters mostly answer, and restores, which scan once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,8 +49,8 @@ use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-    DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -62,6 +68,13 @@ const CF_SPILL: &str = "spill";
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
 const BLOCK_BYTES: usize = 16 << 10;
+
+/// See the module docs (Memory).
+pub const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// See the module docs (Memory).
+pub const MODELS_WRITE_BUFFER_BYTES: usize = 32 << 20;
+/// See the module docs (Memory).
+pub const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 /// (key bytes, value bytes) as stored.
 type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
@@ -180,15 +193,17 @@ fn now_ms() -> u64 {
 }
 
 /// Column-family options; see the module docs for why.
-fn cf_options(models: bool) -> Options {
+fn cf_options(models: bool, cache: &Cache) -> Options {
     let mut o = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
     if models {
-        let mut table = BlockBasedOptions::default();
         table.set_block_size(BLOCK_BYTES);
-        o.set_block_based_table_factory(&table);
         o.set_compression_type(DBCompressionType::Lz4);
         o.set_level_compaction_dynamic_level_bytes(true);
+        o.set_write_buffer_size(MODELS_WRITE_BUFFER_BYTES);
     }
+    o.set_block_based_table_factory(&table);
     o
 }
 
@@ -200,6 +215,7 @@ fn db_options() -> Options {
     o.set_max_background_jobs(2);
     o.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
     o.set_bytes_per_sync(1 << 20);
+    o.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
     // RocksDB's own info LOG: bounded, it is not where we report.
     o.set_keep_log_file_num(3);
     o.set_max_log_file_size(8 << 20);
@@ -207,10 +223,11 @@ fn db_options() -> Options {
 }
 
 fn descriptors() -> Vec<ColumnFamilyDescriptor> {
+    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     vec![
-        ColumnFamilyDescriptor::new(CF_META, cf_options(false)),
-        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true)),
-        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options()),
+        ColumnFamilyDescriptor::new(CF_META, cf_options(false, &cache)),
+        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true, &cache)),
+        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options(&cache)),
     ]
 }
 

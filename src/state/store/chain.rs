@@ -239,6 +239,44 @@ impl StateStore {
         })
     }
 
+    /// The next rows of the full snapshot `info` after key `after` (from its first key with
+    /// `None`), at least one and about `max_bytes` of them, envelopes checked; empty at the
+    /// end. Reads a snapshot a page at a time, so that publishing it to the changelog never
+    /// holds all of it. A delta's rows alone are not its state: for one, this is an error
+    /// ([`StateStore::encoded_models`] resolves its chain).
+    pub fn rows_page(&self, info: &SnapshotInfo, after: Option<&str>, max_bytes: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        if let Some(parent) = info.parent {
+            return Err(missing(&info.topic, info.partition, info.offset, parent));
+        }
+        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            // The smallest key above `after`.
+            start.extend_from_slice(after.as_bytes());
+            start.push(0);
+        }
+        self.with_db(|db| {
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&start, Direction::Forward)) {
+                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
+                if !k.starts_with(&prefix) || (bytes >= max_bytes && !out.is_empty()) {
+                    break;
+                }
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                codec::open(Kind::Model, &v).map_err(|source| StateError::Corrupt {
+                    topic: info.topic.clone(),
+                    partition: info.partition,
+                    offset: info.offset,
+                    key: Some(key.clone()),
+                    source,
+                })?;
+                bytes += k.len() + v.len();
+                out.push((key, v.into_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// (key, envelope bytes) of every model at a snapshot (chain resolved), without decoding.
     pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
         Ok(self.resolve(info, false)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
@@ -275,7 +313,16 @@ impl StateStore {
         parent: i64,
         models: &[(String, Vec<u8>)],
     ) -> Result<SnapshotInfo, StateError> {
-        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), false, Some(parent))
+        self.write_delta_rows(topic, partition, offset, parent, models.iter().cloned().map(Ok))
+    }
+
+    /// As [`StateStore::write_delta`], the rows as they come (in key order): the caller need
+    /// not gather them into one more copy.
+    pub fn write_delta_rows<I>(&self, topic: &str, partition: i32, offset: i64, parent: i64, models: I) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
+        self.write_rows(topic, partition, offset, models, false, Some(parent))
     }
 }
 

@@ -1,0 +1,74 @@
+//! glibc malloc settings that keep the worker's RSS near what it actually holds.
+//!
+//! Measured with `malloc_stats()` during the 1M-sensor bench (BENCHMARKS.md, memory budget):
+//! glibc gave each busy thread its own arena (up to 8 per core), and memory freed in one
+//! arena — pipelines evicted, snapshot and changelog buffers dropped — stayed mapped there
+//! while the next allocations grew another: at one point three arenas held 500 MB with 3 MB
+//! in use. glibc returns free memory to the system only from the top of a heap; everything
+//! else waits for `malloc_trim`. So:
+//! - [`tune`] caps the arenas at [`ARENA_MAX`]: freed memory is reused by whichever thread
+//!   allocates next instead of sitting in its own thread's arena. The partition threads
+//!   mostly allocate from their tcache, so one lock per arena costs little here.
+//! - [`trim_if_due`] hands free pages back (`malloc_trim(0)`, which walks every arena and
+//!   `madvise`s whole free pages away) at most once per [`TRIM_EVERY_MS`], called after
+//!   evictions and snapshots, the two places that free memory in bulk.
+//!
+//! A different allocator (jemalloc, mimalloc) was not needed for this: the two settings
+//! above bring the worker within its bound; see the bench.
+//!
+//! Only on glibc targets; elsewhere both are no-ops.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `M_ARENA_MAX`: malloc arenas of the process (glibc's default is 8 per core).
+pub const ARENA_MAX: i32 = 2;
+/// Least time between two trims, in ms: a trim walks every free chunk of every arena (a few
+/// ms at a GB of heap), so it is rationed.
+pub const TRIM_EVERY_MS: u64 = 500;
+
+/// When the last trim ran, ms since the epoch.
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Apply the process-wide malloc settings (call first thing in `main`, before threads start).
+pub fn tune() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+    }
+}
+
+/// Return free heap pages to the system if the last trim is [`TRIM_EVERY_MS`] old. Returns
+/// whether this call trimmed.
+pub fn trim_if_due() -> bool {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < TRIM_EVERY_MS || LAST_TRIM_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    trim();
+    true
+}
+
+/// Return free heap pages to the system now.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` is thread-safe (it takes each arena's lock in turn).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_are_rationed_to_one_per_interval() {
+        tune();
+        LAST_TRIM_MS.store(0, Ordering::Relaxed);
+        assert!(trim_if_due(), "the first trim runs");
+        assert!(!trim_if_due(), "a second one within {TRIM_EVERY_MS} ms does not");
+    }
+}
