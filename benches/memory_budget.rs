@@ -88,7 +88,11 @@ fn start(name: &str, state: &std::path::Path, log: &std::path::Path) -> Child {
         cmd.arg("--set").arg(s);
     }
     cmd.arg("--set").arg(format!("state.path={:?}", state.display().to_string()));
-    cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(log).expect("log file")).spawn().expect("start worker")
+    cmd.env("RUST_LOG", std::env::var("ONAD_BENCH_LOG").unwrap_or_else(|_| "info".into()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("start worker")
 }
 
 /// VmHWM and VmRSS of `pid`, in MiB.

@@ -193,21 +193,25 @@ impl StoreHooks {
         let t = Instant::now();
         let offset = pending.offset;
         span.record("offset", offset);
-        let mut evicted = Vec::with_capacity(pending.evicted.len());
-        for key in &pending.evicted {
-            // No eviction ran since the encoding (`partition::resident`): the row is the key's
-            // state at `offset`. A row deleted since (its model started over) goes with the
-            // full snapshot that deletion forces next.
-            if let Some(bytes) = self.store.unspill(topic, partition, key)? {
-                evicted.push((key.clone(), bytes));
-            }
-        }
-        evicted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // The changed evicted pipelines' rows, read from the spill as they are written (a
+        // delta, and the changelog: twice then, instead of holding them all). No eviction
+        // ran since the encoding (`partition::resident`): a row is the key's state at
+        // `offset`. A row deleted since (its model started over) goes with the full snapshot
+        // that deletion forces next.
+        let mut evicted_keys: Vec<&String> = pending.evicted.iter().collect();
+        evicted_keys.sort_unstable();
+        let evicted = || {
+            evicted_keys.iter().filter_map(|key| match self.store.unspill(topic, partition, key) {
+                Ok(row) => row.map(|bytes| Ok(((*key).clone(), bytes))),
+                Err(e) => Some(Err(e)),
+            })
+        };
+        let resident = || pending.models.iter().cloned().map(Ok);
         // The changed rows, resident and evicted, are merged as they are written instead of
         // gathered into one more copy (the memory budget's fixed overhead, BENCHMARKS.md).
         let written = match pending.parent {
             None => self.store.write_merged(topic, partition, offset, &pending.models),
-            Some(parent) => self.store.write_delta_rows(topic, partition, offset, parent, merged(&pending.models, &evicted).map(Ok)),
+            Some(parent) => self.store.write_delta_rows(topic, partition, offset, parent, merged(resident(), evicted())),
         };
         span.record("outcome", if written.is_ok() { "ok" } else { "error" });
         let info = written?;
@@ -229,7 +233,7 @@ impl StoreHooks {
             // for a full snapshot whose partition's changelog is behind, every row of the
             // snapshot just written, read back page by page (resident and evicted).
             let published = match pending.parent {
-                _ if !behind => rt.block_on(cl.publish_stream(partition, offset, merged(&pending.models, &evicted).map(Ok))),
+                _ if !behind => rt.block_on(cl.publish_stream(partition, offset, merged(resident(), evicted()))),
                 None => rt.block_on(cl.publish_stream(partition, offset, snapshot_rows(&self.store, &info))),
                 Some(_) => match self.store.encoded_models(&info) {
                     Ok(all) => rt.block_on(cl.publish_encoded(partition, offset, all)),
@@ -261,25 +265,23 @@ impl StoreHooks {
 /// Rows read back from the store for the changelog, per page.
 const READ_BACK_PAGE_BYTES: usize = super::changelog::PUBLISH_WINDOW_BYTES;
 
-/// Two key-ordered row lists (with no key in both) as one, in key order, each row cloned only
-/// when it is taken.
-fn merged<'a>(a: &'a [(String, Vec<u8>)], b: &'a [(String, Vec<u8>)]) -> impl Iterator<Item = (String, Vec<u8>)> + 'a {
-    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
-    std::iter::from_fn(move || {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if y.0 < x.0 => b.next(),
-            (Some(_), _) => a.next(),
-            (None, _) => b.next(),
-        };
-        next.cloned()
+/// A row for the store or the changelog, or why it could not be read.
+type Row = Result<(String, Vec<u8>), StateError>;
+
+/// Two key-ordered row streams (with no key in both) as one, in key order; an error comes
+/// out as soon as it is at the head of either.
+fn merged(a: impl Iterator<Item = Row>, b: impl Iterator<Item = Row>) -> impl Iterator<Item = Row> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(Ok(x)), Some(Ok(y))) if y.0 < x.0 => b.next(),
+        (Some(Ok(_)), Some(Err(_))) => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
     })
 }
 
 /// Every row of the full snapshot `info`, read from the store a page at a time.
-fn snapshot_rows<'s>(
-    store: &'s StateStore,
-    info: &'s crate::state::SnapshotInfo,
-) -> impl Iterator<Item = Result<(String, Vec<u8>), StateError>> + 's {
+fn snapshot_rows<'s>(store: &'s StateStore, info: &'s crate::state::SnapshotInfo) -> impl Iterator<Item = Row> + 's {
     let (mut page, mut last, mut done) = (Vec::<(String, Vec<u8>)>::new().into_iter(), None::<String>, false);
     std::iter::from_fn(move || loop {
         if let Some(row) = page.next() {

@@ -352,7 +352,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         }
         // Evictions and the snapshot just written freed memory in bulk: hand free pages back
         // (rationed process-wide; `ops::malloc`), or glibc keeps them mapped.
-        crate::ops::malloc::trim_if_due();
+        if crate::ops::malloc::trim_if_due() {
+            if let Some(h) = crate::ops::malloc::heap_stats() {
+                tracing::debug!(in_use_mb = h.in_use >> 20, free_mb = h.free >> 20, "heap trimmed");
+            }
+        }
     }
 
     /// Track whether the partition's state can be saved: a failure pauses the partition and

@@ -60,6 +60,30 @@ pub fn trim() {
     }
 }
 
+/// The allocator's own account of the heap (glibc's `mallinfo2`), to tell live data from
+/// memory held free inside the heap when RSS is above what the budget explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes in allocated chunks, `mmap`ped ones included.
+    pub in_use: u64,
+    /// Bytes in free chunks inside the heap (resident or not: a trim `madvise`s whole free
+    /// pages away but they stay counted here).
+    pub free: u64,
+}
+
+/// The heap's [`HeapStats`] (walks every arena: call it as rarely as [`trim_if_due`] trims).
+/// `None` off glibc.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallinfo2` only reads the allocator's counters (under its arena locks).
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapStats { in_use: (m.uordblks + m.hblkhd) as u64, free: m.fordblks as u64 })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +94,14 @@ mod tests {
         LAST_TRIM_MS.store(0, Ordering::Relaxed);
         assert!(trim_if_due(), "the first trim runs");
         assert!(!trim_if_due(), "a second one within {TRIM_EVERY_MS} ms does not");
+    }
+
+    #[test]
+    fn heap_stats_see_a_live_allocation() {
+        let before = heap_stats().expect("glibc").in_use;
+        let big = vec![1u8; 8 << 20];
+        let during = heap_stats().expect("glibc").in_use;
+        assert!(during >= before + (8 << 20) - (1 << 20), "{before} -> {during}");
+        drop(big);
     }
 }
