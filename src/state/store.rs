@@ -70,9 +70,9 @@ const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 const BLOCK_BYTES: usize = 16 << 10;
 
 /// See the module docs (Memory).
-pub const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
+pub const DB_WRITE_BUFFER_BYTES: usize = 32 << 20;
 /// See the module docs (Memory).
-pub const MODELS_WRITE_BUFFER_BYTES: usize = 32 << 20;
+pub const MODELS_WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// See the module docs (Memory).
 pub const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
@@ -131,6 +131,11 @@ pub struct StateStore {
     history: usize,
     /// Where it lives (for messages).
     path: PathBuf,
+    /// Held while a snapshot's WriteBatch is built and written: the partitions of a worker
+    /// reach their snapshots together, and RocksDB applies writes one group at a time anyway,
+    /// so one batch (and the memtable growth it brings) at a time is what the worker holds
+    /// instead of one per partition (the memory budget's fixed overhead, BENCHMARKS.md).
+    writing: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -246,7 +251,13 @@ impl StateStore {
             return Err(StateError::CreateDir { path: path.into(), source: e });
         }
         let db = Self::open_db(path)?;
-        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: history.max(1), path: path.into() })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            failed: AtomicBool::new(false),
+            history: history.max(1),
+            path: path.into(),
+            writing: Default::default(),
+        })
     }
 
     /// Open the database read-only, for inspection while a worker may be running (no lock
@@ -254,7 +265,13 @@ impl StateStore {
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, existing_descriptors(path), false)
             .map_err(|source| StateError::Open { path: path.into(), source })?;
-        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            failed: AtomicBool::new(false),
+            history: usize::MAX,
+            path: path.into(),
+            writing: Default::default(),
+        })
     }
 
     fn open_db(path: &Path) -> Result<DB, StateError> {
@@ -372,6 +389,8 @@ impl StateStore {
         if offset < -1 {
             return Err(StateError::InvalidOffset(offset));
         }
+        // A poisoned lock only means another writer panicked; the database is still whole.
+        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.recover()?;
         let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
         let Some(db) = guard.as_ref() else { return Err(StateError::Closed { path: self.path.clone() }) };
