@@ -418,3 +418,24 @@ impl ColdStore for SpillStore {
         self.store.forget_spilled(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(k: &str) -> Row {
+        Ok((k.to_string(), k.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn resident_and_evicted_rows_merge_in_key_order_and_an_error_stops_nothing_silently() {
+        let keys = |it: &mut dyn Iterator<Item = Row>| it.map(|r| r.map(|(k, _)| k)).collect::<Vec<_>>();
+        let got = keys(&mut merged([ok("a"), ok("c"), ok("e")].into_iter(), [ok("b"), ok("d"), ok("f"), ok("g")].into_iter()));
+        let want: Vec<Result<String, String>> = ["a", "b", "c", "d", "e", "f", "g"].iter().map(|k| Ok(k.to_string())).collect();
+        assert_eq!(got.into_iter().map(|r| r.map_err(|e| e.to_string())).collect::<Vec<_>>(), want);
+        let bad = Err(StateError::InvalidOffset(-5));
+        let got = keys(&mut merged([ok("a"), ok("z")].into_iter(), [ok("b"), bad].into_iter()));
+        assert_eq!(got.len(), 4);
+        assert!(got[2].is_err(), "the error comes out where it was met: {got:?}");
+    }
+}

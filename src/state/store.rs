@@ -48,10 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions, DB,
-};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -68,13 +65,6 @@ const CF_SPILL: &str = "spill";
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
 const BLOCK_BYTES: usize = 16 << 10;
-
-/// See the module docs (Memory).
-pub const DB_WRITE_BUFFER_BYTES: usize = 32 << 20;
-/// See the module docs (Memory).
-pub const MODELS_WRITE_BUFFER_BYTES: usize = 16 << 20;
-/// See the module docs (Memory).
-pub const BLOCK_CACHE_BYTES: usize = 8 << 20;
 
 /// (key bytes, value bytes) as stored.
 type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
@@ -195,52 +185,6 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Column-family options; see the module docs for why.
-fn cf_options(models: bool, cache: &Cache) -> Options {
-    let mut o = Options::default();
-    let mut table = BlockBasedOptions::default();
-    table.set_block_cache(cache);
-    if models {
-        table.set_block_size(BLOCK_BYTES);
-        o.set_compression_type(DBCompressionType::Lz4);
-        o.set_level_compaction_dynamic_level_bytes(true);
-        o.set_write_buffer_size(MODELS_WRITE_BUFFER_BYTES);
-    }
-    o.set_block_based_table_factory(&table);
-    o
-}
-
-/// Database options; see the module docs for why.
-fn db_options() -> Options {
-    let mut o = Options::default();
-    o.create_if_missing(true);
-    o.create_missing_column_families(true);
-    o.set_max_background_jobs(2);
-    o.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-    o.set_bytes_per_sync(1 << 20);
-    o.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
-    // RocksDB's own info LOG: bounded, it is not where we report.
-    o.set_keep_log_file_num(3);
-    o.set_max_log_file_size(8 << 20);
-    o
-}
-
-fn descriptors() -> Vec<ColumnFamilyDescriptor> {
-    let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
-    vec![
-        ColumnFamilyDescriptor::new(CF_META, cf_options(false, &cache)),
-        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true, &cache)),
-        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options(&cache)),
-    ]
-}
-
-/// The families a read-only open can ask for: those the database has (one written before
-/// the `spill` family existed has none).
-fn existing_descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
-    let have = DB::list_cf(&db_options(), path).unwrap_or_default();
-    descriptors().into_iter().filter(|d| have.is_empty() || have.iter().any(|h| h == d.name())).collect()
 }
 
 impl StateStore {
@@ -625,6 +569,9 @@ impl StateStore {
 }
 
 pub mod chain;
+mod options;
+use options::{db_options, descriptors, existing_descriptors};
+pub use options::{BLOCK_CACHE_BYTES, DB_WRITE_BUFFER_BYTES, MODELS_WRITE_BUFFER_BYTES};
 #[cfg(test)]
 mod damage;
 pub mod spill;

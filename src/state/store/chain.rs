@@ -392,6 +392,28 @@ mod tests {
     }
 
     #[test]
+    fn a_full_snapshot_reads_back_page_by_page_and_a_delta_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), 4).expect("opens");
+        let kv: Vec<(String, u64)> = (0..50).map(|i| (format!("k{i:03}"), i)).collect();
+        let full = store.write_merged(T, 0, 10, &rows(&kv.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())).expect("full");
+        let (mut got, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = store.rows_page(&full, after.as_deref(), 100).expect("reads");
+            if page.is_empty() {
+                break;
+            }
+            pages += 1;
+            after = page.last().map(|(k, _)| k.clone());
+            got.extend(page.into_iter().map(|(k, v)| (k, codec::decode::<u64>(Kind::Model, &v).expect("decodes"))));
+        }
+        assert_eq!(got, kv, "every row once, in key order");
+        assert!(pages > 5, "small pages: {pages}");
+        let delta = store.write_delta(T, 0, 20, 10, &rows(&[("k001", 7)])).expect("delta");
+        assert!(matches!(store.rows_page(&delta, None, 100), Err(StateError::MissingParent { .. })), "a delta alone is not a state");
+    }
+
+    #[test]
     fn pruning_drops_whole_chains_once_nothing_newer_needs_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = StateStore::open(dir.path(), 2).expect("opens");
