@@ -13,8 +13,10 @@
 //!   `madvise`s whole free pages away) at most once per [`TRIM_EVERY_MS`], called after
 //!   evictions and snapshots, the two places that free memory in bulk.
 //!
-//! A different allocator (jemalloc, mimalloc) was not needed for this: the two settings
-//! above bring the worker within its bound; see the bench.
+//! With these two, the million-sensor bench fell from ~1.75 GiB to ~1.0 GiB peak RSS
+//! together with the other caps (BENCHMARKS.md, "Memory budget: RSS"); what remains free
+//! inside the heap is ~100 MB of pages shared by live and free chunks. A different allocator
+//! (mimalloc, jemalloc) is the next thing to measure against that, not adopted untried.
 //!
 //! Only on glibc targets; elsewhere both are no-ops.
 
