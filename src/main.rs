@@ -6,5 +6,8 @@
 static ALLOC: onad_stream::ops::heap::CountingAlloc = onad_stream::ops::heap::CountingAlloc;
 
 fn main() -> anyhow::Result<()> {
+    // Before any thread starts: glibc's arenas are capped so that freed memory is reused
+    // across threads (`ops::malloc`).
+    onad_stream::ops::malloc::tune();
     onad_stream::cli::main()
 }

@@ -79,7 +79,7 @@ impl Worker {
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
         });
-        let consumer_config = crate::kafka::client::consumer(k);
+        let consumer_config = crate::kafka::client::bounded_prefetch(crate::kafka::client::consumer(k), self.config.memory_limit_mb);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let driver_shared = shared.clone();
         std::thread::Builder::new()

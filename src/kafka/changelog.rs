@@ -19,13 +19,19 @@ use serde::Serialize;
 
 use crate::config::KafkaConfig;
 use crate::state::changelog::{
-    encode_encoded, encode_snapshot, end_marker, epoch_record, Assembler, ChangelogState, DEFAULT_MAX_CHUNK_BYTES,
+    encode_encoded, encode_model, encode_snapshot, end_marker, epoch_record, snapshot_marker, Assembler, ChangelogState,
+    DEFAULT_MAX_CHUNK_BYTES,
 };
 use crate::state::StateError;
 
 /// Records published before waiting for their deliveries (librdkafka's local queue holds
 /// 100k messages by default; staying well under it avoids `QueueFull`).
 const PUBLISH_WINDOW: usize = 5_000;
+/// Value bytes published before waiting for their deliveries: a snapshot is streamed to the
+/// changelog a window at a time, so the records built for it and librdkafka's copies of
+/// them hold at most this much, not the whole snapshot (tens of MB per partition at a
+/// million sensors: the memory budget's fixed overhead, BENCHMARKS.md).
+pub const PUBLISH_WINDOW_BYTES: usize = 4 << 20;
 /// Group id of the changelog's readers (required by librdkafka; never joined).
 const READER_GROUP: &str = "onad-stream-changelog-reader";
 
@@ -93,16 +99,47 @@ impl Changelog {
     {
         let records = encode_snapshot(partition, offset, models, self.max_chunk_bytes)?;
         let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
-        self.send_all(partition, &records).await?;
+        self.send(partition, records.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice())))).await?;
         Ok(Published { records: count, bytes })
     }
 
     /// As [`Changelog::publish`], with models already in their envelopes.
     pub async fn publish_encoded(&self, partition: i32, offset: i64, models: Vec<(String, Vec<u8>)>) -> Result<Published, StateError> {
-        let records = encode_encoded(partition, offset, models.into_iter().map(Ok), self.max_chunk_bytes)?;
-        let (count, bytes) = (records.len(), records.iter().map(|(_, v)| v.len()).sum());
-        self.send_all(partition, &records).await?;
-        Ok(Published { records: count, bytes })
+        self.publish_stream(partition, offset, models.into_iter().map(Ok)).await
+    }
+
+    /// As [`Changelog::publish_encoded`], taking the models as they come (from memory or read
+    /// from the store page by page): the records are built and sent a window of at most
+    /// [`PUBLISH_WINDOW_BYTES`] at a time, marker last, so a publish holds one window.
+    pub async fn publish_stream<I>(&self, partition: i32, offset: i64, models: I) -> Result<Published, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
+        let (mut window, mut window_bytes) = (Vec::new(), 0usize);
+        let (mut keys, mut published) = (0u64, Published { records: 0, bytes: 0 });
+        for entry in models {
+            let (key, bytes) = entry?;
+            let before = window.len();
+            encode_model(partition, offset, &key, &bytes, self.max_chunk_bytes, &mut window)?;
+            window_bytes += window[before..].iter().map(|(_, v)| v.len()).sum::<usize>();
+            keys += 1;
+            if window.len() >= PUBLISH_WINDOW || window_bytes >= PUBLISH_WINDOW_BYTES {
+                self.send_window(partition, &mut window, &mut published).await?;
+                window_bytes = 0;
+            }
+        }
+        window.push(snapshot_marker(partition, offset, keys)?);
+        self.send_window(partition, &mut window, &mut published).await?;
+        Ok(published)
+    }
+
+    /// Send and empty `window`, counting it in `published`.
+    async fn send_window(&self, partition: i32, window: &mut Vec<(String, Vec<u8>)>, published: &mut Published) -> Result<(), StateError> {
+        self.send(partition, window.iter().map(|(k, v)| (k.as_str(), Some(v.as_slice())))).await?;
+        published.records += window.len();
+        published.bytes += window.iter().map(|(_, v)| v.len()).sum::<usize>();
+        window.clear();
+        Ok(())
     }
 
     /// Make the changelog of `partition` say exactly `models` at `offset` (`replay`: state
@@ -123,14 +160,14 @@ impl Changelog {
         // Tombstones first, then the models, marker last (an empty set still gets its marker:
         // "at `offset` the partition has no models", i.e. a reset).
         all.extend(records.into_iter().map(|(k, v)| (k, Some(v))));
-        self.send(partition, &all).await?;
+        self.send(partition, all.iter().map(|(k, v)| (k.as_str(), v.as_deref()))).await?;
         Ok(Published { records: count, bytes })
     }
 
     /// Record the replay epoch of `partition` (after [`Changelog::replace`]).
     pub async fn publish_epoch(&self, partition: i32, epoch: u32) -> Result<(), StateError> {
         let (key, value) = epoch_record(partition, epoch)?;
-        self.send(partition, &[(key, Some(value))]).await
+        self.send(partition, [(key.as_str(), Some(value.as_slice()))]).await
     }
 
     /// The record keys currently live (not deleted) in `partition`.
@@ -146,35 +183,39 @@ impl Changelog {
 
     async fn send_end_marker(&self, partition: i32, nonce: u64) -> Result<(), StateError> {
         let (key, value) = end_marker(partition, nonce)?;
-        self.send(partition, &[(key, Some(value))]).await
-    }
-
-    async fn send_all(&self, partition: i32, records: &[(String, Vec<u8>)]) -> Result<(), StateError> {
-        let records: Vec<(String, Option<Vec<u8>>)> = records.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
-        self.send(partition, &records).await
+        self.send(partition, [(key.as_str(), Some(value.as_slice()))]).await
     }
 
     /// Produce `records` (a `None` value is a tombstone) to `partition`, in order, and wait
-    /// for every delivery.
-    async fn send(&self, partition: i32, records: &[(String, Option<Vec<u8>>)]) -> Result<(), StateError> {
+    /// for every delivery. At most [`PUBLISH_WINDOW`] records or [`PUBLISH_WINDOW_BYTES`]
+    /// wait at once (librdkafka copies each value into its queue).
+    async fn send<'r>(&self, partition: i32, records: impl IntoIterator<Item = (&'r str, Option<&'r [u8]>)>) -> Result<(), StateError> {
         let err = |reason: String| StateError::Changelog { topic: self.topic.clone(), partition, reason };
         // The idempotent producer keeps per-partition order, so the marker lands after its
         // chunks.
-        for window in records.chunks(PUBLISH_WINDOW) {
-            let mut pending = Vec::with_capacity(window.len());
-            for (k, v) in window {
-                let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).partition(partition).key(k.as_str());
-                if let Some(v) = v {
-                    rec = rec.payload(v.as_slice());
-                }
-                pending.push(self.producer.send_result(rec).map_err(|(e, _)| err(format!("enqueue: {e}")))?);
+        let (mut pending, mut bytes) = (Vec::new(), 0usize);
+        for (k, v) in records {
+            let mut rec = FutureRecord::<str, [u8]>::to(&self.topic).partition(partition).key(k);
+            if let Some(v) = v {
+                rec = rec.payload(v);
+                bytes += v.len();
             }
-            for f in pending {
-                match f.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => return Err(err(format!("delivery: {e}"))),
-                    Err(_) => return Err(err("producer dropped the delivery".into())),
-                }
+            pending.push(self.producer.send_result(rec).map_err(|(e, _)| err(format!("enqueue: {e}")))?);
+            if pending.len() >= PUBLISH_WINDOW || bytes >= PUBLISH_WINDOW_BYTES {
+                Self::delivered(std::mem::take(&mut pending), &err).await?;
+                bytes = 0;
+            }
+        }
+        Self::delivered(pending, &err).await
+    }
+
+    /// Wait for every delivery of `pending`.
+    async fn delivered(pending: Vec<rdkafka::producer::DeliveryFuture>, err: &impl Fn(String) -> StateError) -> Result<(), StateError> {
+        for f in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(err(format!("delivery: {e}"))),
+                Err(_) => return Err(err("producer dropped the delivery".into())),
             }
         }
         Ok(())

@@ -63,6 +63,17 @@ fn profile(c: &mut ClientConfig, side: Side, p: KafkaProfile) {
     }
 }
 
+/// The consumer's prefetch per assigned partition (`queued.max.messages.kbytes`, split
+/// partition queues) is `memory_limit_mb` / this: 4 MiB at 512 MiB. librdkafka's default,
+/// 64 MiB per partition, would be half the budget over four partitions.
+pub const PREFETCH_BUDGET_SHARE: u64 = 128;
+/// Bounds of that prefetch, in KiB: at least 1 MiB (a few fetches), at most librdkafka's
+/// default.
+pub const PREFETCH_KBYTES: (u64, u64) = (1 << 10, 64 << 10);
+/// `queued.min.messages` (librdkafka: 100,000 per partition): the kbytes bound counts
+/// payload bytes only, and each queued message costs a few hundred bytes of librdkafka's
+/// own besides. 10,000 is still more than a second of input for a busy partition here.
+pub const PREFETCH_MESSAGES: u64 = 10_000;
 /// Brokers for the demo's embedded mock cluster.
 pub const MOCK_BROKERS: &str = "1";
 
@@ -107,6 +118,18 @@ pub fn consumer(k: &KafkaConfig) -> ClientConfig {
         c.set("group.instance.id", &k.instance_id);
     }
     passthrough(c, k)
+}
+
+/// The group consumer's prefetch bounded by the memory budget (see [`PREFETCH_BUDGET_SHARE`]
+/// and [`PREFETCH_MESSAGES`]); a value from `[kafka.settings]` is kept.
+pub fn bounded_prefetch(mut c: ClientConfig, memory_limit_mb: u64) -> ClientConfig {
+    let kbytes = (memory_limit_mb.saturating_mul(1024) / PREFETCH_BUDGET_SHARE).clamp(PREFETCH_KBYTES.0, PREFETCH_KBYTES.1);
+    for (key, value) in [("queued.max.messages.kbytes", kbytes), ("queued.min.messages", PREFETCH_MESSAGES)] {
+        if c.get(key).is_none() {
+            c.set(key, value.to_string());
+        }
+    }
+    c
 }
 
 /// The producer: idempotent, so retries neither duplicate nor reorder within a partition
@@ -190,6 +213,16 @@ mod tests {
         k.instance_id = "onad-stream-0".into();
         assert_eq!(consumer(&k).get("group.instance.id"), Some("onad-stream-0"));
         assert_eq!(reader(&k, "g").get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn the_prefetch_is_bounded_by_the_memory_budget_unless_set() {
+        let c = bounded_prefetch(consumer(&KafkaConfig::default()), 512);
+        assert_eq!((c.get("queued.max.messages.kbytes"), c.get("queued.min.messages")), (Some("4096"), Some("10000")));
+        assert_eq!(bounded_prefetch(consumer(&KafkaConfig::default()), 1).get("queued.max.messages.kbytes"), Some("1024"));
+        let mut k = KafkaConfig::default();
+        k.settings.insert("queued.max.messages.kbytes".into(), "65536".into());
+        assert_eq!(bounded_prefetch(consumer(&k), 512).get("queued.max.messages.kbytes"), Some("65536"), "the passthrough wins");
     }
 
     #[test]

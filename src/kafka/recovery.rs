@@ -193,22 +193,25 @@ impl StoreHooks {
         let t = Instant::now();
         let offset = pending.offset;
         span.record("offset", offset);
-        let mut changed = Vec::with_capacity(pending.evicted.len());
-        for key in &pending.evicted {
-            // No eviction ran since the encoding (`partition::resident`): the row is the key's
-            // state at `offset`. A row deleted since (its model started over) goes with the
-            // full snapshot that deletion forces next.
-            if let Some(bytes) = self.store.unspill(topic, partition, key)? {
-                changed.push((key.clone(), bytes));
-            }
-        }
+        // The changed evicted pipelines' rows, read from the spill as they are written (a
+        // delta, and the changelog: twice then, instead of holding them all). No eviction
+        // ran since the encoding (`partition::resident`): a row is the key's state at
+        // `offset`. A row deleted since (its model started over) goes with the full snapshot
+        // that deletion forces next.
+        let mut evicted_keys: Vec<&String> = pending.evicted.iter().collect();
+        evicted_keys.sort_unstable();
+        let evicted = || {
+            evicted_keys.iter().filter_map(|key| match self.store.unspill(topic, partition, key) {
+                Ok(row) => row.map(|bytes| Ok(((*key).clone(), bytes))),
+                Err(e) => Some(Err(e)),
+            })
+        };
+        let resident = || pending.models.iter().cloned().map(Ok);
+        // The changed rows, resident and evicted, are merged as they are written instead of
+        // gathered into one more copy (the memory budget's fixed overhead, BENCHMARKS.md).
         let written = match pending.parent {
             None => self.store.write_merged(topic, partition, offset, &pending.models),
-            Some(parent) => {
-                changed.extend(pending.models.iter().cloned());
-                changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                self.store.write_delta(topic, partition, offset, parent, &changed)
-            }
+            Some(parent) => self.store.write_delta_rows(topic, partition, offset, parent, merged(resident(), evicted())),
         };
         span.record("outcome", if written.is_ok() { "ok" } else { "error" });
         let info = written?;
@@ -226,25 +229,20 @@ impl StoreHooks {
         }
         if let Some((cl, rt)) = &self.changelog {
             let behind = self.changelog_behind.lock().map_or(true, |b| b.contains(&partition));
-            let records = match pending.parent {
-                Some(_) if !behind => changed,
-                _ if !behind => pending.models.iter().cloned().chain(changed).collect(),
-                // Every key: the snapshot just written, read back (resident and evicted).
-                _ => match self.store.snapshot_info(topic, partition, offset).and_then(|i| match i {
-                    Some(i) => self.store.encoded_models(&i),
-                    None => Ok(Vec::new()),
-                }) {
-                    Ok(all) => all,
+            // Streamed a window at a time (`Changelog::publish_stream`): every changed row, or,
+            // for a full snapshot whose partition's changelog is behind, every row of the
+            // snapshot just written, read back page by page (resident and evicted).
+            let published = match pending.parent {
+                _ if !behind => rt.block_on(cl.publish_stream(partition, offset, merged(resident(), evicted()))),
+                None => rt.block_on(cl.publish_stream(partition, offset, snapshot_rows(&self.store, &info))),
+                Some(_) => match self.store.encoded_models(&info) {
+                    Ok(all) => rt.block_on(cl.publish_encoded(partition, offset, all)),
                     Err(e) => {
                         tracing::warn!(partition, offset, cause = %e, "cannot read the snapshot back for the changelog");
                         return Ok(());
                     }
                 },
             };
-            // The local snapshot is what recovery needs; a changelog failure only costs a
-            // longer replay on another replica, so it is reported, not fatal (and the next
-            // snapshot is full, so that the changelog is complete again).
-            let published = rt.block_on(cl.publish_encoded(partition, offset, records));
             if let Ok(mut b) = self.changelog_behind.lock() {
                 match &published {
                     Ok(_) if pending.parent.is_none() || !behind => b.remove(&partition),
@@ -262,6 +260,46 @@ impl StoreHooks {
     fn changelog_needs_full(&self, partition: i32) -> bool {
         self.changelog.is_some() && self.changelog_behind.lock().map_or(true, |b| b.contains(&partition))
     }
+}
+
+/// Rows read back from the store for the changelog, per page.
+const READ_BACK_PAGE_BYTES: usize = super::changelog::PUBLISH_WINDOW_BYTES;
+
+/// A row for the store or the changelog, or why it could not be read.
+type Row = Result<(String, Vec<u8>), StateError>;
+
+/// Two key-ordered row streams (with no key in both) as one, in key order; an error comes
+/// out as soon as it is at the head of either.
+fn merged(a: impl Iterator<Item = Row>, b: impl Iterator<Item = Row>) -> impl Iterator<Item = Row> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(Ok(x)), Some(Ok(y))) if y.0 < x.0 => b.next(),
+        (Some(Ok(_)), Some(Err(_))) => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// Every row of the full snapshot `info`, read from the store a page at a time.
+fn snapshot_rows<'s>(store: &'s StateStore, info: &'s crate::state::SnapshotInfo) -> impl Iterator<Item = Row> + 's {
+    let (mut page, mut last, mut done) = (Vec::<(String, Vec<u8>)>::new().into_iter(), None::<String>, false);
+    std::iter::from_fn(move || loop {
+        if let Some(row) = page.next() {
+            last = Some(row.0.clone());
+            return Some(Ok(row));
+        }
+        if done {
+            return None;
+        }
+        match store.rows_page(info, last.as_deref(), READ_BACK_PAGE_BYTES) {
+            Ok(rows) if rows.is_empty() => done = true,
+            Ok(rows) => page = rows.into_iter(),
+            Err(e) => {
+                done = true;
+                return Some(Err(e));
+            }
+        }
+    })
 }
 
 impl StateHooks for StoreHooks {
@@ -378,5 +416,26 @@ impl ColdStore for SpillStore {
 
     fn forget(&mut self, key: &str) -> Result<(), StateFailure> {
         self.store.forget_spilled(&self.topic, self.partition, key).map_err(|e| StateFailure(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(k: &str) -> Row {
+        Ok((k.to_string(), k.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn resident_and_evicted_rows_merge_in_key_order_and_an_error_stops_nothing_silently() {
+        let keys = |it: &mut dyn Iterator<Item = Row>| it.map(|r| r.map(|(k, _)| k)).collect::<Vec<_>>();
+        let got = keys(&mut merged([ok("a"), ok("c"), ok("e")].into_iter(), [ok("b"), ok("d"), ok("f"), ok("g")].into_iter()));
+        let want: Vec<Result<String, String>> = ["a", "b", "c", "d", "e", "f", "g"].iter().map(|k| Ok(k.to_string())).collect();
+        assert_eq!(got.into_iter().map(|r| r.map_err(|e| e.to_string())).collect::<Vec<_>>(), want);
+        let bad = Err(StateError::InvalidOffset(-5));
+        let got = keys(&mut merged([ok("a"), ok("z")].into_iter(), [ok("b"), bad].into_iter()));
+        assert_eq!(got.len(), 4);
+        assert!(got[2].is_err(), "the error comes out where it was met: {got:?}");
     }
 }

@@ -350,6 +350,13 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             Ok(_) => {}
             Err(e) => tracing::warn!(partition, cause = %e, "cannot evict pipelines; over the memory budget until it works"),
         }
+        // Evictions and the snapshot just written freed memory in bulk: hand free pages back
+        // (rationed process-wide; `ops::malloc`), or glibc keeps them mapped.
+        if crate::ops::malloc::trim_if_due() {
+            if let Some(h) = crate::ops::malloc::heap_stats() {
+                tracing::debug!(in_use_mb = h.in_use >> 20, free_mb = h.free >> 20, "heap trimmed");
+            }
+        }
     }
 
     /// Track whether the partition's state can be saved: a failure pauses the partition and

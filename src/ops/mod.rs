@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod fallback;
 pub mod heap;
+pub mod malloc;
 pub mod memory;
 pub mod ratelimit;
 pub mod validate;

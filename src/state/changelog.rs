@@ -124,24 +124,44 @@ pub fn encode_encoded<I>(partition: i32, offset: i64, models: I, max_chunk_bytes
 where
     I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
 {
-    let max_chunk_bytes = max_chunk_bytes.max(1);
     let mut out = Vec::new();
     let mut keys = 0u64;
     for entry in models {
         let (key, bytes) = entry?;
-        let encode_err = |source| StateError::Encode { partition, key: key.clone(), source };
-        let count = bytes.len().div_ceil(max_chunk_bytes).max(1) as u32;
-        for (index, part) in bytes.chunks(max_chunk_bytes).enumerate() {
-            let rec = ChunkRecord { partition, key: key.clone(), offset, index: index as u32, count, bytes: part.to_vec() };
-            out.push((chunk_key(partition, &key, index as u32), codec::encode(Kind::ChangelogChunk, &rec).map_err(encode_err)?));
-        }
+        encode_model(partition, offset, &key, &bytes, max_chunk_bytes, &mut out)?;
         keys += 1;
     }
+    out.push(snapshot_marker(partition, offset, keys)?);
+    Ok(out)
+}
+
+/// Append the chunk records of one key's model envelope `bytes` (published with the snapshot
+/// at `offset`) to `out`: a publisher that streams a snapshot calls this per key and
+/// [`snapshot_marker`] after the last, instead of building every record at once.
+pub fn encode_model(
+    partition: i32,
+    offset: i64,
+    key: &str,
+    bytes: &[u8],
+    max_chunk_bytes: usize,
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> Result<(), StateError> {
+    let max_chunk_bytes = max_chunk_bytes.max(1);
+    let encode_err = |source| StateError::Encode { partition, key: key.into(), source };
+    let count = bytes.len().div_ceil(max_chunk_bytes).max(1) as u32;
+    for (index, part) in bytes.chunks(max_chunk_bytes).enumerate() {
+        let rec = ChunkRecord { partition, key: key.into(), offset, index: index as u32, count, bytes: part.to_vec() };
+        out.push((chunk_key(partition, key, index as u32), codec::encode(Kind::ChangelogChunk, &rec).map_err(encode_err)?));
+    }
+    Ok(())
+}
+
+/// The marker record that closes a snapshot of `keys` keys at `offset` (after their chunks).
+pub fn snapshot_marker(partition: i32, offset: i64, keys: u64) -> Result<(String, Vec<u8>), StateError> {
     let marker = MarkerRecord { partition, offset, keys, nonce: 0 };
     let value =
         codec::encode(Kind::ChangelogMarker, &marker).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
-    out.push((snapshot_marker_key(partition), value));
-    Ok(out)
+    Ok((snapshot_marker_key(partition), value))
 }
 
 /// One key's model as restored from the changelog.

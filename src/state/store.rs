@@ -36,16 +36,19 @@
 //!   one per key); compaction drops their data. Level compaction with dynamic level sizes.
 //! - `max_background_jobs` 2 and `bytes_per_sync` 1 MiB: the machines have 2 cores, and
 //!   write-back of large SSTs is smoothed instead of stalling at file close.
+//! - Memory, part of the worker's fixed overhead next to `memory_limit_mb` (BENCHMARKS.md):
+//!   all memtables together at most [`DB_WRITE_BUFFER_BYTES`] (RocksDB's default is 64 MiB
+//!   per family, times two while one flushes), `models` memtables of
+//!   [`MODELS_WRITE_BUFFER_BYTES`], and one [`BLOCK_CACHE_BYTES`] block cache shared by the
+//!   families (RocksDB's default gives each family its own 32 MiB): reads are the spill's
+//!   point lookups, which the bloom filters mostly answer, and restores, which scan once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-    DB,
-};
+use rocksdb::{ColumnFamily, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -118,6 +121,11 @@ pub struct StateStore {
     history: usize,
     /// Where it lives (for messages).
     path: PathBuf,
+    /// Held while a snapshot's WriteBatch is built and written: the partitions of a worker
+    /// reach their snapshots together, and RocksDB applies writes one group at a time anyway,
+    /// so one batch (and the memtable growth it brings) at a time is what the worker holds
+    /// instead of one per partition (the memory budget's fixed overhead, BENCHMARKS.md).
+    writing: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -179,48 +187,6 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Column-family options; see the module docs for why.
-fn cf_options(models: bool) -> Options {
-    let mut o = Options::default();
-    if models {
-        let mut table = BlockBasedOptions::default();
-        table.set_block_size(BLOCK_BYTES);
-        o.set_block_based_table_factory(&table);
-        o.set_compression_type(DBCompressionType::Lz4);
-        o.set_level_compaction_dynamic_level_bytes(true);
-    }
-    o
-}
-
-/// Database options; see the module docs for why.
-fn db_options() -> Options {
-    let mut o = Options::default();
-    o.create_if_missing(true);
-    o.create_missing_column_families(true);
-    o.set_max_background_jobs(2);
-    o.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-    o.set_bytes_per_sync(1 << 20);
-    // RocksDB's own info LOG: bounded, it is not where we report.
-    o.set_keep_log_file_num(3);
-    o.set_max_log_file_size(8 << 20);
-    o
-}
-
-fn descriptors() -> Vec<ColumnFamilyDescriptor> {
-    vec![
-        ColumnFamilyDescriptor::new(CF_META, cf_options(false)),
-        ColumnFamilyDescriptor::new(CF_MODELS, cf_options(true)),
-        ColumnFamilyDescriptor::new(CF_SPILL, spill::cf_options()),
-    ]
-}
-
-/// The families a read-only open can ask for: those the database has (one written before
-/// the `spill` family existed has none).
-fn existing_descriptors(path: &Path) -> Vec<ColumnFamilyDescriptor> {
-    let have = DB::list_cf(&db_options(), path).unwrap_or_default();
-    descriptors().into_iter().filter(|d| have.is_empty() || have.iter().any(|h| h == d.name())).collect()
-}
-
 impl StateStore {
     /// Open (creating if needed) the database at `path`, keeping `history` snapshots per
     /// partition. Fails if another process holds it (RocksDB's LOCK file).
@@ -229,7 +195,13 @@ impl StateStore {
             return Err(StateError::CreateDir { path: path.into(), source: e });
         }
         let db = Self::open_db(path)?;
-        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: history.max(1), path: path.into() })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            failed: AtomicBool::new(false),
+            history: history.max(1),
+            path: path.into(),
+            writing: Default::default(),
+        })
     }
 
     /// Open the database read-only, for inspection while a worker may be running (no lock
@@ -237,7 +209,13 @@ impl StateStore {
     pub fn open_read_only(path: &Path) -> Result<Self, StateError> {
         let db = DB::open_cf_descriptors_read_only(&db_options(), path, existing_descriptors(path), false)
             .map_err(|source| StateError::Open { path: path.into(), source })?;
-        Ok(Self { db: RwLock::new(Some(db)), failed: AtomicBool::new(false), history: usize::MAX, path: path.into() })
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            failed: AtomicBool::new(false),
+            history: usize::MAX,
+            path: path.into(),
+            writing: Default::default(),
+        })
     }
 
     fn open_db(path: &Path) -> Result<DB, StateError> {
@@ -355,6 +333,8 @@ impl StateStore {
         if offset < -1 {
             return Err(StateError::InvalidOffset(offset));
         }
+        // A poisoned lock only means another writer panicked; the database is still whole.
+        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         self.recover()?;
         let guard = self.db.read().map_err(|_| StateError::Closed { path: self.path.clone() })?;
         let Some(db) = guard.as_ref() else { return Err(StateError::Closed { path: self.path.clone() }) };
@@ -589,6 +569,9 @@ impl StateStore {
 }
 
 pub mod chain;
+mod options;
+use options::{db_options, descriptors, existing_descriptors};
+pub use options::{BLOCK_CACHE_BYTES, DB_WRITE_BUFFER_BYTES, MODELS_WRITE_BUFFER_BYTES};
 #[cfg(test)]
 mod damage;
 pub mod spill;

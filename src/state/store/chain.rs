@@ -239,6 +239,44 @@ impl StateStore {
         })
     }
 
+    /// The next rows of the full snapshot `info` after key `after` (from its first key with
+    /// `None`), at least one and about `max_bytes` of them, envelopes checked; empty at the
+    /// end. Reads a snapshot a page at a time, so that publishing it to the changelog never
+    /// holds all of it. A delta's rows alone are not its state: for one, this is an error
+    /// ([`StateStore::encoded_models`] resolves its chain).
+    pub fn rows_page(&self, info: &SnapshotInfo, after: Option<&str>, max_bytes: usize) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        if let Some(parent) = info.parent {
+            return Err(missing(&info.topic, info.partition, info.offset, parent));
+        }
+        let prefix = snapshot_prefix(&info.topic, info.partition, info.offset);
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            // The smallest key above `after`.
+            start.extend_from_slice(after.as_bytes());
+            start.push(0);
+        }
+        self.with_db(|db| {
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            for item in db.iterator_cf(Self::cf(db, CF_MODELS), IteratorMode::From(&start, Direction::Forward)) {
+                let (k, v) = item.map_err(|source| StateError::Read { topic: info.topic.clone(), partition: info.partition, source })?;
+                if !k.starts_with(&prefix) || (bytes >= max_bytes && !out.is_empty()) {
+                    break;
+                }
+                let key = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                codec::open(Kind::Model, &v).map_err(|source| StateError::Corrupt {
+                    topic: info.topic.clone(),
+                    partition: info.partition,
+                    offset: info.offset,
+                    key: Some(key.clone()),
+                    source,
+                })?;
+                bytes += k.len() + v.len();
+                out.push((key, v.into_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// (key, envelope bytes) of every model at a snapshot (chain resolved), without decoding.
     pub fn key_sizes(&self, info: &SnapshotInfo) -> Result<Vec<(String, usize)>, StateError> {
         Ok(self.resolve(info, false)?.into_iter().map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len())).collect())
@@ -275,7 +313,16 @@ impl StateStore {
         parent: i64,
         models: &[(String, Vec<u8>)],
     ) -> Result<SnapshotInfo, StateError> {
-        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), false, Some(parent))
+        self.write_delta_rows(topic, partition, offset, parent, models.iter().cloned().map(Ok))
+    }
+
+    /// As [`StateStore::write_delta`], the rows as they come (in key order): the caller need
+    /// not gather them into one more copy.
+    pub fn write_delta_rows<I>(&self, topic: &str, partition: i32, offset: i64, parent: i64, models: I) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
+        self.write_rows(topic, partition, offset, models, false, Some(parent))
     }
 }
 
@@ -342,6 +389,28 @@ mod tests {
         assert_eq!(r.rejected.len(), 3, "50, 40 and 30 share the corrupt base");
         let s = r.snapshot.expect("the older chain");
         assert_eq!((s.info.offset, s.models), (20, owned(&[("a", 2), ("b", 1)])));
+    }
+
+    #[test]
+    fn a_full_snapshot_reads_back_page_by_page_and_a_delta_does_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path(), 4).expect("opens");
+        let kv: Vec<(String, u64)> = (0..50).map(|i| (format!("k{i:03}"), i)).collect();
+        let full = store.write_merged(T, 0, 10, &rows(&kv.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>())).expect("full");
+        let (mut got, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let page = store.rows_page(&full, after.as_deref(), 100).expect("reads");
+            if page.is_empty() {
+                break;
+            }
+            pages += 1;
+            after = page.last().map(|(k, _)| k.clone());
+            got.extend(page.into_iter().map(|(k, v)| (k, codec::decode::<u64>(Kind::Model, &v).expect("decodes"))));
+        }
+        assert_eq!(got, kv, "every row once, in key order");
+        assert!(pages > 5, "small pages: {pages}");
+        let delta = store.write_delta(T, 0, 20, 10, &rows(&[("k001", 7)])).expect("delta");
+        assert!(matches!(store.rows_page(&delta, None, 100), Err(StateError::MissingParent { .. })), "a delta alone is not a state");
     }
 
     #[test]

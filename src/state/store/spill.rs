@@ -26,9 +26,11 @@ const BLOOM_BITS: f64 = 10.0;
 /// of a 512 MiB budget).
 const SPILL_WRITE_BUFFER: usize = 8 << 20;
 
-/// Options of the `spill` family: point lookups, so a bloom filter; small memtables.
-pub(super) fn cf_options() -> Options {
+/// Options of the `spill` family: point lookups, so a bloom filter; small memtables; the
+/// block cache the families share.
+pub(super) fn cf_options(cache: &rocksdb::Cache) -> Options {
     let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
     table.set_bloom_filter(BLOOM_BITS, false);
     let mut o = Options::default();
     o.set_write_buffer_size(SPILL_WRITE_BUFFER);

@@ -1,0 +1,109 @@
+//! glibc malloc settings that keep the worker's RSS near what it actually holds.
+//!
+//! Measured with `malloc_stats()` during the 1M-sensor bench (BENCHMARKS.md, memory budget):
+//! glibc gave each busy thread its own arena (up to 8 per core), and memory freed in one
+//! arena — pipelines evicted, snapshot and changelog buffers dropped — stayed mapped there
+//! while the next allocations grew another: at one point three arenas held 500 MB with 3 MB
+//! in use. glibc returns free memory to the system only from the top of a heap; everything
+//! else waits for `malloc_trim`. So:
+//! - [`tune`] caps the arenas at [`ARENA_MAX`]: freed memory is reused by whichever thread
+//!   allocates next instead of sitting in its own thread's arena. The partition threads
+//!   mostly allocate from their tcache, so one lock per arena costs little here.
+//! - [`trim_if_due`] hands free pages back (`malloc_trim(0)`, which walks every arena and
+//!   `madvise`s whole free pages away) at most once per [`TRIM_EVERY_MS`], called after
+//!   evictions and snapshots, the two places that free memory in bulk.
+//!
+//! With these two, the million-sensor bench fell from ~1.75 GiB to ~1.0 GiB peak RSS
+//! together with the other caps (BENCHMARKS.md, "Memory budget: RSS"); what remains free
+//! inside the heap is ~100 MB of pages shared by live and free chunks. A different allocator
+//! (mimalloc, jemalloc) is the next thing to measure against that, not adopted untried.
+//!
+//! Only on glibc targets; elsewhere both are no-ops.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `M_ARENA_MAX`: malloc arenas of the process (glibc's default is 8 per core).
+pub const ARENA_MAX: i32 = 2;
+/// Least time between two trims, in ms: a trim walks every free chunk of every arena (a few
+/// ms at a GB of heap), so it is rationed.
+pub const TRIM_EVERY_MS: u64 = 500;
+
+/// When the last trim ran, ms since the epoch.
+static LAST_TRIM_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Apply the process-wide malloc settings (call first thing in `main`, before threads start).
+pub fn tune() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets an allocator parameter; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+    }
+}
+
+/// Return free heap pages to the system if the last trim is [`TRIM_EVERY_MS`] old. Returns
+/// whether this call trimmed.
+pub fn trim_if_due() -> bool {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let last = LAST_TRIM_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < TRIM_EVERY_MS || LAST_TRIM_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    trim();
+    true
+}
+
+/// Return free heap pages to the system now.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` is thread-safe (it takes each arena's lock in turn).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The allocator's own account of the heap (glibc's `mallinfo2`), to tell live data from
+/// memory held free inside the heap when RSS is above what the budget explains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Bytes in allocated chunks, `mmap`ped ones included.
+    pub in_use: u64,
+    /// Bytes in free chunks inside the heap (resident or not: a trim `madvise`s whole free
+    /// pages away but they stay counted here).
+    pub free: u64,
+}
+
+/// The heap's [`HeapStats`] (walks every arena: call it as rarely as [`trim_if_due`] trims).
+/// `None` off glibc.
+pub fn heap_stats() -> Option<HeapStats> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: `mallinfo2` only reads the allocator's counters (under its arena locks).
+        let m = unsafe { libc::mallinfo2() };
+        Some(HeapStats { in_use: (m.uordblks + m.hblkhd) as u64, free: m.fordblks as u64 })
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_are_rationed_to_one_per_interval() {
+        tune();
+        LAST_TRIM_MS.store(0, Ordering::Relaxed);
+        assert!(trim_if_due(), "the first trim runs");
+        assert!(!trim_if_due(), "a second one within {TRIM_EVERY_MS} ms does not");
+    }
+
+    #[test]
+    fn heap_stats_see_a_live_allocation() {
+        let before = heap_stats().expect("glibc").in_use;
+        let big = vec![1u8; 8 << 20];
+        let during = heap_stats().expect("glibc").in_use;
+        assert!(during >= before + (8 << 20) - (1 << 20), "{before} -> {during}");
+        drop(big);
+    }
+}
