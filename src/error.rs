@@ -98,6 +98,9 @@ pub struct DeliveryError {
     pub offset: i64,
     /// Producer's error.
     pub reason: String,
+    /// The output was dropped unsent or timed out (`message.timeout.ms`, a purge after a
+    /// freeze) rather than refused by the broker: re-reading its input may answer it.
+    pub undelivered: bool,
 }
 
 /// A state store failure that stops the worker (offsets stop advancing with it).

@@ -54,6 +54,7 @@ pub mod offsets;
 pub mod probe;
 pub mod producer;
 pub mod recovery;
+pub mod reread;
 pub mod tails;
 pub mod task;
 pub mod tls;

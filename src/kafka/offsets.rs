@@ -74,7 +74,8 @@ impl Acks {
         let mut last = None;
         let mut retired = 0;
         let (topic, partition) = (&self.topic, self.partition);
-        let failed = |offset: i64, reason: String| DeliveryError { topic: topic.clone(), partition, offset, reason };
+        let failed =
+            |offset: i64, reason: String, undelivered: bool| DeliveryError { topic: topic.clone(), partition, offset, reason, undelivered };
         loop {
             let in_flight = self.pending.len();
             let Some(front) = self.pending.front_mut() else { break };
@@ -90,8 +91,8 @@ impl Acks {
                     Some(Ok(Ok(_))) => {
                         front.deliveries.pop();
                     }
-                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, e.to_string())),
-                    Some(Err(_)) => return Err(failed(front.offset, "producer shut down before delivery".into())),
+                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, e.to_string(), undelivered(&e))),
+                    Some(Err(_)) => return Err(failed(front.offset, "producer shut down before delivery".into(), false)),
                 }
             }
             if !ready {
@@ -111,6 +112,26 @@ impl Acks {
         }
         Ok(retired)
     }
+
+    /// Wait until every output in flight has a delivery result (each gets one within
+    /// `message.timeout.ms`), then forget them all, delivered or not: the partition is about
+    /// to be re-read or given up, and nothing more is stored.
+    pub fn settle(&mut self) {
+        for p in self.pending.drain(..) {
+            for d in p.deliveries {
+                let _ = futures::executor::block_on(d);
+            }
+        }
+    }
+}
+
+/// Whether a delivery failed because the output was never acknowledged in time or was purged
+/// unsent (zombie fencing, a broker outage), as opposed to refused by the broker.
+fn undelivered(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+    )
 }
 
 /// Commit the stored offsets of the current assignment now (revoke, shutdown).

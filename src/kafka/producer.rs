@@ -34,7 +34,7 @@ impl OutputProducer {
     /// A producer for the topics of `k`.
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(Self {
-            producer: super::client::producer(k).create()?,
+            producer: super::client::output_producer(k).create()?,
             scores: k.scores_topic.clone(),
             alerts: k.alerts_topic.clone(),
             dead_letters: k.dead_letter_topic.clone(),
