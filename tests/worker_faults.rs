@@ -168,13 +168,68 @@ const RETRYING: &str = "[kafka.settings]\n\"linger.ms\" = \"2000\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
+    let log = outage("outage", RETRYING, Duration::from_secs(30)).await;
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+}
+
+/// Outputs linger 1 s and time out 1.5 s after they were produced: a broker paused for 3.5 s
+/// (less than the 6 s session timeout, so the worker keeps its partitions) fails them.
+const SHORT_TIMEOUT: &str = "[kafka.settings]\n\"linger.ms\" = \"1000\"\n\"message.timeout.ms\" = \"1500\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_timed_out_in_a_short_outage_are_answered_again_by_a_partition_that_starts_over() {
     let broker = PrivateBroker::start();
-    let name = unique("outage");
+    let name = unique("timedout");
     let config = config_on(broker.bootstrap(), &name, 4, &[]);
     create_topics(&config).await;
     let state = tempfile::tempdir().expect("state dir");
     let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
-    let mut w = worker_on(&broker, &name, RETRYING, state.path());
+    let metrics = free_addr();
+    let mut w = worker_on(&broker, &name, &format!("{SHORT_TIMEOUT}[telemetry]\nmetrics_addr = \"{metrics}\"\n"), state.path());
+    let mut inputs = BTreeMap::new();
+    send(&config, &mut inputs, wave(0, 25)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+
+    // The second wave is taken and its outputs linger (1 s) when the broker stops: they time
+    // out during the pause, and the worker keeps its partitions (the pause is shorter than
+    // the session timeout).
+    send(&config, &mut inputs, wave(25, 50)).await;
+    let n = inputs.len() as u64;
+    tokio::task::block_in_place(|| {
+        wait_for(WAIT, "the worker to take the second wave", || metric(&metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
+    });
+    broker.pause();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
+    broker.resume();
+    send(&config, &mut inputs, wave(50, 75)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "a score for every reading sent before, during and after the outage", |s| s.len() >= n);
+        scores.read_for(Duration::from_secs(3));
+    });
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
+    assert_in_order(&scores.seen);
+    let log = strip_ansi(&tokio::task::block_in_place(|| w.stop()));
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+    assert!(
+        log.contains("partition started over after undelivered outputs"),
+        "no partition started over after its outputs timed out (the outage should have failed them):\n{log}"
+    );
+    assert!(!log.contains("lost=true"), "the worker lost its partitions in a 3.5 s outage:\n{log}");
+}
+
+/// A worker answering a steady stream while its private broker is paused for `pause`, with
+/// `toml` as its config: every reading is scored exactly once and in order. Returns its log.
+async fn outage(prefix: &str, toml: &str, pause: Duration) -> String {
+    let broker = PrivateBroker::start();
+    let name = unique(prefix);
+    let config = config_on(broker.bootstrap(), &name, 4, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
+    let mut w = worker_on(&broker, &name, toml, state.path());
     let mut inputs = BTreeMap::new();
     send(&config, &mut inputs, wave(0, 25)).await;
     let n = inputs.len();
@@ -184,13 +239,13 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     // would): some are in the worker's hands, their outputs in flight, when the broker stops.
     let stream = Stream::start(&config, 25);
     let first_of_stream = (wave(0, 25).len() / 4) as i64;
-    // Scores of the stream arrive 2 s (linger) after their readings were taken: from then on
+    // Scores of the stream arrive a linger after their readings were taken: from then on
     // the worker usually holds unsent outputs (when its fetches keep up with the stream).
     tokio::task::block_in_place(|| {
         scores.until(WAIT, "the first scores of the stream", |s| s.iter().any(|o| o.source_offset >= Some(first_of_stream)))
     });
     broker.pause();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(pause).await;
     assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
     broker.resume();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -202,8 +257,7 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     });
     assert_exactly_once(&by_source(&scores.seen), &inputs);
     assert_in_order(&scores.seen);
-    let log = tokio::task::block_in_place(|| w.stop());
-    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+    strip_ansi(&tokio::task::block_in_place(|| w.stop()))
 }
 
 /// Outputs linger 2 s in the producer before being sent, time out 3 s after they were

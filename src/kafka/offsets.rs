@@ -74,8 +74,14 @@ impl Acks {
         let mut last = None;
         let mut retired = 0;
         let (topic, partition) = (&self.topic, self.partition);
-        let failed =
-            |offset: i64, reason: String, undelivered: bool| DeliveryError { topic: topic.clone(), partition, offset, reason, undelivered };
+        let failed = |offset: i64, e: Option<&KafkaError>| DeliveryError {
+            topic: topic.clone(),
+            partition,
+            offset,
+            reason: e.map_or_else(|| "producer shut down before delivery".into(), |e| e.to_string()),
+            undelivered: e.is_some_and(undelivered),
+            producer_spent: e.is_some_and(producer_spent),
+        };
         loop {
             let in_flight = self.pending.len();
             let Some(front) = self.pending.front_mut() else { break };
@@ -91,8 +97,8 @@ impl Acks {
                     Some(Ok(Ok(_))) => {
                         front.deliveries.pop();
                     }
-                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, e.to_string(), undelivered(&e))),
-                    Some(Err(_)) => return Err(failed(front.offset, "producer shut down before delivery".into(), false)),
+                    Some(Ok(Err((e, _)))) => return Err(failed(front.offset, Some(&e))),
+                    Some(Err(_)) => return Err(failed(front.offset, None)),
                 }
             }
             if !ready {
@@ -128,9 +134,15 @@ impl Acks {
 /// Whether a delivery failed because the output was never acknowledged in time or was purged
 /// unsent (zombie fencing, a broker outage), as opposed to refused by the broker.
 fn undelivered(e: &KafkaError) -> bool {
+    producer_spent(e) || matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
+}
+
+/// Whether a delivery failure leaves the idempotent producer needing a new producer id: a
+/// timeout makes librdkafka bump its epoch locally, which Tansu answers with `ProducerFenced`.
+fn producer_spent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     )
 }
 

@@ -128,9 +128,9 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     evicted: u64,
     /// This partition's histograms (handles: observing them takes no lookup).
     timing: Timing,
-    /// Since when this partition's outputs fail undelivered with none delivered since
-    /// ([`super::reread`]).
-    undelivered_since: Option<Instant>,
+    /// Since when this partition's outputs fail undelivered with none delivered since, and
+    /// the output producer's generation then ([`super::reread`]).
+    undelivered_since: Option<(Instant, u64)>,
 }
 
 /// A partition's histogram handles.
@@ -340,7 +340,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     fn undelivered(&mut self, e: super::offsets::DeliveryError) -> Result<Option<Consumed>, WorkerError> {
         use super::reread::{start_over, wait_for_broker, Waited};
         let partition = self.processor.partition();
-        let since = *self.undelivered_since.get_or_insert_with(Instant::now);
+        let (since, generation) = *self.undelivered_since.get_or_insert_with(|| (Instant::now(), self.shared.producer.generation()));
         tracing::warn!(partition, cause = %e, "outputs undelivered: producing nothing until the partition starts over");
         // Every output in flight gets its result within message.timeout.ms: none is left that
         // could still be written behind the re-read.
@@ -354,6 +354,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             Waited::GaveUp => return Err(e.into()),
             Waited::Reachable => {}
         }
+        // A timeout spent the producer's id (see `OutputProducer::renew`): the first partition
+        // to start over replaces it, the others use that replacement.
+        if e.producer_spent && self.shared.producer.renew(generation)? {
+            tracing::info!(partition, "output producer replaced: a delivery timeout spent its producer id");
+        }
         let (resume, committed) = start_over(&self.consumer, &self.shared, partition)?;
         let topic = self.shared.topic.clone();
         self.replay = Replay::new(&resume, committed);
@@ -363,6 +368,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         self.acks = Acks::new(&topic, partition);
         self.shared.stats.delivery_rereads.fetch_add(1, Ordering::Relaxed);
         self.beat = Instant::now();
+        // The broker answers and nothing is in flight: withdraw this thread's unreachable report.
+        self.watch_deliveries(true);
         Ok(None)
     }
 
