@@ -55,8 +55,11 @@ pub const DEFAULT_FATAL_EXIT_AFTER_MS: u64 = 10_000;
 /// timeout, the outage the worker rode out before its outputs' timeout became a zombie fence.
 pub const DEFAULT_DELIVERY_RETRY_MS: u64 = 300_000;
 /// The output producer's `message.timeout.ms` as a share (numerator, denominator) of
-/// `session_timeout_ms` (zombie fencing, [`KafkaConfig::delivery_timeout_ms`]).
-pub const DELIVERY_TIMEOUT_SHARE_OF_SESSION: (u64, u64) = (1, 2);
+/// `session_timeout_ms` (zombie fencing, [`KafkaConfig::delivery_timeout_ms`]): below the
+/// bound of four fifths ([`KafkaConfig::max_delivery_timeout_ms`]) with a margin, and as long
+/// as that allows, since a request that times out at a slow but live broker may still be
+/// written after its partition started over.
+pub const DELIVERY_TIMEOUT_SHARE_OF_SESSION: (u64, u64) = (3, 4);
 /// librdkafka settings that set the output producer's delivery timeout.
 const DELIVERY_TIMEOUT_SETTINGS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
 /// Features a reading may carry (a reading with more goes to dead letters).
@@ -595,7 +598,7 @@ impl Config {
         if chosen > bound {
             return Err(invalid(
                 "kafka.settings.\"message.timeout.ms\"",
-                &format!("is {chosen}, above {bound} (session_timeout_ms less one heartbeat interval): outputs queued before a freeze that costs the partitions would be written after their new owner answered them; leave it unset (the worker uses half the session timeout) or lower it"),
+                &format!("is {chosen}, above {bound} (session_timeout_ms less one heartbeat interval): outputs queued before a freeze that costs the partitions would be written after their new owner answered them; leave it unset (the worker uses three quarters of the session timeout) or lower it"),
             ));
         }
         if k.instance_id.trim() != k.instance_id {
@@ -923,7 +926,7 @@ mod tests {
     #[test]
     fn a_delivery_timeout_that_would_reopen_the_zombie_gap_is_rejected() {
         let c = load("[kafka]\nsession_timeout_ms = 6000\n", &[], &[]).unwrap();
-        assert_eq!((c.kafka.delivery_timeout_ms(), c.kafka.max_delivery_timeout_ms()), (3000, 4799));
+        assert_eq!((c.kafka.delivery_timeout_ms(), c.kafka.max_delivery_timeout_ms()), (4500, 4799));
         let ok = load("[kafka]\nsession_timeout_ms = 6000\n[kafka.settings]\n\"message.timeout.ms\" = \"4000\"\n", &[], &[]).unwrap();
         assert_eq!(ok.kafka.delivery_timeout_ms(), 4000);
         for key in ["message.timeout.ms", "delivery.timeout.ms"] {

@@ -132,14 +132,23 @@ async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
     assert!(log.contains("lost=true"), "A's revoke was not a lost assignment:\n{log}");
     assert!(log.contains("stalled past the session timeout"), "A did not see that it had been frozen:\n{log}");
     // Nothing A produced reached the scores topic after B took over: outputs A had handed to
-    // librdkafka before the freeze timed out (their delivery timeout is half the session
-    // timeout) instead of being sent when A woke, and A took nothing more.
+    // librdkafka before the freeze timed out (their delivery timeout is three quarters of the
+    // session timeout) instead of being sent when A woke, and A took nothing more.
     let counts = by_source(&s.scores.seen);
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
     let repeats = counts.values().filter(|n| **n > 1).count();
     let missing = s.inputs.keys().filter(|k| !counts.contains_key(k)).count();
     eprintln!("zombie freeze: {} readings, {repeats} repeated outputs, {missing} without an output", s.inputs.len());
-    assert!(repeated.is_empty(), "A wrote outputs on waking that B had answered (source -> copies), first ones: {repeated:?}");
+    let events = |w: &ChildWorker| {
+        let wanted = ["undelivered", "started over", "replaced", "stalled", "revoked", "assigned", "REQTMOUT", "restored"];
+        strip_ansi(&w.log()).lines().filter(|l| wanted.iter().any(|x| l.contains(x))).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        repeated.is_empty(),
+        "outputs written twice (source -> copies), first ones: {repeated:?}\nA:\n{}\nB:\n{}",
+        events(&a),
+        events(&b)
+    );
     assert_exactly_once(&counts, &s.inputs);
     drop((a, b));
 }
@@ -161,7 +170,7 @@ fn worker_on(broker: &PrivateBroker, name: &str, toml: &str, state: &std::path::
 }
 
 /// Outputs linger 2 s in the producer (so that some are in flight when the broker stops). They
-/// time out after half the session timeout (3 s, zombie fencing); the partition then starts
+/// time out after three quarters of the session timeout (4.5 s, zombie fencing); the partition then starts
 /// over once the broker answers again (`kafka.delivery_retry_ms`, 300 s by default): a 30 s
 /// outage is a retriable error.
 const RETRYING: &str = "[kafka.settings]\n\"linger.ms\" = \"2000\"\n";
@@ -261,9 +270,10 @@ async fn outage(prefix: &str, toml: &str, pause: Duration) -> String {
 }
 
 /// Outputs linger 2 s in the producer before being sent, time out 3 s after they were
-/// produced (half the session timeout), and are not retried (`delivery_retry_ms = 0`): a
-/// broker paused in between fails them for good.
-const LINGERING: &str = "[kafka]\nfatal_exit_after_ms = 3000\ndelivery_retry_ms = 0\n[kafka.settings]\n\"linger.ms\" = \"2000\"\n";
+/// produced (well before the worker could lose its session), and are not retried
+/// (`delivery_retry_ms = 0`): a broker paused in between fails them for good.
+const LINGERING: &str =
+    "[kafka]\nfatal_exit_after_ms = 3000\ndelivery_retry_ms = 0\n[kafka.settings]\n\"linger.ms\" = \"2000\"\n\"message.timeout.ms\" = \"3000\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_restart_loses_nothing() {

@@ -182,9 +182,9 @@ mod tests {
     }
 
     #[test]
-    fn only_the_output_producer_times_deliveries_out_within_half_the_session() {
+    fn only_the_output_producer_times_deliveries_out_within_three_quarters_of_the_session() {
         let k = KafkaConfig { session_timeout_ms: 6000, ..KafkaConfig::default() };
-        assert_eq!(output_producer(&k).get("message.timeout.ms"), Some("3000"));
+        assert_eq!(output_producer(&k).get("message.timeout.ms"), Some("4500"));
         assert_eq!(producer(&k).get("message.timeout.ms"), None, "the changelog keeps librdkafka's default");
         assert_eq!(output_producer(&k).get("enable.idempotence"), Some("true"));
     }
