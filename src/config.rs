@@ -50,6 +50,18 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 10_000;
 /// for `/ready` to report the reason, short enough that the orchestrator restarts it promptly
 /// (a drain against a paused broker can otherwise hang for `message.timeout.ms` and longer).
 pub const DEFAULT_FATAL_EXIT_AFTER_MS: u64 = 10_000;
+/// How long a partition whose outputs time out undelivered (a broker outage) keeps re-reading
+/// them while waiting for the broker before that is fatal: librdkafka's own default delivery
+/// timeout, the outage the worker rode out before its outputs' timeout became a zombie fence.
+pub const DEFAULT_DELIVERY_RETRY_MS: u64 = 300_000;
+/// The output producer's `message.timeout.ms` as a share (numerator, denominator) of
+/// `session_timeout_ms` (zombie fencing, [`KafkaConfig::delivery_timeout_ms`]): below the
+/// bound of four fifths ([`KafkaConfig::max_delivery_timeout_ms`]) with a margin, and as long
+/// as that allows, since a request that times out at a slow but live broker may still be
+/// written after its partition started over.
+pub const DELIVERY_TIMEOUT_SHARE_OF_SESSION: (u64, u64) = (3, 4);
+/// librdkafka settings that set the output producer's delivery timeout.
+const DELIVERY_TIMEOUT_SETTINGS: [&str; 2] = ["message.timeout.ms", "delivery.timeout.ms"];
 /// Features a reading may carry (a reading with more goes to dead letters).
 pub const DEFAULT_MAX_FEATURES: usize = 1024;
 /// Longest sensor id accepted.
@@ -229,6 +241,9 @@ pub struct KafkaConfig {
     pub instance_id: String,
     /// Milliseconds between a fatal Kafka error and the worker's non-zero exit at the latest.
     pub fatal_exit_after_ms: u64,
+    /// Milliseconds a partition keeps re-reading outputs that timed out undelivered (a broker
+    /// outage) before the failure is fatal.
+    pub delivery_retry_ms: u64,
     /// Replication factor for topics the worker creates.
     pub replication_factor: i32,
     /// Partitions of the input topic when `topics create` makes it.
@@ -245,6 +260,32 @@ pub struct KafkaConfig {
     pub settings: KafkaSettings,
 }
 
+impl KafkaConfig {
+    /// The consumer's `heartbeat.interval.ms`: a fifth of the session timeout.
+    pub fn heartbeat_ms(&self) -> u64 {
+        (self.session_timeout_ms / 5).max(100)
+    }
+
+    /// The output producer's `message.timeout.ms`: a `[kafka.settings]` value if one is set
+    /// (validated not to exceed [`Self::max_delivery_timeout_ms`]), else
+    /// [`DELIVERY_TIMEOUT_SHARE_OF_SESSION`] of the session timeout. Unparsable values count
+    /// as unbounded (librdkafka rejects them anyway).
+    pub fn delivery_timeout_ms(&self) -> u64 {
+        let set = DELIVERY_TIMEOUT_SETTINGS.iter().filter_map(|key| self.settings.get(*key)).next();
+        match set {
+            Some(v) => v.trim().parse().unwrap_or(u64::MAX),
+            None => self.session_timeout_ms * DELIVERY_TIMEOUT_SHARE_OF_SESSION.0 / DELIVERY_TIMEOUT_SHARE_OF_SESSION.1,
+        }
+    }
+
+    /// The longest delivery timeout that keeps zombie fencing closed: a member frozen for the
+    /// session timeout less one heartbeat interval may already have lost its partitions, so
+    /// every output queued before such a freeze must have expired when it wakes.
+    pub fn max_delivery_timeout_ms(&self) -> u64 {
+        self.session_timeout_ms.saturating_sub(self.heartbeat_ms()).saturating_sub(1)
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -258,6 +299,7 @@ impl Default for KafkaConfig {
             session_timeout_ms: DEFAULT_SESSION_TIMEOUT_MS,
             instance_id: String::new(),
             fatal_exit_after_ms: DEFAULT_FATAL_EXIT_AFTER_MS,
+            delivery_retry_ms: DEFAULT_DELIVERY_RETRY_MS,
             replication_factor: 1,
             partitions: 4,
             input_format: Default::default(),
@@ -555,6 +597,13 @@ impl Config {
         }
         if k.fatal_exit_after_ms < 1 {
             return Err(invalid("kafka.fatal_exit_after_ms", "must be at least 1"));
+        }
+        let (bound, chosen) = (k.max_delivery_timeout_ms(), k.delivery_timeout_ms());
+        if chosen > bound {
+            return Err(invalid(
+                "kafka.settings.\"message.timeout.ms\"",
+                &format!("is {chosen}, above {bound} (session_timeout_ms less one heartbeat interval): outputs queued before a freeze that costs the partitions would be written after their new owner answered them; leave it unset (the worker uses three quarters of the session timeout) or lower it"),
+            ));
         }
         if k.instance_id.trim() != k.instance_id {
             return Err(invalid("kafka.instance_id", "must not start or end with white space"));
@@ -890,5 +939,19 @@ mod tests {
         assert!(printed.contains("sasl.password") && printed.contains(REDACTED), "{printed}");
         let err = load("", &[], &["kafka.settings.\"sasl.password\"=pw-in-error", "kafka.settings.x.y=1"]).unwrap_err().to_string();
         assert!(!err.contains("pw-in-error"), "{err}");
+    }
+
+    #[test]
+    fn a_delivery_timeout_that_would_reopen_the_zombie_gap_is_rejected() {
+        let c = load("[kafka]\nsession_timeout_ms = 6000\n", &[], &[]).unwrap();
+        assert_eq!((c.kafka.delivery_timeout_ms(), c.kafka.max_delivery_timeout_ms()), (4500, 4799));
+        let ok = load("[kafka]\nsession_timeout_ms = 6000\n[kafka.settings]\n\"message.timeout.ms\" = \"4000\"\n", &[], &[]).unwrap();
+        assert_eq!(ok.kafka.delivery_timeout_ms(), 4000);
+        for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+            let err = load(&format!("[kafka]\nsession_timeout_ms = 6000\n[kafka.settings]\n\"{key}\" = \"120000\"\n"), &[], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("message.timeout.ms") && err.contains("120000") && err.contains("4799"), "{err}");
+        }
     }
 }

@@ -98,6 +98,13 @@ pub struct DeliveryError {
     pub offset: i64,
     /// Producer's error.
     pub reason: String,
+    /// The output was dropped unsent or timed out (`message.timeout.ms`, a purge after a
+    /// freeze) rather than refused by the broker: re-reading its input may answer it.
+    pub undelivered: bool,
+    /// The failure leaves the idempotent producer unusable on brokers that do not accept
+    /// librdkafka's local epoch bump after a timeout (Tansu answers `ProducerFenced`): a
+    /// partition that starts over needs a new producer ([`DeliveryError::undelivered`]).
+    pub producer_spent: bool,
 }
 
 /// A state store failure that stops the worker (offsets stop advancing with it).

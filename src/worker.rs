@@ -76,6 +76,7 @@ impl Worker {
             hooks: self.hooks.clone(),
             bounds_reader: crate::kafka::bounds::reader(k),
             session_timeout: Duration::from_millis(k.session_timeout_ms),
+            delivery_retry: Duration::from_millis(k.delivery_retry_ms),
             stop: AtomicBool::new(false),
             fatal: Mutex::new(None),
         });

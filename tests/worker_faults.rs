@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use onad_stream::proto::ScoredReading;
-use prost::Message as _;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -35,11 +33,6 @@ fn owned(w: &ChildWorker) -> usize {
 fn wave(from: usize, to: usize) -> Vec<In> {
     Fleet { prefix: "s", sensors: 8, partitions: 4, values: |j, i| vec![("temp", 20.0 + ((j * 7 + i * 3) % 11) as f64 * 0.01)] }
         .readings(from, to)
-}
-
-/// Milliseconds since the Unix epoch (the clock of `processed_at_ms`).
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Readings sent steadily (one step of the fleet every 100 ms) until stopped.
@@ -106,7 +99,6 @@ async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
         s.scores.until(WAIT, "the first scores of the burst", |seen| seen.iter().any(|o| o.source_offset >= Some(first_of_burst)))
     });
     a.signal("-STOP");
-    let stopped_ms = unix_ms();
     s.inputs.extend(burst.await.expect("burst sender"));
     // Then a steady stream, whose records A's fetches of its lost partitions also return.
     let stream = Stream::start(&s.config, BURST_END);
@@ -139,21 +131,25 @@ async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
     let log = strip_ansi(&a.log());
     assert!(log.contains("lost=true"), "A's revoke was not a lost assignment:\n{log}");
     assert!(log.contains("stalled past the session timeout"), "A did not see that it had been frozen:\n{log}");
-    // Outputs A had handed to librdkafka before it froze are sent when it wakes (librdkafka's
-    // threads wake with A's); the fence cannot stop those, and B answers the same readings.
-    // Every other output is unique: nothing A took after waking was produced.
-    let mut copies: BTreeMap<(i32, i64), Vec<i64>> = BTreeMap::new();
-    for o in &s.scores.seen {
-        let processed = ScoredReading::decode(&o.payload[..]).expect("score decodes").processed_at_ms;
-        copies.entry((o.source_partition.expect("partition header"), o.source_offset.expect("offset header"))).or_default().push(processed);
-    }
-    let woken: Vec<_> =
-        copies.iter().filter(|(_, c)| c.len() > 1 && c.iter().filter(|t| **t < stopped_ms).count() != c.len() - 1).take(5).collect();
-    assert!(woken.is_empty(), "A produced outputs for readings it took after waking (source -> processing times): {woken:?}");
-    let residual = copies.values().filter(|c| c.len() > 1).count();
-    eprintln!("repeated outputs handed to librdkafka before the freeze: {residual}");
-    let once: BTreeMap<(i32, i64), usize> = copies.keys().map(|k| (*k, 1)).collect();
-    assert_exactly_once(&once, &s.inputs);
+    // Nothing A produced reached the scores topic after B took over: outputs A had handed to
+    // librdkafka before the freeze timed out (their delivery timeout is three quarters of the
+    // session timeout) instead of being sent when A woke, and A took nothing more.
+    let counts = by_source(&s.scores.seen);
+    let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    let repeats = counts.values().filter(|n| **n > 1).count();
+    let missing = s.inputs.keys().filter(|k| !counts.contains_key(k)).count();
+    eprintln!("zombie freeze: {} readings, {repeats} repeated outputs, {missing} without an output", s.inputs.len());
+    let events = |w: &ChildWorker| {
+        let wanted = ["undelivered", "started over", "replaced", "stalled", "revoked", "assigned", "REQTMOUT", "restored"];
+        strip_ansi(&w.log()).lines().filter(|l| wanted.iter().any(|x| l.contains(x))).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        repeated.is_empty(),
+        "outputs written twice (source -> copies), first ones: {repeated:?}\nA:\n{}\nB:\n{}",
+        events(&a),
+        events(&b)
+    );
+    assert_exactly_once(&counts, &s.inputs);
     drop((a, b));
 }
 
@@ -173,19 +169,76 @@ fn worker_on(broker: &PrivateBroker, name: &str, toml: &str, state: &std::path::
     ChildWorker::start_with_sets(name, 4, toml, state, &[format!("kafka.bootstrap=\"{}\"", broker.bootstrap())])
 }
 
-/// Outputs linger 2 s in the producer (so that some are in flight when the broker stops) and
-/// may wait 120 s for delivery: a 30 s outage is a retriable error.
-const RETRYING: &str = "[kafka.settings]\n\"linger.ms\" = \"2000\"\n\"message.timeout.ms\" = \"120000\"\n";
+/// Outputs linger 2 s in the producer (so that some are in flight when the broker stops). They
+/// time out after three quarters of the session timeout (4.5 s, zombie fencing); the partition then starts
+/// over once the broker answers again (`kafka.delivery_retry_ms`, 300 s by default): a 30 s
+/// outage is a retriable error.
+const RETRYING: &str = "[kafka.settings]\n\"linger.ms\" = \"2000\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
+    let log = outage("outage", RETRYING, Duration::from_secs(30)).await;
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+}
+
+/// Outputs linger 1 s and time out 1.5 s after they were produced: a broker paused for 3.5 s
+/// (less than the 6 s session timeout, so the worker keeps its partitions) fails them.
+const SHORT_TIMEOUT: &str = "[kafka.settings]\n\"linger.ms\" = \"1000\"\n\"message.timeout.ms\" = \"1500\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_timed_out_in_a_short_outage_are_answered_again_by_a_partition_that_starts_over() {
     let broker = PrivateBroker::start();
-    let name = unique("outage");
+    let name = unique("timedout");
     let config = config_on(broker.bootstrap(), &name, 4, &[]);
     create_topics(&config).await;
     let state = tempfile::tempdir().expect("state dir");
     let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
-    let mut w = worker_on(&broker, &name, RETRYING, state.path());
+    let metrics = free_addr();
+    let mut w = worker_on(&broker, &name, &format!("{SHORT_TIMEOUT}[telemetry]\nmetrics_addr = \"{metrics}\"\n"), state.path());
+    let mut inputs = BTreeMap::new();
+    send(&config, &mut inputs, wave(0, 25)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+
+    // The second wave is taken and its outputs linger (1 s) when the broker stops: they time
+    // out during the pause, and the worker keeps its partitions (the pause is shorter than
+    // the session timeout).
+    send(&config, &mut inputs, wave(25, 50)).await;
+    let n = inputs.len() as u64;
+    tokio::task::block_in_place(|| {
+        wait_for(WAIT, "the worker to take the second wave", || metric(&metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
+    });
+    broker.pause();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
+    broker.resume();
+    send(&config, &mut inputs, wave(50, 75)).await;
+    let n = inputs.len();
+    tokio::task::block_in_place(|| {
+        scores.until(WAIT, "a score for every reading sent before, during and after the outage", |s| s.len() >= n);
+        scores.read_for(Duration::from_secs(3));
+    });
+    assert_exactly_once(&by_source(&scores.seen), &inputs);
+    assert_in_order(&scores.seen);
+    let log = strip_ansi(&tokio::task::block_in_place(|| w.stop()));
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+    assert!(
+        log.contains("partition started over after undelivered outputs"),
+        "no partition started over after its outputs timed out (the outage should have failed them):\n{log}"
+    );
+    assert!(!log.contains("lost=true"), "the worker lost its partitions in a 3.5 s outage:\n{log}");
+}
+
+/// A worker answering a steady stream while its private broker is paused for `pause`, with
+/// `toml` as its config: every reading is scored exactly once and in order. Returns its log.
+async fn outage(prefix: &str, toml: &str, pause: Duration) -> String {
+    let broker = PrivateBroker::start();
+    let name = unique(prefix);
+    let config = config_on(broker.bootstrap(), &name, 4, &[]);
+    create_topics(&config).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
+    let mut w = worker_on(&broker, &name, toml, state.path());
     let mut inputs = BTreeMap::new();
     send(&config, &mut inputs, wave(0, 25)).await;
     let n = inputs.len();
@@ -195,13 +248,13 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     // would): some are in the worker's hands, their outputs in flight, when the broker stops.
     let stream = Stream::start(&config, 25);
     let first_of_stream = (wave(0, 25).len() / 4) as i64;
-    // Scores of the stream arrive 2 s (linger) after their readings were taken: from then on
+    // Scores of the stream arrive a linger after their readings were taken: from then on
     // the worker usually holds unsent outputs (when its fetches keep up with the stream).
     tokio::task::block_in_place(|| {
         scores.until(WAIT, "the first scores of the stream", |s| s.iter().any(|o| o.source_offset >= Some(first_of_stream)))
     });
     broker.pause();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(pause).await;
     assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
     broker.resume();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,14 +266,14 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     });
     assert_exactly_once(&by_source(&scores.seen), &inputs);
     assert_in_order(&scores.seen);
-    let log = tokio::task::block_in_place(|| w.stop());
-    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than message.timeout.ms was fatal:\n{log}");
+    strip_ansi(&tokio::task::block_in_place(|| w.stop()))
 }
 
-/// Outputs linger 8 s in the producer before being sent, and time out 10 s after they were
-/// produced: a broker paused in between fails them for good.
+/// Outputs linger 2 s in the producer before being sent, time out 3 s after they were
+/// produced (well before the worker could lose its session), and are not retried
+/// (`delivery_retry_ms = 0`): a broker paused in between fails them for good.
 const LINGERING: &str =
-    "[kafka]\nfatal_exit_after_ms = 3000\n[kafka.settings]\n\"linger.ms\" = \"8000\"\n\"message.timeout.ms\" = \"10000\"\n";
+    "[kafka]\nfatal_exit_after_ms = 3000\ndelivery_retry_ms = 0\n[kafka.settings]\n\"linger.ms\" = \"2000\"\n\"message.timeout.ms\" = \"3000\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_restart_loses_nothing() {
@@ -238,7 +291,7 @@ async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_resta
     let n = inputs.len();
     tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
 
-    // The second wave is read and scored, its outputs wait in the producer (linger 8 s), and
+    // The second wave is read and scored, its outputs wait in the producer (linger 2 s), and
     // the broker stops before they are sent. Waiting for the worker to have taken the wave
     // (not a fixed sleep): the partition threads first publish their first snapshot to the
     // changelog, which lingers too.
@@ -255,7 +308,7 @@ async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_resta
     let log = strip_ansi(&log);
     assert!(!status.success(), "the worker exited 0 after its outputs failed for good:\n{log}");
     assert!(log.contains("Message timed out"), "the exit does not say which delivery failed:\n{log}");
-    // Outputs time out at most 10 s after the pause; then at most fatal_exit_after_ms (3 s).
+    // Outputs time out at most 3 s after the pause; then at most fatal_exit_after_ms (3 s).
     assert!(took < Duration::from_secs(25), "the worker took {took:?} to exit after a fatal delivery error:\n{log}");
 
     broker.resume();

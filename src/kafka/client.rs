@@ -98,7 +98,7 @@ fn passthrough(mut c: ClientConfig, k: &KafkaConfig) -> ClientConfig {
 /// (`enable.auto.offset.store=false`) and committed by auto-commit, on revoke and on shutdown.
 pub fn consumer(k: &KafkaConfig) -> ClientConfig {
     let mut c = base(k);
-    let heartbeat = (k.session_timeout_ms / 5).max(100);
+    let heartbeat = k.heartbeat_ms();
     c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
@@ -136,10 +136,37 @@ pub fn bounded_prefetch(mut c: ClientConfig, memory_limit_mb: u64) -> ClientConf
 /// (the outputs' effectively-once argument and the changelog's marker-after-chunks order
 /// rest on it).
 pub fn producer(k: &KafkaConfig) -> ClientConfig {
+    passthrough(idempotent(k), k)
+}
+
+/// The producer of the worker's outputs (scores, alerts, dead letters): [`producer`] whose
+/// deliveries time out within a freeze that may cost the partitions ([`zombie_fence`]).
+/// The changelog keeps librdkafka's default: a late snapshot is fenced by its epoch.
+pub fn output_producer(k: &KafkaConfig) -> ClientConfig {
+    let mut c = idempotent(k);
+    zombie_fence(&mut c, k);
+    passthrough(c, k)
+}
+
+fn idempotent(k: &KafkaConfig) -> ClientConfig {
     let mut c = base(k);
     c.set("enable.idempotence", "true").set("partitioner", PARTITIONER);
     profile(&mut c, Side::Producer, k.profile);
-    passthrough(c, k)
+    c
+}
+
+/// Zombie fencing: the output producer's `message.timeout.ms` is
+/// [`KafkaConfig::delivery_timeout_ms`], below the shortest freeze that may cost the
+/// partitions ([`KafkaConfig::max_delivery_timeout_ms`]; config validation rejects a
+/// `[kafka.settings]` override above it). Every output a frozen worker had handed to
+/// librdkafka is then older than its delivery timeout when librdkafka's threads wake, and
+/// librdkafka's broker thread scans its queues for expired messages before it builds the next
+/// produce request (`rd_kafka_toppar_producer_serve`) and its built requests before it sends
+/// them (`rd_kafka_broker_timeout_scan`): they fail with `MSG_TIMED_OUT` instead of being
+/// written after the new owner answered the same readings. The partition thread then gives
+/// them to the new owner, or re-reads them if the partition is still its own (task.rs).
+fn zombie_fence(c: &mut ClientConfig, k: &KafkaConfig) {
+    c.set("message.timeout.ms", k.delivery_timeout_ms().to_string());
 }
 
 /// The admin client (topic creation, metadata).
@@ -231,5 +258,13 @@ mod tests {
         for c in [consumer(&k), producer(&k), admin(&k), reader(&k, "g")] {
             assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
         }
+    }
+
+    #[test]
+    fn only_the_output_producer_times_deliveries_out_within_three_quarters_of_the_session() {
+        let k = KafkaConfig { session_timeout_ms: 6000, ..KafkaConfig::default() };
+        assert_eq!(output_producer(&k).get("message.timeout.ms"), Some("4500"));
+        assert_eq!(producer(&k).get("message.timeout.ms"), None, "the changelog keeps librdkafka's default");
+        assert_eq!(output_producer(&k).get("enable.idempotence"), Some("true"));
     }
 }

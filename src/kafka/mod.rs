@@ -37,12 +37,17 @@
 //!   (payload and headers), so a consumer can always recognise a repeat.
 //! - A member that lost its session but still produces (a zombie) could duplicate outputs. A
 //!   partition thread that finds more than the session timeout passed since its previous
-//!   round holds everything until the group revokes or confirms its partition ([`task`]); only
-//!   outputs already handed to librdkafka before the stall can still repeat. Broker
-//!   transactions would fence them, but neither development broker honours them.
-//! - A fatal Kafka error (an output not delivered within `message.timeout.ms`) stops the
-//!   worker; its offsets never pass the undelivered output, and `run` returns the error at the
-//!   latest `kafka.fatal_exit_after_ms` after it, drained or not.
+//!   round holds everything until the group revokes or confirms its partition ([`task`]).
+//!   Outputs already handed to librdkafka before the stall expire before librdkafka's threads
+//!   can send them: their delivery timeout is below any freeze that can cost the partitions
+//!   ([`client`], `zombie_fence`). Broker transactions would be the general fence, but
+//!   neither development broker honours them.
+//! - Outputs that time out undelivered (a broker outage) are never produced again blindly: the
+//!   partition starts over from its state store, output tails and committed offset once the
+//!   broker answers ([`reread`]). A fatal Kafka error (outputs still timing out after
+//!   `kafka.delivery_retry_ms`, a refused output) stops the worker; its offsets never pass the
+//!   undelivered output, and `run` returns the error at the latest `kafka.fatal_exit_after_ms`
+//!   after it, drained or not.
 
 pub mod admin;
 pub mod bounds;
@@ -54,6 +59,7 @@ pub mod offsets;
 pub mod probe;
 pub mod producer;
 pub mod recovery;
+pub mod reread;
 pub mod tails;
 pub mod task;
 pub mod tls;

@@ -57,8 +57,23 @@ pub struct DeliveryBoard {
 struct Reports {
     /// Input offsets of outputs delivered (one entry per output).
     delivered: Vec<i64>,
-    /// The first failed delivery: input offset and reason.
-    failed: Option<(i64, String)>,
+    /// Input offsets of outputs whose delivery failed (one entry per output).
+    failed: Vec<i64>,
+    /// The first failed delivery.
+    first_failure: Option<Failure>,
+}
+
+/// A failed delivery as the delivery callback saw it.
+#[derive(Clone)]
+struct Failure {
+    /// Input offset.
+    offset: i64,
+    /// Producer's error.
+    reason: String,
+    /// See [`DeliveryError::undelivered`].
+    undelivered: bool,
+    /// See [`DeliveryError::producer_spent`].
+    producer_spent: bool,
 }
 
 impl DeliveryBoard {
@@ -73,9 +88,18 @@ impl DeliveryBoard {
         self.wake.notify_one();
     }
 
-    /// An output of input `offset` could not be delivered (the first failure is kept).
-    pub fn failed(&self, offset: i64, reason: String) {
-        self.lock().failed.get_or_insert((offset, reason));
+    /// An output of input `offset` could not be delivered because of `error` (`None`: no
+    /// error code, e.g. a report that cannot be matched); the first failure is kept.
+    pub fn failed(&self, offset: i64, error: Option<&KafkaError>, reason: String) {
+        let mut r = self.lock();
+        r.failed.push(offset);
+        r.first_failure.get_or_insert(Failure {
+            offset,
+            reason,
+            undelivered: error.is_some_and(undelivered),
+            producer_spent: error.is_some_and(producer_spent),
+        });
+        drop(r);
         self.wake.notify_one();
     }
 }
@@ -128,11 +152,18 @@ impl Acks {
     fn take_reports(&mut self, block: bool) -> Result<(), DeliveryError> {
         {
             let mut r = self.board.lock();
-            if block && r.delivered.is_empty() && r.failed.is_none() {
+            if block && r.delivered.is_empty() && r.first_failure.is_none() {
                 r = self.board.wake.wait_timeout(r, REPORT_WAIT).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             }
-            if let Some((offset, reason)) = r.failed.clone() {
-                return Err(DeliveryError { topic: self.topic.clone(), partition: self.partition, offset, reason });
+            if let Some(f) = r.first_failure.clone() {
+                return Err(DeliveryError {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: f.offset,
+                    reason: f.reason,
+                    undelivered: f.undelivered,
+                    producer_spent: f.producer_spent,
+                });
             }
             std::mem::swap(&mut r.delivered, &mut self.taken);
         }
@@ -181,6 +212,49 @@ impl Acks {
         }
         Ok(retired)
     }
+
+    /// Wait until every output in flight has a delivery result (each gets one within
+    /// `message.timeout.ms`; a report-less stretch of [`SETTLE_SILENCE`] ends the wait), then
+    /// forget them all, delivered or not: the partition is about to be re-read or given up,
+    /// and nothing more is stored.
+    pub fn settle(&mut self) {
+        let mut outstanding: u64 = self.pending.iter().map(|p| u64::from(p.remaining)).sum();
+        let mut last_report = std::time::Instant::now();
+        while outstanding > 0 && last_report.elapsed() < SETTLE_SILENCE {
+            let mut r = self.board.lock();
+            if r.delivered.is_empty() && r.failed.is_empty() {
+                r = self.board.wake.wait_timeout(r, REPORT_WAIT).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+            }
+            let n = (r.delivered.len() + r.failed.len()) as u64;
+            r.delivered.clear();
+            r.failed.clear();
+            drop(r);
+            if n > 0 {
+                outstanding = outstanding.saturating_sub(n);
+                last_report = std::time::Instant::now();
+            }
+        }
+        self.pending.clear();
+    }
+}
+
+/// The longest [`Acks::settle`] waits without any delivery report: well past the output
+/// producer's `message.timeout.ms` (below the session timeout, see `client::zombie_fence`).
+const SETTLE_SILENCE: Duration = Duration::from_secs(120);
+
+/// Whether a delivery failed because the output was never acknowledged in time or was purged
+/// unsent (zombie fencing, a broker outage), as opposed to refused by the broker.
+fn undelivered(e: &KafkaError) -> bool {
+    producer_spent(e) || matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight))
+}
+
+/// Whether a delivery failure leaves the idempotent producer needing a new producer id: a
+/// timeout makes librdkafka bump its epoch locally, which Tansu answers with `ProducerFenced`.
+fn producer_spent(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    )
 }
 
 /// Commit the stored offsets of the current assignment now (revoke, shutdown).

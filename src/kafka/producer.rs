@@ -1,7 +1,8 @@
 //! The output producer: copies [`OutRecord`]s onto the wire, to the input record's partition
 //! number, with the source headers. Building the records is `partition::output`'s job.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
@@ -46,10 +47,10 @@ impl ProducerContext for OutputContext {
             .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok());
         match (offset, error) {
             (Some(offset), None) => board.delivered(offset),
-            (Some(offset), Some(e)) => board.failed(offset, e.to_string()),
+            (Some(offset), Some(e)) => board.failed(offset, Some(e), e.to_string()),
             // Every output carries the header: without it the report cannot be matched, and
             // the task must not store offsets past it.
-            (None, e) => board.failed(-1, format!("delivery report without {HEADER_SOURCE_OFFSET} header ({e:?})")),
+            (None, e) => board.failed(-1, None, format!("delivery report without {HEADER_SOURCE_OFFSET} header ({e:?})")),
         }
     }
 }
@@ -65,8 +66,13 @@ fn owned_headers(headers: &SourceHeaders<'_>) -> OwnedHeaders {
 
 /// Produces the worker's outputs.
 pub struct OutputProducer {
-    /// The idempotent producer (its own thread serves delivery reports).
-    producer: ThreadedProducer<OutputContext>,
+    /// The idempotent producer (its own thread serves delivery reports); replaced by
+    /// [`OutputProducer::renew`] once a delivery timeout has spent its producer id.
+    producer: RwLock<ThreadedProducer<OutputContext>>,
+    /// How many times `producer` was replaced.
+    generation: AtomicU64,
+    /// Its settings (to create a replacement).
+    config: rdkafka::ClientConfig,
     /// Topic names indexed like [`Dest`].
     scores: String,
     /// See `scores`.
@@ -78,12 +84,44 @@ pub struct OutputProducer {
 impl OutputProducer {
     /// A producer for the topics of `k`.
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
+        let config = super::client::output_producer(k);
         Ok(Self {
-            producer: super::client::producer(k).create_with_context(OutputContext)?,
+            producer: RwLock::new(config.create_with_context(OutputContext)?),
+            generation: AtomicU64::new(0),
+            config,
             scores: k.scores_topic.clone(),
             alerts: k.alerts_topic.clone(),
             dead_letters: k.dead_letter_topic.clone(),
         })
+    }
+
+    /// The current producer (a poisoned lock still holds a usable producer).
+    fn current(&self) -> RwLockReadGuard<'_, ThreadedProducer<OutputContext>> {
+        self.producer.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many times the producer was replaced so far (see [`OutputProducer::renew`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Replace the producer with a new one (a new producer id), unless it was replaced since
+    /// `seen` ([`OutputProducer::generation`]): after a delivery timeout librdkafka bumps the
+    /// idempotent producer's epoch itself, which Tansu answers with `ProducerFenced` on every
+    /// later output. Outputs still queued or in flight on the old producer fail (purged, their
+    /// reports go to their tasks' boards), and their partitions start over too. Returns whether
+    /// it replaced the producer.
+    pub fn renew(&self, seen: u64) -> Result<bool, KafkaError> {
+        let mut producer = self.producer.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.generation() != seen {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut *producer, self.config.create_with_context(OutputContext)?);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(producer);
+        // Dropping purges what the old producer still held, after the lock is released.
+        drop(old);
+        Ok(true)
     }
 
     fn topic(&self, d: Dest) -> &str {
@@ -112,7 +150,7 @@ impl OutputProducer {
             .headers(owned_headers(headers));
         let mut backoff = QUEUE_FULL_BACKOFF;
         loop {
-            match self.producer.send(record) {
+            match self.current().send(record) {
                 Ok(()) => return Ok(()),
                 // Retriable: the queue drains as the broker acknowledges (or as undelivered
                 // records time out, which then fails their partition: a fatal error).
@@ -131,14 +169,15 @@ impl OutputProducer {
     /// For a worker that may have lost its partitions while frozen (zombie fencing): what is
     /// already in flight cannot be recalled, but nothing queued is written late.
     pub fn purge_queued(&self) -> i32 {
-        let n = self.producer.in_flight_count();
-        self.producer.purge(PurgeConfig::default().queue());
+        let producer = self.current();
+        let n = producer.in_flight_count();
+        producer.purge(PurgeConfig::default().queue());
         n
     }
 
     /// Wait for every queued record to be delivered (or `timeout`).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.current().flush(timeout)
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Shared {
     /// The consumer's `session.timeout.ms`: a partition thread that stalled longer than this
     /// may have lost its partition to another member (zombie fencing, [`PartitionTask`]).
     pub session_timeout: Duration,
+    /// `kafka.delivery_retry_ms`: how long a partition whose outputs time out undelivered
+    /// keeps waiting for the broker to re-read them before that is fatal ([`super::reread`]).
+    pub delivery_retry: Duration,
     /// Set when the worker must stop (shutdown requested or a fatal error).
     pub stop: AtomicBool,
     /// The first fatal error, reported by `run`.
@@ -125,6 +128,9 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     evicted: u64,
     /// This partition's histograms (handles: observing them takes no lookup).
     timing: Timing,
+    /// Since when this partition's outputs fail undelivered with none delivered since, and
+    /// the output producer's generation then ([`super::reread`]).
+    undelivered_since: Option<(Instant, u64)>,
 }
 
 /// A partition's histogram handles.
@@ -169,6 +175,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             silent: None,
             timing,
             evicted: 0,
+            undelivered_since: None,
         }
     }
 
@@ -179,8 +186,17 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             // Lost after a stall: nothing more is stored or snapshotted (outputs may have been
             // purged); the next owner re-reads from the committed offset.
             Ok(Consumed::Fenced) => (None, true),
-            // Finish: every output of what was taken is delivered and its offset stored.
-            Ok(Consumed::Done) => (self.acks.advance(&self.consumer, Wait::Below(0)).err().map(WorkerError::from), false),
+            // Finish: every output of what was taken is delivered and its offset stored. One
+            // that timed out or was purged is left to the next owner, like a fenced partition's.
+            Ok(Consumed::Done) => match self.acks.advance(&self.consumer, Wait::Below(0)) {
+                Ok(_) => (None, false),
+                Err(e) if e.undelivered => {
+                    tracing::warn!(partition = self.processor.partition(), cause = %e, "outputs undelivered at revoke: left to the partition's next owner");
+                    self.acks.settle();
+                    (None, true)
+                }
+                Err(e) => (Some(WorkerError::from(e)), false),
+            },
         };
         let partition = self.processor.partition();
         if self.stalled.take().is_some() {
@@ -279,7 +295,17 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 span.record("last_offset", last).record("records", taken as i64).record("outcome", "ok");
             }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
-            let retired = self.acks.advance(&self.consumer, wait)?;
+            let retired = match self.acks.advance(&self.consumer, wait) {
+                Ok(n) => n,
+                Err(e) if e.undelivered => match self.undelivered(e)? {
+                    Some(end) => return Ok(end),
+                    None => continue,
+                },
+                Err(e) => return Err(e.into()),
+            };
+            if retired > 0 {
+                self.undelivered_since = None;
+            }
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
             // A trial reading is decided within the reading, so no breaker is half-open here.
             let open = self.processor.breakers_open();
@@ -304,6 +330,47 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             self.keep_budget();
         }
         Ok(Consumed::Done)
+    }
+
+    /// Outputs timed out undelivered or were purged (`e`): after a freeze that cost the
+    /// partition they belong to its new owner (`Some(Fenced)`); otherwise (a broker outage, or
+    /// the partition confirmed ours after a freeze) the partition starts over once the broker
+    /// answers (`None`), and gives up after `kafka.delivery_retry_ms` (`Err`). Nothing of the
+    /// partition is produced meanwhile ([`super::reread`] says why nothing is produced again).
+    fn undelivered(&mut self, e: super::offsets::DeliveryError) -> Result<Option<Consumed>, WorkerError> {
+        use super::reread::{start_over, wait_for_broker, Waited};
+        let partition = self.processor.partition();
+        let (since, generation) = *self.undelivered_since.get_or_insert_with(|| (Instant::now(), self.shared.producer.generation()));
+        tracing::warn!(partition, cause = %e, "outputs undelivered: producing nothing until the partition starts over");
+        // Every output in flight gets its result within message.timeout.ms: none is left that
+        // could still be written behind the re-read.
+        self.acks.settle();
+        // After a freeze past the session timeout: hold until the group revokes or confirms.
+        if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+            return Ok(Some(Consumed::Fenced));
+        }
+        match wait_for_broker(&self.consumer, &self.shared, &self.stop, since) {
+            Waited::Stopped => return Ok(Some(Consumed::Fenced)),
+            Waited::GaveUp => return Err(e.into()),
+            Waited::Reachable => {}
+        }
+        // A timeout spent the producer's id (see `OutputProducer::renew`): the first partition
+        // to start over replaces it, the others use that replacement.
+        if e.producer_spent && self.shared.producer.renew(generation)? {
+            tracing::info!(partition, "output producer replaced: a delivery timeout spent its producer id");
+        }
+        let (resume, committed) = start_over(&self.consumer, &self.shared, partition)?;
+        let topic = self.shared.topic.clone();
+        self.replay = Replay::new(&resume, committed);
+        let cold = self.shared.hooks.cold_store(&topic, partition);
+        self.processor =
+            Processor::with_cold(topic.clone(), partition, self.shared.processor.clone(), resume.models, cold, self.gauges.clone());
+        self.acks = Acks::new(&topic, partition);
+        self.shared.stats.delivery_rereads.fetch_add(1, Ordering::Relaxed);
+        self.beat = Instant::now();
+        // The broker answers and nothing is in flight: withdraw this thread's unreachable report.
+        self.watch_deliveries(true);
+        Ok(None)
     }
 
     /// Report the broker unreachable while outputs wait for acknowledgements longer than
@@ -424,8 +491,9 @@ fn hold_after_stall<C: ConsumerContext>(
     }
     shared.stats.stall_fences.fetch_add(1, Ordering::Relaxed);
     // Outputs still queued in librdkafka would be written late, after the new owner took over:
-    // drop them. Their deliveries fail: if the partition is still ours after all, that failure
-    // is fatal (the restart re-reads them); if it is lost, its next owner answers them.
+    // drop them (those queued before the freeze have timed out already: `client::zombie_fence`).
+    // Their deliveries fail: if the partition is still ours after all, it starts over and
+    // answers them again (`reread`); if it is lost, its next owner answers them.
     let queued = shared.producer.purge_queued();
     tracing::warn!(partition, stalled = ?gap, session_timeout = ?shared.session_timeout, queued, "partition thread stalled past the session timeout: queued outputs purged, producing nothing until the group confirms or revokes the partition");
     let confirm_at = Instant::now() + shared.session_timeout;

@@ -221,6 +221,12 @@ const EXPOSED: &[Exposed] = &[
         read: |s| get(&s.stall_fences),
     },
     Exposed {
+        name: "onad_delivery_rereads",
+        kind: MetricType::Counter,
+        help: "Times a partition started over from its state store and committed offset because outputs timed out undelivered (a broker outage or a freeze).",
+        read: |s| get(&s.delivery_rereads),
+    },
+    Exposed {
         name: "onad_assigned_partitions",
         kind: MetricType::Gauge,
         help: "Input partitions this worker owns now.",

@@ -79,6 +79,9 @@ pub struct WorkerStats {
     /// Times a partition thread found itself stalled past the session timeout (the process
     /// was frozen) and held its outputs until the group confirmed or revoked its partition.
     pub stall_fences: AtomicU64,
+    /// Times a partition started over (state store, output tails, committed offset) because
+    /// outputs timed out undelivered or were purged (`kafka::reread`).
+    pub delivery_rereads: AtomicU64,
     /// Labelled counters and histograms, observed where they happen (`telemetry::metrics`).
     pub instruments: super::metrics::Instruments,
     /// Time spent processing batches (first record taken to last record handled), µs; with
