@@ -250,6 +250,8 @@ pub struct Out {
     pub source_partition: Option<i32>,
     /// The `onad-replay-epoch` header.
     pub epoch: Option<u32>,
+    /// The record's timestamp (librdkafka's create time: when the worker produced it).
+    pub created_ms: Option<i64>,
 }
 
 /// Reads a topic from the beginning of every partition (no group).
@@ -323,6 +325,7 @@ impl Collector {
                     source_offset: src_off,
                     source_partition: src_part,
                     epoch,
+                    created_ms: m.timestamp().to_millis(),
                 });
             }
         }
