@@ -189,6 +189,48 @@ fn worker_on(broker: &PrivateBroker, name: &str, toml: &str, state: &std::path::
     ChildWorker::start_with_sets(name, 4, toml, state, &[format!("kafka.bootstrap=\"{}\"", broker.bootstrap())])
 }
 
+/// A worker on a broker of its own (so that the test may pause it), with its first wave of
+/// readings scored: the set-up of the outage tests.
+struct Outage {
+    broker: PrivateBroker,
+    name: String,
+    config: onad_stream::config::Config,
+    state: tempfile::TempDir,
+    scores: Collector,
+    w: ChildWorker,
+    inputs: BTreeMap<(i32, i64), In>,
+}
+
+impl Outage {
+    /// Topics named after `prefix`, a worker with `toml` as its config file, the first wave
+    /// sent and scored.
+    async fn start(prefix: &str, toml: &str) -> Self {
+        let broker = PrivateBroker::start();
+        let name = unique(prefix);
+        let config = config_on(broker.bootstrap(), &name, 4, &[]);
+        create_topics(&config).await;
+        let state = tempfile::tempdir().expect("state dir");
+        let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
+        let w = worker_on(&broker, &name, toml, state.path());
+        let mut inputs = BTreeMap::new();
+        send(&config, &mut inputs, wave(0, 25)).await;
+        let n = inputs.len();
+        tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+        Self { broker, name, config, state, scores, w, inputs }
+    }
+
+    /// Send the second wave and wait until the worker has taken all of it (by its
+    /// `/metrics` at `metrics`; not a fixed sleep: the partition threads first publish their
+    /// first snapshot to the changelog, which may linger too).
+    async fn second_wave_taken(&mut self, metrics: &str) {
+        send(&self.config, &mut self.inputs, wave(25, 50)).await;
+        let n = self.inputs.len() as u64;
+        tokio::task::block_in_place(|| {
+            wait_for(WAIT, "the worker to take the second wave", || metric(metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
+        });
+    }
+}
+
 /// Outputs linger 2 s in the producer (so that some are in flight when the broker stops). They
 /// time out after three quarters of the session timeout (4.5 s, zombie fencing); the partition then starts
 /// over once the broker answers again (`kafka.delivery_retry_ms`, 300 s by default): a 30 s
@@ -207,27 +249,13 @@ const SHORT_TIMEOUT: &str = "[kafka.settings]\n\"linger.ms\" = \"1000\"\n\"messa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_timed_out_in_a_short_outage_are_answered_again_by_a_partition_that_starts_over() {
-    let broker = PrivateBroker::start();
-    let name = unique("timedout");
-    let config = config_on(broker.bootstrap(), &name, 4, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
     let metrics = free_addr();
-    let mut w = worker_on(&broker, &name, &format!("{SHORT_TIMEOUT}[telemetry]\nmetrics_addr = \"{metrics}\"\n"), state.path());
-    let mut inputs = BTreeMap::new();
-    send(&config, &mut inputs, wave(0, 25)).await;
-    let n = inputs.len();
-    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
-
+    let mut o = Outage::start("timedout", &format!("{SHORT_TIMEOUT}[telemetry]\nmetrics_addr = \"{metrics}\"\n")).await;
     // The second wave is taken and its outputs linger (1 s) when the broker stops: they time
     // out during the pause, and the worker keeps its partitions (the pause is shorter than
     // the session timeout).
-    send(&config, &mut inputs, wave(25, 50)).await;
-    let n = inputs.len() as u64;
-    tokio::task::block_in_place(|| {
-        wait_for(WAIT, "the worker to take the second wave", || metric(&metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
-    });
+    o.second_wave_taken(&metrics).await;
+    let Outage { broker, config, mut scores, mut w, mut inputs, .. } = o;
     broker.pause();
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(w.exited().is_none(), "the worker exited while the broker was unreachable:\n{}", w.log());
@@ -252,17 +280,7 @@ async fn outputs_timed_out_in_a_short_outage_are_answered_again_by_a_partition_t
 /// A worker answering a steady stream while its private broker is paused for `pause`, with
 /// `toml` as its config: every reading is scored exactly once and in order. Returns its log.
 async fn outage(prefix: &str, toml: &str, pause: Duration) -> String {
-    let broker = PrivateBroker::start();
-    let name = unique(prefix);
-    let config = config_on(broker.bootstrap(), &name, 4, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
-    let mut w = worker_on(&broker, &name, toml, state.path());
-    let mut inputs = BTreeMap::new();
-    send(&config, &mut inputs, wave(0, 25)).await;
-    let n = inputs.len();
-    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
+    let Outage { broker, config, mut scores, mut w, mut inputs, .. } = Outage::start(prefix, toml).await;
 
     // Readings keep coming (the test's producer retries through the outage, as any client
     // would): some are in the worker's hands, their outputs in flight, when the broker stops.
@@ -297,29 +315,12 @@ const LINGERING: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_failed_for_good_exits_non_zero_in_bounded_time_and_the_restart_loses_nothing() {
-    let broker = PrivateBroker::start();
-    let name = unique("fatal");
-    let config = config_on(broker.bootstrap(), &name, 4, &[]);
-    create_topics(&config).await;
-    let state = tempfile::tempdir().expect("state dir");
-    let mut scores = Collector::on(broker.bootstrap(), &config.kafka.scores_topic, 4);
     let metrics = free_addr();
-    let toml = format!("{LINGERING}[telemetry]\nmetrics_addr = \"{metrics}\"\n");
-    let mut w = worker_on(&broker, &name, &toml, state.path());
-    let mut inputs = BTreeMap::new();
-    send(&config, &mut inputs, wave(0, 25)).await;
-    let n = inputs.len();
-    tokio::task::block_in_place(|| scores.until(WAIT, "scores of the first wave", |s| s.len() >= n));
-
+    let mut o = Outage::start("fatal", &format!("{LINGERING}[telemetry]\nmetrics_addr = \"{metrics}\"\n")).await;
     // The second wave is read and scored, its outputs wait in the producer (linger 2 s), and
-    // the broker stops before they are sent. Waiting for the worker to have taken the wave
-    // (not a fixed sleep): the partition threads first publish their first snapshot to the
-    // changelog, which lingers too.
-    send(&config, &mut inputs, wave(25, 50)).await;
-    let n = inputs.len() as u64;
-    tokio::task::block_in_place(|| {
-        wait_for(WAIT, "the worker to take the second wave", || metric(&metrics, "onad_records_consumed_total").is_some_and(|c| c >= n))
-    });
+    // the broker stops before they are sent.
+    o.second_wave_taken(&metrics).await;
+    let Outage { broker, name, state, mut scores, mut w, inputs, .. } = o;
     broker.pause();
     let paused = Instant::now();
     let (status, log) = tokio::task::block_in_place(|| w.wait_exit(Duration::from_secs(60), "the broker pause"));
