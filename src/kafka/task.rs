@@ -307,8 +307,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 self.undelivered_since = None;
             }
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
-            // A trial reading is decided within the reading, so no breaker is half-open here.
             let open = self.processor.breakers_open();
+            self.gauges.breakers_half_open.store(self.processor.breakers_half_open(), Ordering::Relaxed);
             let before = self.gauges.breakers_open.swap(open, Ordering::Relaxed);
             if open != before {
                 // Per partition, not per sensor: the degraded outputs name each sensor's cause.
