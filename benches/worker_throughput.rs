@@ -4,6 +4,7 @@
 //! - `isolation_forest`: that detector with its defaults (any `model_type` names a mode);
 //! - `zscore-nofb`: the same without the fallback (`resilience.fallback = "none"`);
 //! - `zscore-throughput`: z-score with `kafka.profile = "throughput"`;
+//! - `zscore-batchN`: z-score with the producers' `batch.size` N bytes (e.g. `zscore-batch262144`);
 //! - `no-scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
 //! - `bare loop`: consume -> produce the same bytes to the same partition, no decode (the
 //!   ceiling design.md measures; run here in the same process and moment as a peer).
@@ -199,6 +200,14 @@ fn main() {
                         // The same worker without the warm fallback (`resilience.fallback = "none"`).
                         let mut config = config;
                         config.fallback = None;
+                        time_worker(config, n as u64, true).await
+                    }
+                    batch if batch.starts_with("zscore-batch") => {
+                        // The same with the producers' `batch.size` set to the bytes the mode
+                        // names (`zscore-batch262144`): the zombie bound's trade-off (README,
+                        // "Zombies"), side by side with the default.
+                        let mut config = config;
+                        config.raw.kafka.settings.insert("batch.size".into(), batch.trim_start_matches("zscore-batch").into());
                         time_worker(config, n as u64, true).await
                     }
                     "zscore-throughput" => {

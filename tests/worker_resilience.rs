@@ -173,12 +173,19 @@ async fn partition_stats_count_open_breakers_and_degraded_readings() {
         wait_for("degraded of partition 0 (60-66 s of `bad`)", 7, || gauge(&p0.degraded));
     });
     assert_eq!((gauge(&p1.breakers_open), gauge(&p1.degraded)), (0, 0), "partition 1 has only healthy sensors");
-    s.send_and_score(records_at(&t[split..]), "the rest scored").await;
+    assert_eq!(gauge(&p0.breakers_half_open), 0, "open since 62 s, the partition's clock at 66 s: no trial due");
+    // `bad` goes quiet while the other sensors of partition 0 carry its event time past 72 s:
+    // its breaker's timeout has passed, its next reading is the trial (half-open).
+    let (rest_bad, rest): (Vec<In>, Vec<In>) = records_at(&t[split..]).into_iter().partition(|r| r.key.as_deref() == Some(b"bad"));
+    s.send_and_score(rest, "the other sensors' readings up to 90 s scored").await;
+    tokio::task::block_in_place(|| wait_for("breakers_half_open of partition 0 while `bad` is quiet", 1, || gauge(&p0.breakers_half_open)));
+    assert_eq!((gauge(&p0.breakers_open), gauge(&p1.breakers_half_open)), (1, 0), "half-open breakers are still open");
+    s.send_and_score(rest_bad, "the rest scored").await;
     tokio::task::block_in_place(|| {
         wait_for("breakers_open of partition 0 after the trial", 0, || gauge(&p0.breakers_open));
+        wait_for("breakers_half_open of partition 0 after the trial", 0, || gauge(&p0.breakers_half_open));
         wait_for("degraded of partition 0 (60-71 s of `bad`)", 12, || gauge(&p0.degraded));
     });
-    assert_eq!(gauge(&p0.breakers_half_open), 0, "a trial is decided within its reading");
     worker.stop().await;
 }
 

@@ -77,6 +77,13 @@ pub const PREFETCH_KBYTES: (u64, u64) = (1 << 10, 64 << 10);
 /// payload bytes only, and each queued message costs a few hundred bytes of librdkafka's
 /// own besides. 10,000 is still more than a second of input for a busy partition here.
 pub const PREFETCH_MESSAGES: u64 = 10_000;
+/// `queue.buffering.backpressure.threshold` of the output producer (librdkafka's default,
+/// named for the zombie bound): librdkafka builds a produce request only while fewer than this
+/// many built requests wait unsent on the broker connection. A request built but not yet
+/// written when the process freezes is sent on waking, before librdkafka checks whether it
+/// expired ([`zombie_fence`]); with 1, at most one such request (one output partition, at most
+/// `batch.size` bytes) exists per broker connection.
+pub const OUTPUT_UNSENT_REQUESTS: &str = "1";
 /// Brokers for the demo's embedded mock cluster.
 pub const MOCK_BROKERS: &str = "1";
 
@@ -164,12 +171,18 @@ fn idempotent(k: &KafkaConfig) -> ClientConfig {
 /// `[kafka.settings]` override above it). Every output a frozen worker had handed to
 /// librdkafka is then older than its delivery timeout when librdkafka's threads wake, and
 /// librdkafka's broker thread scans its queues for expired messages before it builds the next
-/// produce request (`rd_kafka_toppar_producer_serve`) and its built requests before it sends
-/// them (`rd_kafka_broker_timeout_scan`): they fail with `MSG_TIMED_OUT` instead of being
-/// written after the new owner answered the same readings. The partition thread then gives
-/// them to the new owner, or re-reads them if the partition is still its own (task.rs).
+/// produce request (`rd_kafka_toppar_producer_serve`): they fail with `MSG_TIMED_OUT` instead
+/// of being written after the new owner answered the same readings. The partition thread then
+/// gives them to the new owner, or re-reads them if the partition is still its own (task.rs).
+///
+/// What this cannot fence: a request already *built* when the process froze but not yet
+/// written to the socket. On waking, the broker thread serves its socket
+/// (`rd_kafka_transport_io_serve`, which sends queued requests without looking at their age)
+/// before its timeout scan of built requests (`rd_kafka_broker_timeout_scan`), so that request
+/// is written, and appended behind the new owner's outputs (README, "Zombies", has the
+/// measured case). [`OUTPUT_UNSENT_REQUESTS`] bounds it to one request per broker connection.
 fn zombie_fence(c: &mut ClientConfig, k: &KafkaConfig) {
-    c.set("message.timeout.ms", k.delivery_timeout_ms().to_string());
+    c.set("message.timeout.ms", k.delivery_timeout_ms().to_string()).set("queue.buffering.backpressure.threshold", OUTPUT_UNSENT_REQUESTS);
 }
 
 /// The admin client (topic creation, metadata).
@@ -267,6 +280,7 @@ mod tests {
     fn only_the_output_producer_times_deliveries_out_within_three_quarters_of_the_session() {
         let k = KafkaConfig { session_timeout_ms: 6000, ..KafkaConfig::default() };
         assert_eq!(output_producer(&k).get("message.timeout.ms"), Some("4500"));
+        assert_eq!(output_producer(&k).get("queue.buffering.backpressure.threshold"), Some("1"), "one unsent request at most");
         assert_eq!(producer(&k).get("message.timeout.ms"), None, "the changelog keeps librdkafka's default");
         assert_eq!(output_producer(&k).get("enable.idempotence"), Some("true"));
     }

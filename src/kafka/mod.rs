@@ -40,8 +40,13 @@
 //!   round holds everything until the group revokes or confirms its partition ([`task`]).
 //!   Outputs already handed to librdkafka before the stall expire before librdkafka's threads
 //!   can send them: their delivery timeout is below any freeze that can cost the partitions
-//!   ([`client`], `zombie_fence`). Broker transactions would be the general fence, but
-//!   neither development broker honours them.
+//!   ([`client`], `zombie_fence`). Not fenced: the one produce request librdkafka may have
+//!   built and not yet written when the process stopped; its broker thread writes it on
+//!   waking, before it checks the request's age (measured: 4,856 repeats, one full 1 MB
+//!   request, in 1 of 13 runs of the freeze test; README, "Zombies"). At most one request per
+//!   broker connection ([`client::OUTPUT_UNSENT_REQUESTS`]), recognisable by its source
+//!   headers. Broker transactions would be the general fence, but neither development broker
+//!   honours them.
 //! - Outputs that time out undelivered (a broker outage) are never produced again blindly: the
 //!   partition starts over from its state store, output tails and committed offset once the
 //!   broker answers ([`reread`]). A fatal Kafka error (outputs still timing out after

@@ -307,8 +307,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 self.undelivered_since = None;
             }
             self.shared.stats.acknowledged.fetch_add(retired as u64, Ordering::Relaxed);
-            // A trial reading is decided within the reading, so no breaker is half-open here.
             let open = self.processor.breakers_open();
+            self.gauges.breakers_half_open.store(self.processor.breakers_half_open(), Ordering::Relaxed);
             let before = self.gauges.breakers_open.swap(open, Ordering::Relaxed);
             if open != before {
                 // Per partition, not per sensor: the degraded outputs name each sensor's cause.
@@ -492,6 +492,8 @@ fn hold_after_stall<C: ConsumerContext>(
     shared.stats.stall_fences.fetch_add(1, Ordering::Relaxed);
     // Outputs still queued in librdkafka would be written late, after the new owner took over:
     // drop them (those queued before the freeze have timed out already: `client::zombie_fence`).
+    // A purge cannot recall a produce request librdkafka had built before the freeze: its broker
+    // thread woke with this one and writes it before serving the purge (README, "Zombies").
     // Their deliveries fail: if the partition is still ours after all, it starts over and
     // answers them again (`reread`); if it is lost, its next owner answers them.
     let queued = shared.producer.purge_queued();

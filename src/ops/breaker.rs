@@ -43,6 +43,12 @@ impl BreakerParams {
         // `limit` is in [0, window): floor + 1 is the least integer strictly above it.
         (limit.floor() as u32).saturating_add(1).min(self.window)
     }
+
+    /// Whether a breaker opened at event time `opened_at_ms` has waited its timeout at event
+    /// time `ts_ms`: a reading taken then is the half-open trial.
+    pub fn trial_due(&self, opened_at_ms: i64, ts_ms: i64) -> bool {
+        ts_ms.saturating_sub(opened_at_ms) >= self.open_timeout_ms
+    }
 }
 
 /// Where the breaker is.
@@ -106,6 +112,11 @@ impl Breaker {
         self.failures
     }
 
+    /// Event time (ms) of the reading that (last) opened the breaker; meaningful while open.
+    pub fn opened_at_ms(&self) -> i64 {
+        self.opened_at_ms
+    }
+
     /// Who scores a reading taken at `ts_ms`. An open breaker whose timeout has passed turns
     /// half-open: this reading is the trial and must be [`Self::record`]ed.
     pub fn route(&mut self, p: &BreakerParams, ts_ms: i64) -> Route {
@@ -113,7 +124,7 @@ impl Breaker {
             BreakerState::Closed => Route::Main,
             BreakerState::HalfOpen => Route::Trial,
             BreakerState::Open => {
-                if ts_ms.saturating_sub(self.opened_at_ms) >= p.open_timeout_ms {
+                if p.trial_due(self.opened_at_ms, ts_ms) {
                     self.state = BreakerState::HalfOpen;
                     Route::Trial
                 } else {

@@ -11,6 +11,7 @@
 //! after each batch (snapshot when due) and on revocation (final snapshot); the layers above
 //! implement it (`kafka::recovery`), so this one imports none of them.
 
+mod breakers;
 mod buffers;
 pub mod decode;
 pub mod output;
@@ -213,8 +214,9 @@ pub struct Processor {
     models: Models,
     /// Reused from one record to the next.
     buf: buffers::Buffers,
-    /// Sensors of `models` whose breaker is open now (kept as breakers change, for stats).
-    breakers_open: u64,
+    /// Sensors of `models` whose breaker is open now, and since when (kept as breakers
+    /// change, for stats).
+    breakers: breakers::OpenBreakers,
     /// Readings scored by a fallback by this processor (degraded).
     degraded: u64,
     /// Which pipelines are in memory, under the budget.
@@ -247,20 +249,9 @@ impl Processor {
             resident.insert(k, kp, None);
         }
         resident.publish();
-        let breakers_open = open_breakers(&models);
+        let breakers = breakers::OpenBreakers::from_breakers(models.keys.iter().map(|(k, kp)| (k, &kp.guard.breaker)));
         let limiter = SourceLimiter::new(&config.limits.rate_limit);
-        Self {
-            topic,
-            partition,
-            config,
-            models,
-            buf: Default::default(),
-            resident,
-            breakers_open,
-            degraded: 0,
-            limiter,
-            last_security: None,
-        }
+        Self { topic, partition, config, models, buf: Default::default(), resident, breakers, degraded: 0, limiter, last_security: None }
     }
 
     /// Keep the worker's memory budget: evict this partition's least-recently-used
@@ -282,9 +273,16 @@ impl Processor {
         &self.resident
     }
 
-    /// Sensors whose circuit breaker is open now.
+    /// Sensors whose circuit breaker is open now (half-open ones included).
     pub fn breakers_open(&self) -> u64 {
-        self.breakers_open
+        self.breakers.open()
+    }
+
+    /// Sensors whose circuit breaker is half-open: open, with its timeout passed on the
+    /// partition's event-time clock (the latest reading scored), so that the sensor's next
+    /// reading is the trial.
+    pub fn breakers_half_open(&self) -> u64 {
+        self.breakers.half_open(&self.config.resilience.breaker)
     }
 
     /// Readings this processor scored with a fallback detector (`degraded = true`).
@@ -390,11 +388,7 @@ impl Processor {
                 fallback::Main { factory: &self.config.factory, name: self.config.factory.detector_name(), pipeline: &mut kp.pipeline };
             let was_open = kp.guard.breaker.state() == BreakerState::Open;
             let g = fallback::score(&self.config.resilience, main, &mut kp.guard, &reading.sensor_id, &self.buf.x, reading.timestamp_ms);
-            match (was_open, kp.guard.breaker.state() == BreakerState::Open) {
-                (false, true) => self.breakers_open += 1,
-                (true, false) => self.breakers_open = self.breakers_open.saturating_sub(1),
-                _ => {}
-            }
+            self.breakers.observe(&reading.sensor_id, was_open, &kp.guard.breaker, reading.timestamp_ms);
             match g.verdict {
                 Verdict::Main(s) => s,
                 Verdict::Degraded(s, why) => {
@@ -452,11 +446,6 @@ fn cooled_down(last: &mut Option<i64>, ts_ms: i64, cooldown_ms: i64) -> bool {
         *last = Some(last.map_or(ts_ms, |t| t.max(ts_ms)));
     }
     due
-}
-
-/// Sensors of `models` whose breaker is open.
-fn open_breakers(models: &Models) -> u64 {
-    models.keys.values().filter(|k| k.guard.breaker.state() == BreakerState::Open).count() as u64
 }
 
 /// Where a partition's state comes from and goes to (implemented by the state store, issue 4).

@@ -79,6 +79,43 @@ fn a_failing_detector_degrades_its_sensor_only_until_a_healthy_trial_closes_the_
 }
 
 #[test]
+fn an_open_breaker_is_half_open_once_the_partitions_event_time_passes_its_timeout() {
+    let mut p = processor(&["resilience.open_timeout=\"10s\""]);
+    healthy(&mut p, "bad", 0);
+    healthy(&mut p, "good", 0);
+    for t in [60_000, 61_000, 62_000] {
+        run(&mut p, "bad", t, 1e200);
+    }
+    assert_eq!((p.breakers_open(), p.breakers_half_open()), (1, 0), "open since 62 s");
+    run(&mut p, "good", 71_999, 10.0);
+    assert_eq!(p.breakers_half_open(), 0, "1 ms short of the 10 s timeout");
+    // `bad` is quiet; the partition's clock (another sensor's reading) passes its timeout.
+    run(&mut p, "good", 72_000, 10.0);
+    assert_eq!((p.breakers_open(), p.breakers_half_open()), (1, 1), "half-open: still open, trial due");
+    let (_, out) = run(&mut p, "bad", 72_500, 1e200);
+    assert!(scored(&out).degraded_reason.starts_with("trial reading failed"), "{}", scored(&out).degraded_reason);
+    assert_eq!((p.breakers_open(), p.breakers_half_open()), (1, 0), "a failed trial opens it again from 72.5 s");
+    let (_, out) = run(&mut p, "bad", 82_500, 10.0);
+    assert!(!scored(&out).degraded, "a healthy trial closes it");
+    assert_eq!((p.breakers_open(), p.breakers_half_open()), (0, 0));
+}
+
+#[test]
+fn a_restored_open_breaker_turns_half_open_on_the_restored_partitions_clock() {
+    let mut p = processor(&["resilience.open_timeout=\"10s\""]);
+    healthy(&mut p, "bad", 0);
+    healthy(&mut p, "good", 0);
+    for t in [60_000, 61_000, 62_000] {
+        run(&mut p, "bad", t, 1e200);
+    }
+    let snapshot: Models = postcard::from_bytes(&postcard::to_allocvec(p.models()).expect("encodes")).expect("decodes");
+    let mut q = Processor::new("in".into(), 0, p.config.clone(), snapshot);
+    assert_eq!((q.breakers_open(), q.breakers_half_open()), (1, 0), "no reading yet: no clock");
+    run(&mut q, "good", 73_000, 10.0);
+    assert_eq!(q.breakers_half_open(), 1, "opened at 62 s (from the snapshot), clock at 73 s");
+}
+
+#[test]
 fn a_failed_trial_keeps_the_breaker_open() {
     let mut p = processor(&["resilience.open_timeout=\"10s\""]);
     healthy(&mut p, "bad", 0);

@@ -349,7 +349,7 @@ impl Collector for WorkerCollector {
         }
         let mut m = encoder.encode_descriptor(
             "onad_breakers",
-            "Circuit breakers by state (open, half_open) per partition.",
+            "Circuit breakers by state per partition: open (half-open included), half_open (open, trial due).",
             None,
             MetricType::Gauge,
         )?;

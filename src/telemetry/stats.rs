@@ -106,7 +106,8 @@ pub struct PartitionStats {
     pub reloads: AtomicU64,
     /// Circuit breakers open now (their pipelines are scored by the fallback).
     pub breakers_open: AtomicU64,
-    /// Circuit breakers half-open now (a trial reading decides).
+    /// Circuit breakers half-open now: open with their trial due (the partition's event time
+    /// passed their `open_timeout`); counted in `breakers_open` too.
     pub breakers_half_open: AtomicU64,
     /// Readings scored by a fallback detector (`degraded = true`).
     pub degraded: AtomicU64,
