@@ -19,8 +19,10 @@ struct MapCold {
 }
 
 impl ColdStore for MapCold {
-    fn can_evict(&self) -> bool {
-        !self.closed.load(Ordering::Relaxed)
+    fn retain_evictable(&self, victims: &mut Vec<(&str, &KeyPipeline)>) {
+        if self.closed.load(Ordering::Relaxed) {
+            victims.clear();
+        }
     }
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {
         let mut rows = self.rows.lock().expect("lock");
