@@ -403,10 +403,6 @@ impl ColdStore for SpillStore {
         self.checkpoints.pending_bytes(self.partition)
     }
 
-    fn store_bytes(&self) -> Option<u64> {
-        Some(self.store.memtable_bytes())
-    }
-
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {
         let mut rows = Vec::with_capacity(models.len());
         for (k, kp) in models {

@@ -6,12 +6,6 @@
 //! records evict their least-recently-used sensors until it is under again. An atomic is
 //! enough: the sum may overshoot by what other partitions added since the last check, which
 //! is bounded by one batch of new sensors per partition.
-//!
-//! Besides the pipelines, two transient kinds of memory that exist because of them are
-//! charged, so that eviction makes room for them and models + these stay within the limit:
-//! each partition's encoded snapshot while it waits to be written (`partition::resident`),
-//! and, once for the worker, the state store's memtables ([`MemoryBudget::set_store`]:
-//! evictions and snapshots fill them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,10 +17,8 @@ const MIB: u64 = 1 << 20;
 pub struct MemoryBudget {
     /// The limit in bytes; `u64::MAX` for none.
     limit: u64,
-    /// Bytes accounted now by the partitions.
+    /// Bytes accounted now.
     used: AtomicU64,
-    /// Bytes the state store holds in memory for the worker (its memtables), last reported.
-    store: AtomicU64,
 }
 
 impl Default for MemoryBudget {
@@ -43,7 +35,7 @@ impl MemoryBudget {
 
     /// A budget of `bytes` (tests use tiny ones).
     pub fn from_bytes(bytes: u64) -> Self {
-        Self { limit: bytes, used: AtomicU64::new(0), store: AtomicU64::new(0) }
+        Self { limit: bytes, used: AtomicU64::new(0) }
     }
 
     /// No limit: nothing is ever evicted.
@@ -56,14 +48,9 @@ impl MemoryBudget {
         self.limit
     }
 
-    /// Bytes accounted now, over every partition, and the store's.
+    /// Bytes accounted now, over every partition.
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed).saturating_add(self.store.load(Ordering::Relaxed))
-    }
-
-    /// The state store holds `bytes` in memory now (replaces the last report).
-    pub fn set_store(&self, bytes: u64) {
-        self.store.store(bytes, Ordering::Relaxed);
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Whether more is accounted than the limit allows.
@@ -97,10 +84,6 @@ mod tests {
         assert!(!b.over());
         b.sub(1000);
         assert_eq!(b.used(), 0);
-        b.set_store(150);
-        assert!(b.over(), "the store's memory counts too");
-        b.set_store(50);
-        assert_eq!(b.used(), 50, "reported, not added up");
         assert_eq!(MemoryBudget::from_mb(512).limit(), 512 << 20);
     }
 }

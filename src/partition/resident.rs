@@ -29,7 +29,7 @@
 //!    again). Every other sensor may be: the snapshot holds its row as encoded at S (which
 //!    wins over the spill), or does not need it. The encoded snapshot's bytes are charged to
 //!    the budget while it waits ([`ColdStore::pending_bytes`]), so eviction makes room for
-//!    them (and so are the store's memtables, [`ColdStore::store_bytes`]).
+//!    them.
 //! 2. Spill rows are read back only by the incarnation that wrote them: on assignment the
 //!    partition's spill is cleared before a snapshot is restored, unless the worker continues
 //!    with the models it parked itself on revoke (then the spill still belongs to them).
@@ -68,11 +68,6 @@ pub trait ColdStore: Send {
     /// budget while it waits, so that eviction makes room for it.
     fn pending_bytes(&self) -> u64 {
         0
-    }
-    /// Bytes the store holds in memory for the whole worker (RocksDB's memtables), if known:
-    /// charged to the budget once ([`MemoryBudget::set_store`]).
-    fn store_bytes(&self) -> Option<u64> {
-        None
     }
     /// Write these pipelines (one batch). On error nothing is dropped from memory.
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure>;
@@ -240,9 +235,6 @@ impl Resident {
             let pending = cold.pending_bytes();
             self.budget.add(pending);
             self.budget.sub(std::mem::replace(&mut self.pending, pending));
-            if let Some(bytes) = cold.store_bytes() {
-                self.budget.set_store(bytes);
-            }
         }
         while self.budget.over() && !self.entries.is_empty() {
             let Some(cold) = self.cold.as_mut() else {

@@ -286,19 +286,6 @@ impl StateStore {
         })
     }
 
-    /// Bytes of the database's memtables, flushing and pinned ones included (0 when it
-    /// cannot tell): the memory budget charges them (`ops::memory`).
-    pub fn memtable_bytes(&self) -> u64 {
-        self.with_db(|db| {
-            Ok([CF_META, CF_MODELS, CF_SPILL]
-                .into_iter()
-                .filter_map(|name| db.cf_handle(name))
-                .filter_map(|cf| db.property_int_value_cf(&cf, rocksdb::properties::SIZE_ALL_MEM_TABLES).ok().flatten())
-                .sum())
-        })
-        .unwrap_or(0)
-    }
-
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path
