@@ -29,7 +29,8 @@
 //!    again). Every other sensor may be: the snapshot holds its row as encoded at S (which
 //!    wins over the spill), or does not need it. The encoded snapshot's bytes are charged to
 //!    the budget while it waits ([`ColdStore::pending_bytes`]), so eviction makes room for
-//!    them.
+//!    them; so are the keys changed since the last snapshot (a set of up to
+//!    `checkpoint_interval` keys per partition).
 //! 2. Spill rows are read back only by the incarnation that wrote them: on assignment the
 //!    partition's spill is cleared before a snapshot is restored, unless the worker continues
 //!    with the models it parked itself on revoke (then the spill still belongs to them).
@@ -102,7 +103,8 @@ pub struct Resident {
     tick: u64,
     /// Bytes this partition accounted in the budget for its pipelines.
     bytes: u64,
-    /// Bytes accounted in the budget for its encoded snapshot waiting to be written.
+    /// Bytes accounted in the budget for its snapshot bookkeeping: the encoded snapshot
+    /// waiting to be written and the set of keys changed since the last one.
     pending: u64,
     /// Keys with a cold row that are not resident.
     cold_only: u64,
@@ -228,11 +230,14 @@ impl Resident {
 
     /// While the worker is over budget, write this partition's least-recently-used pipelines
     /// to the cold store and drop them from `models`. Returns how many were evicted.
-    pub fn keep_budget(&mut self, models: &mut BTreeMap<String, KeyPipeline>) -> Result<usize, StateFailure> {
+    /// `changed`: heap bytes of the partition's set of keys changed since its last snapshot,
+    /// charged to the budget (with the snapshot waiting to be written, if any).
+    pub fn keep_budget(&mut self, models: &mut BTreeMap<String, KeyPipeline>, changed: u64) -> Result<usize, StateFailure> {
         let mut evicted = 0;
         if let Some(cold) = self.cold.as_ref() {
-            // The snapshot waiting to be written (or none now): its charge follows it.
-            let pending = cold.pending_bytes();
+            // The snapshot waiting to be written (or none now) and the changed keys: their
+            // charge follows them.
+            let pending = cold.pending_bytes() + changed;
             self.budget.add(pending);
             self.budget.sub(std::mem::replace(&mut self.pending, pending));
         }
