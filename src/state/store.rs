@@ -357,7 +357,7 @@ impl StateStore {
         let prefix = snapshot_prefix(topic, partition, offset);
         let write_err = |source| StateError::Write { topic: topic.into(), partition, offset, source };
         // First chunk: what this snapshot replaces below and at its offset (module docs).
-        let below = Self::offsets_in(db, topic, partition)?.into_iter().filter(|o| *o < offset).next_back();
+        let below = Self::offsets_in(db, topic, partition)?.into_iter().rfind(|o| *o < offset);
         let mut batch = WriteBatch::default();
         batch.delete_cf(meta_cf, &prefix);
         batch.delete_range_cf(models_cf, snapshot_prefix(topic, partition, below.map_or(-1, |o| o + 1)), prefix_end(&prefix));
