@@ -366,13 +366,17 @@ impl StateStore {
         let mut flushed: Result<(), rocksdb::Error> = Ok(());
         let chunk_bytes = self.chunk_bytes;
         let mut put = |key: &[u8], value: &[u8]| {
+            if flushed.is_err() {
+                // A chunk failed: the write fails; gather nothing more.
+                return;
+            }
             key_buf.clear();
             key_buf.extend_from_slice(&prefix);
             key_buf.extend_from_slice(key);
             batch.put_cf(models_cf, &key_buf, value);
             keys += 1;
             bytes += value.len() as u64;
-            if batch.size_in_bytes() >= chunk_bytes && flushed.is_ok() {
+            if batch.size_in_bytes() >= chunk_bytes {
                 // Not synced: the last chunk's sync makes every earlier one durable.
                 flushed = db.write_opt(std::mem::take(&mut batch), &WriteOptions::default());
             }
