@@ -547,40 +547,6 @@ impl StateStore {
         Ok(Restored { snapshot: None, rejected })
     }
 
-    /// The partition's replay epoch (0 until a `replay --state keep|reset`).
-    pub fn epoch(&self, topic: &str, partition: i32) -> Result<u32, StateError> {
-        let key = epoch_key(topic, partition);
-        let raw = self.with_db(|db| {
-            db.get_cf(Self::cf(db, CF_META), &key).map_err(|source| StateError::Read { topic: topic.into(), partition, source })
-        })?;
-        match raw {
-            None => Ok(0),
-            Some(v) => codec::decode::<u32>(Kind::ReplayEpoch, &v).map_err(|source| StateError::Corrupt {
-                topic: topic.into(),
-                partition,
-                offset: -1,
-                key: Some("(replay epoch)".into()),
-                source,
-            }),
-        }
-    }
-
-    /// Record the partition's replay epoch.
-    pub fn set_epoch(&self, topic: &str, partition: i32, epoch: u32) -> Result<(), StateError> {
-        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode {
-            partition,
-            key: "(replay epoch)".into(),
-            source,
-        })?;
-        let mut batch = WriteBatch::default();
-        self.recover()?;
-        self.with_db(|db| {
-            batch.put_cf(Self::cf(db, CF_META), epoch_key(topic, partition), &value);
-            Ok(())
-        })?;
-        self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset: -1, source })
-    }
-
     /// Delete the snapshots of a partition with an offset above `offset` (all of them with
     /// `None`): `replay --state rewind` and `--state reset`. Returns how many were deleted.
     pub fn delete_after(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<usize, StateError> {
@@ -603,6 +569,7 @@ impl StateStore {
 }
 
 pub mod chain;
+mod epoch;
 mod options;
 use options::{db_options, descriptors, existing_descriptors};
 pub use options::{BLOCK_CACHE_BYTES, DB_WRITE_BUFFER_BYTES, MODELS_WRITE_BUFFER_BYTES};
