@@ -13,7 +13,8 @@
 //!
 //! Run: `scripts/kafka-broker start; cargo bench --bench memory_budget` (state directories
 //! under `ONAD_BENCH_STATE_DIR`, default the system temp dir; `ONAD_BENCH_SET` adds
-//! `;`-separated `--set`s to the worker, `ONAD_BENCH_LOG` its `RUST_LOG`).
+//! `;`-separated `--set`s to the worker, `ONAD_BENCH_LOG` its `RUST_LOG`, `ONAD_BENCH_KEEP_LOG`
+//! a directory to keep the workers' logs in).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -179,6 +180,11 @@ fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
     let secs = first.map(|(t, _)| t.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
     let (hwm, _) = rss_mb(child.id());
     stop(child);
+    // ONAD_BENCH_KEEP_LOG=dir keeps each worker's log (its "heap trimmed" lines with
+    // `ONAD_BENCH_LOG=info,onad_stream::kafka::task=debug`), named after the topics.
+    if let Ok(keep) = std::env::var("ONAD_BENCH_KEEP_LOG") {
+        let _ = std::fs::copy(&log, std::path::Path::new(&keep).join(format!("{name}.log")));
+    }
     (secs, hwm, std::fs::read_to_string(&log).unwrap_or_default())
 }
 

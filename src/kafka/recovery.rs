@@ -206,11 +206,11 @@ impl StoreHooks {
                 Err(e) => Some(Err(e)),
             })
         };
-        let resident = || pending.models.iter().cloned().map(Ok);
+        let resident = || pending.models.owned().map(Ok);
         // The changed rows, resident and evicted, are merged as they are written instead of
         // gathered into one more copy (the memory budget's fixed overhead, BENCHMARKS.md).
         let written = match pending.parent {
-            None => self.store.write_merged(topic, partition, offset, &pending.models),
+            None => self.store.write_merged_rows(topic, partition, offset, resident()),
             Some(parent) => self.store.write_delta_rows(topic, partition, offset, parent, merged(resident(), evicted())),
         };
         span.record("outcome", if written.is_ok() { "ok" } else { "error" });
@@ -395,8 +395,12 @@ struct SpillStore {
 }
 
 impl ColdStore for SpillStore {
-    fn can_evict(&self) -> bool {
-        !self.checkpoints.pending(self.partition)
+    fn retain_evictable(&self, victims: &mut Vec<(&str, &KeyPipeline)>) {
+        self.checkpoints.retain_evictable(self.partition, victims);
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.checkpoints.pending_bytes(self.partition)
     }
 
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {

@@ -98,7 +98,14 @@ pub struct ChangedKeys {
     pub keys: std::collections::BTreeSet<String>,
     /// A pipeline was dropped: the next snapshot must be full (deltas do not delete keys).
     pub all: bool,
+    /// Heap bytes `keys` holds, estimated ([`CHANGED_KEY_BYTES`] a key besides its bytes):
+    /// charged to the memory budget (at a million sensors, ~100,000 keys per partition).
+    pub bytes: u64,
 }
+
+/// Heap bytes per key of [`ChangedKeys::keys`] besides the key's own: its `String` in a
+/// B-tree node (24 bytes, nodes ~2/3 full) and the allocation's header and rounding.
+pub const CHANGED_KEY_BYTES: u64 = 72;
 
 impl Changed {
     fn lock(&self) -> std::sync::MutexGuard<'_, ChangedKeys> {
@@ -111,7 +118,13 @@ impl Changed {
         let mut c = self.lock();
         if !c.keys.contains(key) {
             c.keys.insert(key.to_string());
+            c.bytes += key.len() as u64 + CHANGED_KEY_BYTES;
         }
+    }
+
+    /// Heap bytes held ([`ChangedKeys::bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// A pipeline was dropped.
@@ -259,7 +272,8 @@ impl Processor {
     /// evicted; `Ok(0)` also when over budget with nothing to evict to (see
     /// [`Processor::over_budget_without_store`]).
     pub fn keep_budget(&mut self) -> Result<usize, StateFailure> {
-        self.resident.keep_budget(&mut self.models.keys)
+        let changed = self.models.changed.bytes();
+        self.resident.keep_budget(&mut self.models.keys, changed)
     }
 
     /// Whether the worker went over budget and this partition has no store to evict to

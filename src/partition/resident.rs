@@ -21,10 +21,16 @@
 //! The spill is scratch memory, not state: its rows hold a sensor's pipeline as of its
 //! eviction, which may be ahead of the last snapshot. So:
 //! 1. A snapshot at offset S is a full copy of the partition: the resident pipelines as
-//!    encoded at S, plus the spill rows of the sensors not resident then. No eviction happens
-//!    while a snapshot is encoded and waiting for its outputs to be delivered
-//!    ([`ColdStore::can_evict`]), so every spill row read into it is a state at or before S
-//!    (a sensor reloaded since keeps its old row, unchanged, until it is evicted again).
+//!    encoded at S, plus the spill rows of the sensors not resident then (a delta: the
+//!    changed ones of each). While a snapshot is encoded and waiting for its outputs to be
+//!    delivered, the sensors whose spill rows it will read are not evicted
+//!    ([`ColdStore::retain_evictable`]), so every spill row read into it is a state at or
+//!    before S (a sensor reloaded since keeps its old row, unchanged, until it is evicted
+//!    again). Every other sensor may be: the snapshot holds its row as encoded at S (which
+//!    wins over the spill), or does not need it. The encoded snapshot's bytes are charged to
+//!    the budget while it waits ([`ColdStore::pending_bytes`]), so eviction makes room for
+//!    them; so are the keys changed since the last snapshot (a set of up to
+//!    `checkpoint_interval` keys per partition).
 //! 2. Spill rows are read back only by the incarnation that wrote them: on assignment the
 //!    partition's spill is cleared before a snapshot is restored, unless the worker continues
 //!    with the models it parked itself on revoke (then the spill still belongs to them).
@@ -55,9 +61,15 @@ const EVICT_BATCH: usize = 512;
 
 /// Where evicted pipelines go (implemented over the state store by `kafka::recovery`).
 pub trait ColdStore: Send {
-    /// Whether pipelines may be evicted now: not while a snapshot is encoded and waits for
-    /// its outputs to be delivered (see the module docs).
-    fn can_evict(&self) -> bool;
+    /// Of `victims` (least recently used first), keep those that may be evicted now: while a
+    /// snapshot is encoded and waits for its outputs to be delivered, not the sensors whose
+    /// evicted rows it will read (see the module docs).
+    fn retain_evictable(&self, victims: &mut Vec<(&str, &KeyPipeline)>);
+    /// Heap bytes of this partition's encoded snapshot waiting to be written: charged to the
+    /// budget while it waits, so that eviction makes room for it.
+    fn pending_bytes(&self) -> u64 {
+        0
+    }
     /// Write these pipelines (one batch). On error nothing is dropped from memory.
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure>;
     /// The evicted pipeline of `key`, if it has one.
@@ -89,8 +101,11 @@ pub struct Resident {
     order: BTreeMap<u64, String>,
     /// Next tick.
     tick: u64,
-    /// Bytes this partition accounted in the budget.
+    /// Bytes this partition accounted in the budget for its pipelines.
     bytes: u64,
+    /// Bytes accounted in the budget for its snapshot bookkeeping: the encoded snapshot
+    /// waiting to be written and the set of keys changed since the last one.
+    pending: u64,
     /// Keys with a cold row that are not resident.
     cold_only: u64,
     /// Reused encoding buffer.
@@ -108,7 +123,7 @@ impl std::fmt::Debug for Resident {
 impl Drop for Resident {
     fn drop(&mut self) {
         // The models leave this partition (parked or dropped): the budget gets them back.
-        self.budget.sub(self.bytes);
+        self.budget.sub(self.bytes + self.pending);
     }
 }
 
@@ -123,6 +138,7 @@ impl Resident {
             order: BTreeMap::new(),
             tick: 0,
             bytes: 0,
+            pending: 0,
             cold_only: 0,
             buf: Vec::new(),
             warned: false,
@@ -214,16 +230,22 @@ impl Resident {
 
     /// While the worker is over budget, write this partition's least-recently-used pipelines
     /// to the cold store and drop them from `models`. Returns how many were evicted.
-    pub fn keep_budget(&mut self, models: &mut BTreeMap<String, KeyPipeline>) -> Result<usize, StateFailure> {
+    /// `changed`: heap bytes of the partition's set of keys changed since its last snapshot,
+    /// charged to the budget (with the snapshot waiting to be written, if any).
+    pub fn keep_budget(&mut self, models: &mut BTreeMap<String, KeyPipeline>, changed: u64) -> Result<usize, StateFailure> {
         let mut evicted = 0;
+        if let Some(cold) = self.cold.as_ref() {
+            // The snapshot waiting to be written (or none now) and the changed keys: their
+            // charge follows them.
+            let pending = cold.pending_bytes() + changed;
+            self.budget.add(pending);
+            self.budget.sub(std::mem::replace(&mut self.pending, pending));
+        }
         while self.budget.over() && !self.entries.is_empty() {
             let Some(cold) = self.cold.as_mut() else {
                 self.warned = true;
                 break;
             };
-            if !cold.can_evict() {
-                break;
-            }
             // Free what the worker is over by, plus 1% of the budget so that a full worker
             // does not write one sensor per reading.
             let target = self.budget.used().saturating_sub(self.budget.limit()) + self.budget.limit() / 100;
@@ -237,6 +259,8 @@ impl Resident {
                     victims.push((key.as_str(), kp));
                 }
             }
+            // Each round evicts at least one sensor or stops: no loop without progress.
+            cold.retain_evictable(&mut victims);
             if victims.is_empty() {
                 break;
             }

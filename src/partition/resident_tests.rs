@@ -16,11 +16,18 @@ struct MapCold {
     rows: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     /// While false, nothing may be evicted (a snapshot is pending).
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes of a snapshot waiting to be written, as the real store reports them.
+    pending: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ColdStore for MapCold {
-    fn can_evict(&self) -> bool {
-        !self.closed.load(Ordering::Relaxed)
+    fn retain_evictable(&self, victims: &mut Vec<(&str, &KeyPipeline)>) {
+        if self.closed.load(Ordering::Relaxed) {
+            victims.clear();
+        }
+    }
+    fn pending_bytes(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
     fn evict(&mut self, models: &[(&str, &KeyPipeline)]) -> Result<(), StateFailure> {
         let mut rows = self.rows.lock().expect("lock");
@@ -166,4 +173,28 @@ fn without_a_cold_store_nothing_is_evicted_and_it_is_reported() {
     assert!(p.over_budget_without_store());
     assert_eq!(p.models().keys.len(), 5);
     assert_eq!(stats.evictions.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_waiting_snapshot_is_charged_to_the_budget_and_eviction_makes_room_for_it() {
+    let input: Vec<(String, Vec<u8>)> = (0..8).map(|i| (format!("s{i}"), reading(&format!("s{i}"), 1, i as f64))).collect();
+    let (mut free, _) = processor(MemoryBudget::unlimited(), None);
+    run(&mut free, &input, 8);
+    let one = free.resident().bytes_of("s0").expect("resident");
+    let cold = MapCold::default();
+    let (mut p, _) = processor(MemoryBudget::from_bytes(one * 10), Some(cold.clone()));
+    run(&mut p, &input, 8);
+    assert_eq!(p.resident().resident(), 8, "8 pipelines and their changed keys fit in 10");
+    // A snapshot of 4 pipelines' worth waits: the oldest sensors make room for it.
+    cold.pending.store(one * 4, Ordering::Relaxed);
+    let n = p.keep_budget().expect("evicts");
+    assert!((2..=3).contains(&n), "evicted {n}: 2 pipelines' worth and the 1% headroom");
+    assert_eq!(p.resident().resident(), 8 - n);
+    let oldest = format!("s{n}");
+    assert_eq!(p.resident().lru_order().first(), Some(&oldest.as_str()), "the least recently used went first");
+    // Written: its charge is returned, nothing more is evicted.
+    cold.pending.store(0, Ordering::Relaxed);
+    let resident = p.resident().resident();
+    assert_eq!(p.keep_budget().expect("no error"), 0);
+    assert_eq!(p.resident().resident(), resident);
 }

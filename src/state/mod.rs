@@ -3,18 +3,20 @@
 //! changelog's records and `kafka::recovery` applies the [`policy`] on assignment.
 //!
 //! This is the only module that touches RocksDB. A *snapshot* of an input partition is every
-//! key's model plus the last input offset applied to them, written in one atomic WriteBatch
-//! ([`store::StateStore::write_snapshot`]); a bounded history of them per partition serves
+//! key's model plus the last input offset applied to them, written all or nothing (chunks, its
+//! meta record last: [`store::StateStore::write_snapshot`]); a bounded history of them per partition serves
 //! `replay --state rewind` and the fallback past a corrupt snapshot. Every stored value is a
 //! checked envelope ([`codec`]); the [`changelog`] records carry the same bytes to a compacted
 //! topic so that another replica can take a partition over with its model.
 
 pub mod changelog;
 pub mod codec;
+pub mod packed;
 pub mod policy;
 pub mod store;
 
 pub use codec::{CodecError, Kind};
+pub use packed::PackedRows;
 
 /// Models already in their envelopes, by key (what snapshots and the changelog move around
 /// without knowing the model type).
@@ -141,6 +143,17 @@ pub enum StateError {
 /// The per-key model the worker stores (one seam: the worker's own per-key type goes here
 /// if it wraps the pipeline with more state).
 pub type KeyModel = crate::partition::KeyPipeline;
+
+/// As [`encode_models`], packed into two buffers ([`PackedRows`]): a snapshot waiting to be
+/// written.
+pub fn encode_packed<'a>(partition: i32, models: impl IntoIterator<Item = (&'a String, &'a KeyModel)>) -> Result<PackedRows, StateError> {
+    let mut rows = PackedRows::default();
+    for (k, m) in models {
+        let v = codec::encode(Kind::Model, m).map_err(|source| StateError::Encode { partition, key: k.clone(), source })?;
+        rows.push(k, &v);
+    }
+    Ok(rows)
+}
 
 /// Every key's model of `partition` in its envelope, for a snapshot or the changelog.
 pub fn encode_models<'a>(

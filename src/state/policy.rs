@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::changelog::ChangelogState;
 use super::store::chain::MAX_DEPTH;
-use super::{encode_models, EncodedModels, KeyModel};
+use super::{encode_packed, KeyModel, PackedRows};
 use crate::error::StateFailure;
 use crate::partition::Models;
 
@@ -78,14 +78,14 @@ pub struct Pending {
     /// Last input offset applied to these models.
     pub offset: i64,
     /// (key, model envelope), in key order: every resident pipeline (full), or those
-    /// changed since `parent` (delta).
-    pub models: EncodedModels,
+    /// changed since `parent` (delta). Packed: see [`PackedRows`].
+    pub models: PackedRows,
     /// `None`: a full snapshot (with the evicted pipelines merged in by the store); else a
     /// delta of the snapshot at this offset ([`crate::state::store::chain`]).
     pub parent: Option<i64>,
     /// The changed pipelines that were not resident when it was encoded (evicted since their
     /// change): their rows are read from the spill when it is written (a delta's rows, and
-    /// the changelog's, which wants every key changed since its last marker).
+    /// the changelog's, which wants every key changed since its last marker). In key order.
     pub evicted: Vec<String>,
 }
 
@@ -136,10 +136,35 @@ impl Checkpoints {
     }
 
     /// Whether a snapshot of `partition` is encoded and waits for its outputs to be
-    /// delivered (no pipeline may be evicted meanwhile: `partition::resident`).
+    /// delivered.
     pub fn pending(&self, partition: i32) -> bool {
         // A poisoned lock: say "pending", which only postpones evictions.
         self.progress.lock().map_or(true, |p| p.get(&partition).is_some_and(|p| p.pending.is_some()))
+    }
+
+    /// Heap bytes of `partition`'s encoded snapshot waiting to be written (0: none): the
+    /// memory budget charges them, so that eviction makes room for them.
+    pub fn pending_bytes(&self, partition: i32) -> u64 {
+        self.progress.lock().map_or(0, |p| p.get(&partition).and_then(|p| p.pending.as_ref()).map_or(0, |pe| pe.models.heap_bytes()))
+    }
+
+    /// Of `victims` (sensors `partition` would evict now), keep those whose eviction cannot
+    /// change the snapshot waiting to be written: that snapshot reads the spill rows of the
+    /// sensors it did not encode (a full one: every sensor not resident when it was encoded;
+    /// a delta: its [`Pending::evicted`]), which must stay states at or before its offset
+    /// (`partition::resident`). Any other sensor may go: a full snapshot holds its encoded
+    /// row (it wins over the spill), a delta holds it or does not need it.
+    pub fn retain_evictable<T>(&self, partition: i32, victims: &mut Vec<(&str, T)>) {
+        let Ok(all) = self.progress.lock() else {
+            // A poisoned lock: evict nothing, which only postpones evictions.
+            victims.clear();
+            return;
+        };
+        let Some(pe) = all.get(&partition).and_then(|p| p.pending.as_ref()) else { return };
+        match pe.parent {
+            None => victims.retain(|(k, _)| pe.models.contains_key(k)),
+            Some(_) => victims.retain(|(k, _)| pe.evicted.binary_search_by(|e| e.as_str().cmp(k)).is_err()),
+        }
     }
 
     /// `partition` was assigned with state that has applied up to `last`; `depth` is that of
@@ -230,10 +255,10 @@ fn encode(partition: i32, models: &Models, applied: i64, p: &mut Progress, full_
     let err = |e: crate::state::StateError| StateFailure(e.to_string());
     let (resident, evicted): (Vec<String>, Vec<String>) = changed.keys.into_iter().partition(|k| models.keys.contains_key(k));
     if full {
-        let encoded = encode_models(partition, &models.keys).map_err(err)?;
+        let encoded = encode_packed(partition, &models.keys).map_err(err)?;
         return Ok(Pending { offset: applied, models: encoded, parent: None, evicted });
     }
-    let encoded = encode_models(partition, resident.iter().filter_map(|k| models.keys.get_key_value(k))).map_err(err)?;
+    let encoded = encode_packed(partition, resident.iter().filter_map(|k| models.keys.get_key_value(k))).map_err(err)?;
     Ok(Pending { offset: applied, models: encoded, parent: p.last, evicted })
 }
 
@@ -336,13 +361,38 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_snapshot_pins_only_the_sensors_whose_evicted_rows_it_reads_and_is_charged() {
+        let c = Checkpoints::new(1, Duration::from_secs(3600));
+        let evictable = |victims: &[&str]| {
+            let mut v: Vec<(&str, ())> = victims.iter().map(|k| (*k, ())).collect();
+            c.retain_evictable(0, &mut v);
+            v.into_iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(evictable(&["a", "z"]), vec!["a", "z"], "nothing pending: anything may go");
+        assert_eq!(c.pending_bytes(0), 0);
+        // A full snapshot encoded at 10 (a, b resident; c, d evicted), waiting for delivery:
+        // it reads the spill rows of every sensor it did not encode, so c (reloaded since)
+        // and e (new since) must stay; a and b are in it as encoded.
+        assert!(c.ready(0, &with_keys(10, &["a", "b"], &["a", "c"]), None).expect("ok").is_none(), "waits for delivery");
+        assert_eq!(evictable(&["a", "b", "c", "e"]), vec!["a", "b"]);
+        assert!(c.pending_bytes(0) > 0, "its encoded bytes are charged while it waits");
+        let pe = c.ready(0, &with_keys(10, &["a", "b"], &[]), Some(10)).expect("ok").expect("delivered");
+        assert_eq!(pe.parent, None);
+        c.written(0, pe, true);
+        assert_eq!((c.pending_bytes(0), evictable(&["c", "e"]).len()), (0, 2), "written: nothing pinned, nothing charged");
+        // A delta at 11 reads the spill rows of the changed sensors it did not encode (c).
+        assert!(c.ready(0, &with_keys(11, &["a", "b"], &["b", "c"]), None).expect("ok").is_none());
+        assert_eq!(evictable(&["a", "b", "c", "e"]), vec!["a", "b", "e"]);
+    }
+
+    #[test]
     fn snapshots_are_deltas_of_the_last_local_one_until_a_full_one_is_due() {
         let c = Checkpoints::new(1, Duration::from_secs(3600));
         c.assigned(0, Some(9), Some(0));
         // "c" changed and was evicted since: listed for the spill.
         let pe = c.ready(0, &with_keys(10, &["a", "b"], &["b", "c"]), Some(10)).expect("ok").expect("due");
         assert_eq!(pe.parent, Some(9));
-        assert_eq!(pe.models.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(pe.models.iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(pe.evicted, vec!["c".to_string()]);
         c.written(0, pe, true);
         let mut offset = 11;

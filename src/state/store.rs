@@ -11,10 +11,17 @@
 //! - `spill`: `stream ++ key` -> envelope([`Kind::Model`]): pipelines evicted to keep the
 //!   memory budget; scratch, never part of a restore ([`spill`]).
 //!
-//! A snapshot is written as one WriteBatch (its models, its meta record, and the deletion of
-//! the snapshots it supersedes: those above its offset, and the oldest past the history), so
-//! a crash leaves either all of it or none. The newest snapshot is always the one written
-//! last, which is what `replay --state keep` (models relabelled at an earlier offset) needs.
+//! A snapshot is written in WriteBatches of about [`SNAPSHOT_CHUNK_BYTES`] (a full snapshot at
+//! a million sensors is tens of MB: one batch would be that much more RSS), its meta record
+//! last: the meta record's presence is what makes a snapshot exist, so a crash (or an error)
+//! between chunks leaves rows nobody reads, and the state is the previous complete snapshot.
+//! The first chunk deletes what a new snapshot at offset O replaces below it (an earlier one
+//! at O, meta included, and rows left by an interrupted write since the newest complete
+//! snapshot below O); the last one, synced, holds the meta record and the deletion of the
+//! snapshots it supersedes (those above O, their rows and any left-over rows above O, and the
+//! oldest past the history). Synced last means all of it is durable: the WAL is written in
+//! order. The newest snapshot is always the one written last, which is what `replay --state
+//! keep` (models relabelled at an earlier offset) needs.
 //! A snapshot is a full copy or a delta of an earlier one (only the keys changed since):
 //! [`chain`] says how they are resolved, kept and fallen back from.
 //!
@@ -65,6 +72,9 @@ const CF_SPILL: &str = "spill";
 const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// See the module docs.
 const BLOCK_BYTES: usize = 16 << 10;
+/// Bytes of rows per WriteBatch of a snapshot (module docs): RocksDB copies each batch once
+/// more into its memtable, so this bounds the transient copy, not the throughput.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 /// (key bytes, value bytes) as stored.
 type RawModels = Vec<(Vec<u8>, Box<[u8]>)>;
@@ -126,6 +136,8 @@ pub struct StateStore {
     /// so one batch (and the memtable growth it brings) at a time is what the worker holds
     /// instead of one per partition (the memory budget's fixed overhead, BENCHMARKS.md).
     writing: std::sync::Mutex<()>,
+    /// [`SNAPSHOT_CHUNK_BYTES`] (tests use tiny chunks).
+    chunk_bytes: usize,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -201,6 +213,7 @@ impl StateStore {
             history: history.max(1),
             path: path.into(),
             writing: Default::default(),
+            chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         })
     }
 
@@ -215,6 +228,7 @@ impl StateStore {
             history: usize::MAX,
             path: path.into(),
             writing: Default::default(),
+            chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         })
     }
 
@@ -341,17 +355,31 @@ impl StateStore {
         let (meta_cf, models_cf) = (Self::cf(db, CF_META), Self::cf(db, CF_MODELS));
         let depth = chain::depth_after(db, topic, partition, offset, parent)?;
         let prefix = snapshot_prefix(topic, partition, offset);
+        let write_err = |source| StateError::Write { topic: topic.into(), partition, offset, source };
+        // First chunk: what this snapshot replaces below and at its offset (module docs).
+        let below = Self::offsets_in(db, topic, partition)?.into_iter().rfind(|o| *o < offset);
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(models_cf, &prefix, &prefix_end(&prefix));
+        batch.delete_cf(meta_cf, &prefix);
+        batch.delete_range_cf(models_cf, snapshot_prefix(topic, partition, below.map_or(-1, |o| o + 1)), prefix_end(&prefix));
         let (mut keys, mut bytes) = (0u64, 0u64);
         let mut key_buf = Vec::with_capacity(prefix.len() + 32);
+        let mut flushed: Result<(), rocksdb::Error> = Ok(());
+        let chunk_bytes = self.chunk_bytes;
         let mut put = |key: &[u8], value: &[u8]| {
+            if flushed.is_err() {
+                // A chunk failed: the write fails; gather nothing more.
+                return;
+            }
             key_buf.clear();
             key_buf.extend_from_slice(&prefix);
             key_buf.extend_from_slice(key);
             batch.put_cf(models_cf, &key_buf, value);
             keys += 1;
             bytes += value.len() as u64;
+            if batch.size_in_bytes() >= chunk_bytes {
+                // Not synced: the last chunk's sync makes every earlier one durable.
+                flushed = db.write_opt(std::mem::take(&mut batch), &WriteOptions::default());
+            }
         };
         let mut spilled = spill::Rows::new(db, topic, partition, merge_spill);
         for entry in models {
@@ -361,6 +389,10 @@ impl StateStore {
         }
         spilled.put_rest(&mut put)?;
         drop(spilled);
+        if let Err(e) = flushed {
+            self.failed.store(true, Ordering::Release);
+            return Err(write_err(e));
+        }
         let meta = chain::MetaRecord { written_at_ms: now_ms(), keys, bytes, parent, depth };
         let meta_value =
             codec::encode(Kind::SnapshotMeta, &meta).map_err(|source| StateError::Encode { partition, key: String::new(), source })?;
@@ -368,8 +400,10 @@ impl StateStore {
         for doomed in chain::superseded(db, topic, partition, offset, parent, self.history)? {
             Self::delete_snapshot_in(db, &mut batch, topic, partition, doomed);
         }
+        // Rows above this snapshot left by an interrupted write: nothing above it survives.
+        batch.delete_range_cf(models_cf, prefix_end(&prefix), prefix_end(&stream_prefix(topic, partition)));
         drop(guard);
-        self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset, source })?;
+        self.write_batch(batch, write_err)?;
         Ok(SnapshotInfo { topic: topic.into(), partition, offset, written_at_ms: meta.written_at_ms, keys, bytes, parent, depth })
     }
 
@@ -513,40 +547,6 @@ impl StateStore {
         Ok(Restored { snapshot: None, rejected })
     }
 
-    /// The partition's replay epoch (0 until a `replay --state keep|reset`).
-    pub fn epoch(&self, topic: &str, partition: i32) -> Result<u32, StateError> {
-        let key = epoch_key(topic, partition);
-        let raw = self.with_db(|db| {
-            db.get_cf(Self::cf(db, CF_META), &key).map_err(|source| StateError::Read { topic: topic.into(), partition, source })
-        })?;
-        match raw {
-            None => Ok(0),
-            Some(v) => codec::decode::<u32>(Kind::ReplayEpoch, &v).map_err(|source| StateError::Corrupt {
-                topic: topic.into(),
-                partition,
-                offset: -1,
-                key: Some("(replay epoch)".into()),
-                source,
-            }),
-        }
-    }
-
-    /// Record the partition's replay epoch.
-    pub fn set_epoch(&self, topic: &str, partition: i32, epoch: u32) -> Result<(), StateError> {
-        let value = codec::encode(Kind::ReplayEpoch, &epoch).map_err(|source| StateError::Encode {
-            partition,
-            key: "(replay epoch)".into(),
-            source,
-        })?;
-        let mut batch = WriteBatch::default();
-        self.recover()?;
-        self.with_db(|db| {
-            batch.put_cf(Self::cf(db, CF_META), epoch_key(topic, partition), &value);
-            Ok(())
-        })?;
-        self.write_batch(batch, |source| StateError::Write { topic: topic.into(), partition, offset: -1, source })
-    }
-
     /// Delete the snapshots of a partition with an offset above `offset` (all of them with
     /// `None`): `replay --state rewind` and `--state reset`. Returns how many were deleted.
     pub fn delete_after(&self, topic: &str, partition: i32, offset: Option<i64>) -> Result<usize, StateError> {
@@ -569,6 +569,7 @@ impl StateStore {
 }
 
 pub mod chain;
+mod epoch;
 mod options;
 use options::{db_options, descriptors, existing_descriptors};
 pub use options::{BLOCK_CACHE_BYTES, DB_WRITE_BUFFER_BYTES, MODELS_WRITE_BUFFER_BYTES};

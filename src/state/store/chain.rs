@@ -5,7 +5,7 @@
 //! one, not all of them.
 //!
 //! Why a base+delta chain rather than one row per key carrying its last offset: the store's
-//! other duties stay as they were. Each snapshot is still one atomic WriteBatch under its own
+//! other duties stay as they were. Each snapshot is still all or nothing under its own
 //! offset (rows + meta, or nothing); an older snapshot is still an exact earlier state, so
 //! `replay --state rewind` and the fallback past a corrupt snapshot keep working; and rows
 //! never mix states of different offsets (per-key rows would hold, after an eviction or a

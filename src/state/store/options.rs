@@ -7,9 +7,9 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionTyp
 use super::{spill, BLOCK_BYTES, CF_META, CF_MODELS, CF_SPILL, MAX_TOTAL_WAL_BYTES};
 
 /// See the module docs of [`super`] (Memory).
-pub const DB_WRITE_BUFFER_BYTES: usize = 32 << 20;
+pub const DB_WRITE_BUFFER_BYTES: usize = 16 << 20;
 /// See the module docs of [`super`] (Memory).
-pub const MODELS_WRITE_BUFFER_BYTES: usize = 16 << 20;
+pub const MODELS_WRITE_BUFFER_BYTES: usize = 8 << 20;
 /// See the module docs of [`super`] (Memory).
 pub const BLOCK_CACHE_BYTES: usize = 8 << 20;
 

@@ -172,9 +172,17 @@ impl StateStore {
 
     /// As [`StateStore::write_encoded`] with the resident pipelines `models` (in key order),
     /// and the partition's evicted pipelines: a full snapshot of a partition under a memory
-    /// budget, still one atomic WriteBatch.
+    /// budget, still all or nothing (written in chunks, meta record last: [`super`]).
     pub fn write_merged(&self, topic: &str, partition: i32, offset: i64, models: &[(String, Vec<u8>)]) -> Result<SnapshotInfo, StateError> {
-        self.write_rows(topic, partition, offset, models.iter().cloned().map(Ok), true, None)
+        self.write_merged_rows(topic, partition, offset, models.iter().cloned().map(Ok))
+    }
+
+    /// As [`StateStore::write_merged`], the resident rows as they come (in key order).
+    pub fn write_merged_rows<I>(&self, topic: &str, partition: i32, offset: i64, models: I) -> Result<SnapshotInfo, StateError>
+    where
+        I: IntoIterator<Item = Result<(String, Vec<u8>), StateError>>,
+    {
+        self.write_rows(topic, partition, offset, models, true, None)
     }
 }
 

@@ -270,3 +270,56 @@ fn a_full_disk_fails_the_write_loses_nothing_and_the_store_writes_again_once_spa
     let restored = store.restore::<Pipeline>(TOPIC, 0, None).unwrap().snapshot.unwrap();
     assert_same(&restored.models, &m);
 }
+
+/// The rows stored under `offset` of partition 0, whether or not a meta record names them.
+fn rows_at(store: &StateStore, offset: i64) -> usize {
+    let info = SnapshotInfo { topic: TOPIC.into(), partition: 0, offset, written_at_ms: 0, keys: 0, bytes: 0, parent: None, depth: 0 };
+    store.raw_models(&info).expect("readable").len()
+}
+
+#[test]
+fn a_snapshot_interrupted_between_chunks_leaves_the_previous_one_and_its_rows_are_cleaned_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (models(40, 5), models(40, 9));
+    let encoded = |m: &[(String, Pipeline)]| -> Vec<(String, Vec<u8>)> {
+        m.iter().map(|(k, p)| (k.clone(), codec::encode(Kind::Model, p).expect("encodes"))).collect()
+    };
+    // Fails after 30 rows, the way a crash mid-write stops it: chunks already written stay.
+    let failing = |rows: Vec<(String, Vec<u8>)>| {
+        rows.into_iter().enumerate().map(|(i, r)| if i < 30 { Ok(r) } else { Err(StateError::InvalidOffset(-7)) })
+    };
+    {
+        let mut store = StateStore::open(dir.path(), 4).expect("open");
+        store.chunk_bytes = 1024;
+        write(&store, 0, 10, &old);
+        let err = store.write_encoded(TOPIC, 0, 20, failing(encoded(&new))).expect_err("interrupted");
+        assert!(matches!(err, StateError::InvalidOffset(-7)), "{err}");
+        assert!(rows_at(&store, 20) >= 10, "several chunks were written before the interruption: {}", rows_at(&store, 20));
+        // Rewriting the snapshot at 10 itself, interrupted: the old one at 10 is gone (its rows
+        // were the first chunk's to replace), none is half there.
+        let err = store.write_encoded(TOPIC, 0, 10, failing(encoded(&new))).expect_err("interrupted");
+        assert!(matches!(err, StateError::InvalidOffset(-7)), "{err}");
+        let r = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable");
+        assert!(r.snapshot.is_none() && r.rejected.is_empty(), "no half snapshot at 10: {:?}", r.rejected);
+        write(&store, 0, 5, &old);
+        store.write_encoded(TOPIC, 0, 20, failing(encoded(&new))).expect_err("interrupted");
+    }
+    // After a restart the state is the last complete snapshot, exactly.
+    let mut store = StateStore::open(dir.path(), 4).expect("reopen");
+    store.chunk_bytes = 1024;
+    let r = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable");
+    assert!(r.rejected.is_empty(), "an interrupted snapshot is not a corrupt one: {:?}", r.rejected);
+    let snap = r.snapshot.expect("the previous complete snapshot");
+    assert_eq!(snap.info.offset, 5);
+    assert_same(&snap.models, &old);
+    // The next snapshot, above or below the interrupted one, removes its rows.
+    let info = write(&store, 0, 30, &new);
+    assert_eq!(info.keys, 40);
+    assert_eq!((rows_at(&store, 10), rows_at(&store, 20), rows_at(&store, 30)), (0, 0, 40));
+    store.write_encoded(TOPIC, 0, 40, failing(encoded(&old))).expect_err("interrupted");
+    write(&store, 0, 35, &old);
+    assert_eq!(rows_at(&store, 40), 0, "rows above the newest snapshot are gone with it");
+    let snap = store.restore::<Pipeline>(TOPIC, 0, None).expect("readable").snapshot.expect("present");
+    assert_eq!(snap.info.offset, 35);
+    assert_same(&snap.models, &old);
+}
