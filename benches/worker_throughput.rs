@@ -14,7 +14,8 @@
 //!
 //! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092), `ONAD_BENCH_READINGS` (default 200000),
 //! `ONAD_BENCH_MODES` (default `no-scoring,zscore,isolation_forest`; the bare loop always
-//! runs) and `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
+//! runs), `ONAD_BENCH_SET` (extra `--set` overrides of the worker's config, `;`-separated) and
+//! `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
 //! summary gives the median readings/s and the median ratio to the bare loop of its round.
 //! Besides readings/s, each mode reports the CPU time this process spent per reading over the
 //! same window (`getrusage`: every thread of the worker or the bare loop, librdkafka's
@@ -58,6 +59,10 @@ fn config(name: &str) -> Config {
         "kafka.session_timeout_ms=6000".to_string(),
         "telemetry.log_level=\"warn\"".to_string(),
     ];
+    // `ONAD_BENCH_SET`: more `--set` overrides for every worker mode, `;`-separated (e.g.
+    // `kafka.settings."linger.ms"=5`), to try a setting beside the bare loop.
+    let extra = std::env::var("ONAD_BENCH_SET").unwrap_or_default();
+    let sets: Vec<String> = sets.into_iter().chain(extra.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from)).collect();
     Config::load_from(None, &[], &sets).expect("bench config")
 }
 
