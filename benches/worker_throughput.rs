@@ -15,8 +15,14 @@
 //!
 //! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092), `ONAD_BENCH_READINGS` (default 200000),
 //! `ONAD_BENCH_MODES` (default `no-scoring,zscore,isolation_forest`; the bare loop always
-//! runs) and `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
+//! runs), `ONAD_BENCH_SET` (extra `--set` overrides of the worker's config, `;`-separated) and
+//! `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
 //! summary gives the median readings/s and the median ratio to the bare loop of its round.
+//! Besides readings/s, each mode reports the CPU time this process spent per reading over the
+//! same window (`getrusage`: every thread of the worker or the bare loop, librdkafka's
+//! included; not the broker's): on a machine shared with other work the wall-clock rate swings
+//! with the load, while CPU per reading moves far less, so it is the figure to compare two
+//! builds by.
 //! `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318` exports spans and metrics over OTLP while
 //! measuring (the tracing-on figure of BENCHMARKS.md).
 //! Run: `scripts/kafka-broker start; cargo bench --bench worker_throughput` (release), or
@@ -54,6 +60,10 @@ fn config(name: &str) -> Config {
         "kafka.session_timeout_ms=6000".to_string(),
         "telemetry.log_level=\"warn\"".to_string(),
     ];
+    // `ONAD_BENCH_SET`: more `--set` overrides for every worker mode, `;`-separated (e.g.
+    // `kafka.settings."linger.ms"=5`), to try a setting beside the bare loop.
+    let extra = std::env::var("ONAD_BENCH_SET").unwrap_or_default();
+    let sets: Vec<String> = sets.into_iter().chain(extra.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from)).collect();
     Config::load_from(None, &[], &sets).expect("bench config")
 }
 
@@ -76,8 +86,29 @@ async fn prepare(mode: &str, n: usize) -> Config {
     config
 }
 
-/// Time the worker over the prepared topics: (seconds from first record to last ack).
-async fn time_worker(config: Config, n: u64, scoring: bool) -> f64 {
+/// CPU seconds (user + system) this process has used so far, all threads.
+fn cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// One timed run: wall seconds and CPU seconds of this process, from the first record taken
+/// to the last acknowledged.
+#[derive(Clone, Copy)]
+struct Timed {
+    /// Wall-clock seconds.
+    secs: f64,
+    /// CPU seconds over the same window.
+    cpu: f64,
+}
+
+/// Time the worker over the prepared topics (from first record to last ack).
+async fn time_worker(config: Config, n: u64, scoring: bool) -> Timed {
     let mut worker = Worker::new(config);
     if !scoring {
         worker = worker.without_scoring();
@@ -92,7 +123,7 @@ async fn time_worker(config: Config, n: u64, scoring: bool) -> f64 {
     loop {
         let consumed = stats.consumed.load(Ordering::Relaxed);
         if first.is_none() && consumed > 0 {
-            first = Some(Instant::now());
+            first = Some((Instant::now(), cpu_secs()));
         }
         if stats.acknowledged.load(Ordering::Relaxed) >= n {
             break;
@@ -100,16 +131,16 @@ async fn time_worker(config: Config, n: u64, scoring: bool) -> f64 {
         assert!(Instant::now() < deadline, "worker did not finish {n} readings within {LIMIT:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let secs = first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let timed = first.map(|(at, cpu)| Timed { secs: at.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu });
     let _ = tx.send(());
     let summary = handle.await.expect("worker task").expect("worker run");
     assert_eq!(summary.scored, n, "every reading scored");
-    secs
+    timed.unwrap_or(Timed { secs: f64::NAN, cpu: f64::NAN })
 }
 
 /// The bare loop: assign all partitions, copy each record to the same partition of the
-/// scores topic, wait for every delivery. Returns seconds from first record to last delivery.
-fn time_bare(config: &Config, n: usize) -> f64 {
+/// scores topic, wait for every delivery. Timed from first record to last delivery.
+fn time_bare(config: &Config, n: usize) -> Timed {
     let k = &config.kafka;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
@@ -135,7 +166,7 @@ fn time_bare(config: &Config, n: usize) -> f64 {
     while seen < n {
         assert!(Instant::now() < deadline, "bare loop did not finish");
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (Instant::now(), cpu_secs()));
         seen += 1;
         let mut rec = FutureRecord::<[u8], [u8]>::to(&k.scores_topic).partition(m.partition());
         if let Some(key) = m.key() {
@@ -160,7 +191,9 @@ fn time_bare(config: &Config, n: usize) -> f64 {
     for f in pending {
         let _ = futures::executor::block_on(f);
     }
-    first.map(|f| f.elapsed().as_secs_f64()).unwrap_or(f64::NAN)
+    first
+        .map(|(at, cpu)| Timed { secs: at.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu })
+        .unwrap_or(Timed { secs: f64::NAN, cpu: f64::NAN })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -187,12 +220,12 @@ fn main() {
         );
         // Per mode, the readings/s of each round; the bare loop runs in every round beside the
         // modes, so each round gives side-by-side ratios under the same machine load.
-        let mut rates: Vec<(String, Vec<f64>)> =
+        let mut rates: Vec<(String, Vec<Timed>)> =
             std::iter::once("bare loop").chain(modes.iter().copied()).map(|m| (m.to_string(), Vec::new())).collect();
         for round in 1..=repeat {
             for (mode, got) in rates.iter_mut() {
                 let config = prepare(&mode.replace(['_', ' '], "-"), n).await;
-                let secs = match mode.as_str() {
+                let timed = match mode.as_str() {
                     "bare loop" => tokio::task::block_in_place(|| time_bare(&config, n)),
                     "no-scoring" => time_worker(config, n as u64, false).await,
                     "zscore" => time_worker(config, n as u64, true).await,
@@ -223,15 +256,22 @@ fn main() {
                         time_worker(config, n as u64, true).await
                     }
                 };
-                println!("  round {round} {mode:<18}: {secs:6.2} s  {:>9.0} readings/s", n as f64 / secs);
-                got.push(n as f64 / secs);
+                println!(
+                    "  round {round} {mode:<18}: {:6.2} s  {:>9.0} readings/s  cpu {:5.2} us/reading",
+                    timed.secs,
+                    n as f64 / timed.secs,
+                    timed.cpu * 1e6 / n as f64
+                );
+                got.push(timed);
             }
         }
         let bare = rates[0].1.clone();
         println!("worker_throughput: median of {repeat} rounds (ratio: median of the rounds' mode / bare loop)");
         for (mode, got) in &rates {
-            let ratio = median(got.iter().zip(&bare).map(|(g, b)| g / b).collect());
-            println!("  {mode:<18}: {:>9.0} readings/s  {:>5.1}% of the bare loop", median(got.clone()), ratio * 100.0);
+            let ratio = median(got.iter().zip(&bare).map(|(g, b)| b.secs / g.secs).collect());
+            let rate = median(got.iter().map(|g| n as f64 / g.secs).collect());
+            let cpu = median(got.iter().map(|g| g.cpu * 1e6 / n as f64).collect());
+            println!("  {mode:<18}: {rate:>9.0} readings/s  {:>5.1}% of the bare loop  cpu {cpu:5.2} us/reading", ratio * 100.0);
         }
     });
     // Outside the runtime: flushes the last spans.

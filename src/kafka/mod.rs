@@ -11,6 +11,7 @@
 //! - [`admin`]: metadata (never naming a topic) and topic creation, the changelog's included;
 //! - [`driver`]: the consumer, its rebalance callbacks, one thread per assigned partition;
 //! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
+//! - [`wallclock`]: a partition thread's wall clock, one monotonic reading per record;
 //! - [`freeze`]: whether the whole process was frozen (zombie fencing), not one thread slow;
 //! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
@@ -68,6 +69,7 @@ pub mod reread;
 pub mod tails;
 pub mod task;
 pub mod tls;
+pub mod wallclock;
 
 pub use admin::AdminError;
 pub use driver::{Consumer, WorkerContext};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{
     BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
@@ -41,10 +41,7 @@ impl ProducerContext for OutputContext {
             Ok(m) => (m, None),
             Err((e, m)) => (m, Some(e)),
         };
-        let offset = message
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == HEADER_SOURCE_OFFSET))
-            .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok());
+        let offset = message.headers().and_then(source_offset);
         match (offset, error) {
             (Some(offset), None) => board.delivered(offset),
             (Some(offset), Some(e)) => board.failed(offset, Some(e), e.to_string()),
@@ -54,6 +51,21 @@ impl ProducerContext for OutputContext {
         }
     }
 }
+
+/// The input offset in an output's `onad-source-offset` header. [`OutputProducer::send`]
+/// puts it at [`SOURCE_OFFSET_INDEX`], so that one is looked at first; the search by name is
+/// a fallback that costs one header read per header before it (perf: looking every report's
+/// headers up by name was ~3% of the worker's samples).
+fn source_offset(headers: &BorrowedHeaders) -> Option<i64> {
+    let header = match headers.try_get(SOURCE_OFFSET_INDEX) {
+        Some(h) if h.key == HEADER_SOURCE_OFFSET => h,
+        _ => headers.iter().find(|h| h.key == HEADER_SOURCE_OFFSET)?,
+    };
+    std::str::from_utf8(header.value?).ok()?.parse::<i64>().ok()
+}
+
+/// Where `onad-source-offset` is among an output's headers ([`SourceHeaders::pairs`]).
+const SOURCE_OFFSET_INDEX: usize = 2;
 
 /// `src`'s headers as librdkafka wants them (one list per record: the producer takes it).
 fn owned_headers(headers: &SourceHeaders<'_>) -> OwnedHeaders {
@@ -134,6 +146,8 @@ impl OutputProducer {
 
     /// Enqueue `rec` for partition `src.partition` of its topic, its delivery reported to
     /// `board`; `headers` are `src`'s ([`Source::headers`], formatted once per input record).
+    /// `timestamp_ms` is the record's CreateTime: the caller's clock reading of this record
+    /// (librdkafka would read the clock again for each output).
     /// Blocks (briefly, repeatedly) while librdkafka's queue is full; call from a partition
     /// thread, not the reactor.
     pub fn send(
@@ -142,9 +156,11 @@ impl OutputProducer {
         headers: &SourceHeaders<'_>,
         rec: &OutRecord,
         board: &Arc<DeliveryBoard>,
+        timestamp_ms: i64,
     ) -> Result<(), KafkaError> {
         let mut record = BaseRecord::with_opaque_to(self.topic(rec.dest), board.clone())
             .partition(src.partition)
+            .timestamp(timestamp_ms)
             .key(&rec.key[..])
             .payload(&rec.payload[..])
             .headers(owned_headers(headers));
@@ -204,5 +220,25 @@ impl OpsAlertProducer {
     /// Wait for the queued records to be delivered (or `timeout`).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_report_finds_the_input_offset_in_the_headers() {
+        let src = Source { topic: "in", partition: 3, offset: 9_000_000_001, epoch: 2 };
+        let headers = owned_headers(&src.headers());
+        assert_eq!(source_offset(headers.as_borrowed()), Some(9_000_000_001));
+        // Another order (not ours): still found, by name.
+        let moved = OwnedHeaders::new()
+            .insert(Header { key: HEADER_SOURCE_OFFSET, value: Some("7") })
+            .insert(Header { key: "a", value: Some("1") })
+            .insert(Header { key: "b", value: Some("2") });
+        assert_eq!(source_offset(moved.as_borrowed()), Some(7));
+        let without = OwnedHeaders::new().insert(Header { key: "a", value: Some("1") });
+        assert_eq!(source_offset(without.as_borrowed()), None);
     }
 }

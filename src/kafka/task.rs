@@ -16,6 +16,7 @@ use rdkafka::message::{BorrowedMessage, Message as _};
 
 use super::offsets::{Acks, Wait};
 use super::producer::OutputProducer;
+use super::wallclock::WallClock;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
 use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
@@ -243,6 +244,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
             let mut wait = POLL_WAIT;
             let mut taken = 0;
+            let clock = WallClock::now();
             // While the state cannot be saved, take nothing: what was taken is still delivered
             // and acknowledged, but the committed offset then stands still.
             let retry_due = match self.stalled {
@@ -267,14 +269,15 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                     None => break,
                     Some(Ok(m)) => {
                         // Entered once per batch (not per record): log lines of the batch carry its trace id.
+                        // `beat` was set by the stall check just now: this record's one clock reading.
+                        let now = self.beat;
                         let (_, span, last) = batch.get_or_insert_with(|| {
                             let span = batch_span(&self.shared.topic, self.processor.partition(), m.offset());
-                            (std::time::Instant::now(), span.entered(), 0)
+                            (now, span.entered(), 0)
                         });
                         *last = m.offset();
-                        if let Err(e) =
-                            handle(&m, &mut self.processor, &self.shared, &mut self.acks, &mut self.replay, &mut out, &self.timing.latency)
-                        {
+                        let ctx = Ctx { shared: &self.shared, latency: &self.timing.latency, now_ms: clock.ms_at(now) };
+                        if let Err(e) = handle(&m, &mut self.processor, &ctx, &mut self.acks, &mut self.replay, &mut out) {
                             span.record("last_offset", *last).record("records", taken as i64).record("outcome", "error");
                             span.record("otel.status_code", "ERROR");
                             return Err(e);
@@ -482,11 +485,13 @@ fn hold_after_stall<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     partition: i32,
 ) -> bool {
-    let gap = beat.elapsed();
+    // One clock reading per call (a call per record): it also times the record (`WallClock`).
+    let now = Instant::now();
+    let gap = now.saturating_duration_since(*beat);
     // A long gap alone may be this thread blocked in a call of its own (a changelog publish to
     // a paused broker) while the process, and librdkafka's heartbeats, ran on: not a zombie.
     if gap <= shared.session_timeout || !super::freeze::frozen_since(*beat, shared.session_timeout) {
-        *beat = Instant::now();
+        *beat = now;
         return true;
     }
     shared.stats.stall_fences.fetch_add(1, Ordering::Relaxed);
@@ -519,16 +524,26 @@ fn owns<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: 
     !consumer.assignment_lost() && consumer.assignment().is_ok_and(|a| a.find_partition(topic, partition).is_some())
 }
 
+/// What [`handle`] needs besides the record and the partition's own parts.
+struct Ctx<'a> {
+    /// Shared worker parts.
+    shared: &'a Shared,
+    /// The partition's reading → output latency histogram.
+    latency: &'a Histogram,
+    /// Wall time of this record, ms since the Unix epoch.
+    now_ms: i64,
+}
+
 /// Process one record and enqueue its outputs.
 fn handle(
     m: &BorrowedMessage<'_>,
     processor: &mut Processor,
-    shared: &Shared,
+    ctx: &Ctx<'_>,
     acks: &mut Acks,
     replay: &mut Replay,
     out: &mut Vec<OutRecord>,
-    latency: &Histogram,
 ) -> Result<(), WorkerError> {
+    let (shared, latency, now) = (ctx.shared, ctx.latency, ctx.now_ms);
     let offset = m.offset();
     if let Some(last) = replay.gap_before(offset, processor.models().last_offset) {
         // Records were skipped (retention, or an offset reset): the models have not seen
@@ -536,7 +551,6 @@ fn handle(
         tracing::warn!(partition = processor.partition(), last, offset, "first record does not follow the restored state");
     }
     processor.recycle(out);
-    let now = now_ms();
     let outcome = processor.process(InputRecord { key: m.key(), value: m.payload(), offset }, now, out);
     let stats = &shared.stats;
     stats.consumed.fetch_add(1, Ordering::Relaxed);
@@ -573,7 +587,7 @@ fn handle(
     let headers = src.headers();
     let mut outputs = 0;
     for rec in out.iter().filter(|r| replay.emits(r.dest, offset)) {
-        shared.producer.send(&src, &headers, rec, acks.board())?;
+        shared.producer.send(&src, &headers, rec, acks.board(), now)?;
         outputs += 1;
     }
     acks.push(offset, outputs);
