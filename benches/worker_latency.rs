@@ -14,7 +14,7 @@
 //! Readings: 50 sensors, 4 features, partitioned by sensor over 4 partitions, produced by a
 //! paced thread (`linger.ms` 5, librdkafka's default; `ONAD_LATENCY_LINGER_MS`); each reading's `timestamp_ms` is its index (plus the start
 //! time), so the reader finds the `Instant` it was sent at: microsecond resolution, no clock
-//! of the broker involved. The reader (`fetch.wait.max.ms=5`, `ONAD_LATENCY_READER_WAIT_MS`) is the same in every mode. The
+//! of the broker involved. The reader (`fetch.wait.max.ms` 1 ms on the mock, 5 ms on the broker, `ONAD_LATENCY_READER_WAIT_MS`) is the same in both modes of a broker. The
 //! worker runs with its default config (`kafka.profile` included, `ONAD_LATENCY_PROFILE`
 //! overrides it; `ONAD_LATENCY_SET` adds `;`-separated `--set` overrides) and no state store. Timing starts once the worker has answered a probe
 //! reading on every partition (the group join is not measured).
@@ -41,10 +41,15 @@ const PARTITIONS: i32 = 4;
 const SENSORS: u64 = 50;
 /// Timestamps of the probe readings sent before timing: below every measured one.
 const PROBE_TS: i64 = 1;
-/// The reader's `fetch.wait.max.ms`. The mock cluster holds an empty fetch for the whole
-/// wait (it does not answer early when data arrives, as Kafka does), so this wait is the
-/// apparatus's own share of every figure; `ONAD_LATENCY_READER_WAIT_MS` changes it.
-const READER_WAIT_MS: &str = "5";
+/// The reader's `fetch.wait.max.ms` on the mock cluster, which holds an empty fetch for the
+/// whole wait (it does not answer early when data arrives, as Kafka does), so this wait is
+/// the measuring apparatus's own share of every figure, not the worker's: 1 ms keeps it
+/// small (BENCHMARKS.md, "Latency: the fetch wait", has the figures with 5 ms too).
+const READER_WAIT_MS_MOCK: &str = "1";
+/// The same on the local broker: Tansu falls behind a reader that fetches every millisecond
+/// (a baseline at 5,000/s got 54k of 150k answers within a minute), so 5 ms there.
+/// `ONAD_LATENCY_READER_WAIT_MS` sets both.
+const READER_WAIT_MS_BROKER: &str = "5";
 /// How long after the last reading was sent its answers may still take.
 const DRAIN: Duration = Duration::from_secs(60);
 
@@ -137,12 +142,12 @@ struct Reader {
 }
 
 impl Reader {
-    fn start(bootstrap: &str, topic: &str, ts_of: fn(&[u8]) -> Option<i64>, sent: Arc<Sent>) -> Self {
+    fn start(bootstrap: &str, topic: &str, ts_of: fn(&[u8]) -> Option<i64>, sent: Arc<Sent>, wait_ms: &str) -> Self {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", format!("{topic}-reader"))
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", std::env::var("ONAD_LATENCY_READER_WAIT_MS").unwrap_or_else(|_| READER_WAIT_MS.into()))
+            .set("fetch.wait.max.ms", std::env::var("ONAD_LATENCY_READER_WAIT_MS").unwrap_or_else(|_| wait_ms.into()))
             .set("fetch.queue.backoff.ms", "10")
             .create()
             .expect("reader");
@@ -271,14 +276,14 @@ fn reading_ts(b: &[u8]) -> Option<i64> {
 }
 
 /// The worker between `bootstrap`'s `topics`: latency of `n` readings offered at `rate`.
-fn with_worker(rt: &tokio::runtime::Runtime, bootstrap: &str, topics: &Topics, rate: f64, n: u64) -> Latency {
+fn with_worker(rt: &tokio::runtime::Runtime, bootstrap: &str, topics: &Topics, rate: f64, n: u64, wait: &str) -> Latency {
     let config = worker_config(bootstrap, topics, &format!("{}-group", topics.input));
     let worker = onad_stream::Worker::new(config);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = rt.spawn(worker.run(async move {
         let _ = rx.await;
     }));
-    let us = measure(bootstrap, &topics.input, &topics.scores, score_ts, rate, n);
+    let us = measure(bootstrap, &topics.input, &topics.scores, score_ts, rate, n, wait);
     let _ = tx.send(());
     rt.block_on(handle).expect("worker task").expect("worker run");
     Latency::of(us)
@@ -286,15 +291,15 @@ fn with_worker(rt: &tokio::runtime::Runtime, bootstrap: &str, topics: &Topics, r
 
 /// The same producer and reader with no worker: the reader reads the input topic.
 fn baseline(bootstrap: &str, topics: &Topics, rate: f64, n: u64) -> Latency {
-    Latency::of(measure(bootstrap, &topics.input, &topics.input, reading_ts, rate, n))
+    Latency::of(measure(bootstrap, &topics.input, &topics.input, reading_ts, rate, n, READER_WAIT_MS_BROKER))
 }
 
 /// Start the reader of `read`, wait until the probe readings sent to `input` came through
 /// (the reader, and the worker if any, are connected and assigned), then offer `n`
 /// readings at `rate` and return the latency of each, in microseconds.
-fn measure(bootstrap: &str, input: &str, read: &str, ts_of: fn(&[u8]) -> Option<i64>, rate: f64, n: u64) -> Vec<u64> {
+fn measure(bootstrap: &str, input: &str, read: &str, ts_of: fn(&[u8]) -> Option<i64>, rate: f64, n: u64, wait: &str) -> Vec<u64> {
     let sent = new_sent(n);
-    let reader = Reader::start(bootstrap, read, ts_of, sent.clone());
+    let reader = Reader::start(bootstrap, read, ts_of, sent.clone(), wait);
     // One producer for both: connected, and holding its idempotent producer id, before timing.
     let p = producer(bootstrap);
     probe(&p, input, &reader);
@@ -318,7 +323,7 @@ fn main() {
         let n = (rate * secs) as u64;
         let topics = Topics::new("mock");
         let mock = onad_stream::kafka::admin::MockCluster::start(&topics.all(), PARTITIONS).expect("mock cluster");
-        let l = with_worker(&rt, mock.bootstrap_servers(), &topics, rate, n);
+        let l = with_worker(&rt, mock.bootstrap_servers(), &topics, rate, n, READER_WAIT_MS_MOCK);
         println!("  mock   {rate:>6.0}/s worker  : {}", l.show());
         drop(mock);
         if on_broker {
@@ -326,7 +331,7 @@ fn main() {
             let topics = Topics::new("broker");
             let config = worker_config(&bootstrap, &topics, "unused");
             rt.block_on(onad_stream::kafka::admin::create_all(&config.kafka)).expect("create topics");
-            let w = with_worker(&rt, &bootstrap, &topics, rate, n);
+            let w = with_worker(&rt, &bootstrap, &topics, rate, n, READER_WAIT_MS_BROKER);
             let topics = Topics::new("base");
             let config = worker_config(&bootstrap, &topics, "unused");
             rt.block_on(onad_stream::kafka::admin::create_all(&config.kafka)).expect("create topics");
