@@ -19,7 +19,7 @@ use super::producer::OutputProducer;
 use super::wallclock::WallClock;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
-use crate::partition::{now_ms, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
+use crate::partition::{now_ms, output, InputRecord, Models, OutRecord, Outcome, Processor, ProcessorConfig, Resume, Source, StateHooks};
 use crate::telemetry::otel::batch_span;
 use crate::telemetry::stats::PartitionStats;
 use crate::telemetry::WorkerStats;
@@ -567,12 +567,12 @@ fn handle(
             stats.scored.fetch_add(1, Ordering::Relaxed);
             if anomaly {
                 stats.alerts.fetch_add(1, Ordering::Relaxed);
-                stats.instruments.anomaly(&shared.topic, alert_severity(out));
+                stats.instruments.anomaly(&shared.topic, output::alert_severity_label(out));
             }
         }
         Outcome::DeadLetter(kind) => {
             stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-            stats.instruments.dead_letter(&shared.topic, kind_label(kind));
+            stats.instruments.dead_letter(&shared.topic, output::dead_letter_kind_label(kind));
             if let Some(e) = processor.last_security_event() {
                 stats.instruments.security_event(&shared.topic, e.name());
             }
@@ -592,31 +592,4 @@ fn handle(
     }
     acks.push(offset, outputs);
     Ok(())
-}
-
-/// The severity of the alert among `out` (alerts are rare: decoding one costs little).
-fn alert_severity(out: &[OutRecord]) -> &'static str {
-    use crate::proto::Severity;
-    let alert = out.iter().find(|r| r.dest == crate::partition::output::Dest::Alerts);
-    match alert.and_then(|r| <crate::proto::AnomalyAlert as prost::Message>::decode(&r.payload[..]).ok()).map(|a| a.severity()) {
-        Some(Severity::Low) => "low",
-        Some(Severity::Medium) => "medium",
-        Some(Severity::High) => "high",
-        Some(Severity::Critical) => "critical",
-        Some(Severity::Unspecified) | None => "unspecified",
-    }
-}
-
-/// The `kind` label of a dead letter.
-fn kind_label(kind: crate::proto::ErrorKind) -> &'static str {
-    use crate::proto::ErrorKind as K;
-    match kind {
-        K::Unspecified => "unspecified",
-        K::Decode => "decode",
-        K::Invalid => "invalid",
-        K::SchemaMismatch => "schema_mismatch",
-        K::RateLimited => "rate_limited",
-        K::Processing => "processing",
-        K::KeyMismatch => "key_mismatch",
-    }
 }

@@ -334,6 +334,33 @@ pub fn ops_alert(a: &crate::telemetry::monitor::OpsAlert) -> (Vec<u8>, Vec<u8>) 
     (f.name.as_bytes().to_vec(), msg.encode_to_vec())
 }
 
+/// The metrics label of the severity of the alert among `out` (alerts are rare: decoding one costs little).
+pub fn alert_severity_label(out: &[OutRecord]) -> &'static str {
+    use crate::proto::Severity;
+    let alert = out.iter().find(|r| r.dest == Dest::Alerts);
+    match alert.and_then(|r| <crate::proto::AnomalyAlert as prost::Message>::decode(&r.payload[..]).ok()).map(|a| a.severity()) {
+        Some(Severity::Low) => "low",
+        Some(Severity::Medium) => "medium",
+        Some(Severity::High) => "high",
+        Some(Severity::Critical) => "critical",
+        Some(Severity::Unspecified) | None => "unspecified",
+    }
+}
+
+/// The `kind` label of a dead letter.
+pub fn dead_letter_kind_label(kind: crate::proto::ErrorKind) -> &'static str {
+    use crate::proto::ErrorKind as K;
+    match kind {
+        K::Unspecified => "unspecified",
+        K::Decode => "decode",
+        K::Invalid => "invalid",
+        K::SchemaMismatch => "schema_mismatch",
+        K::RateLimited => "rate_limited",
+        K::Processing => "processing",
+        K::KeyMismatch => "key_mismatch",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
