@@ -135,13 +135,6 @@ impl Checkpoints {
         self
     }
 
-    /// Whether a snapshot of `partition` is encoded and waits for its outputs to be
-    /// delivered.
-    pub fn pending(&self, partition: i32) -> bool {
-        // A poisoned lock: say "pending", which only postpones evictions.
-        self.progress.lock().map_or(true, |p| p.get(&partition).is_some_and(|p| p.pending.is_some()))
-    }
-
     /// Heap bytes of `partition`'s encoded snapshot waiting to be written (0: none): the
     /// memory budget charges them, so that eviction makes room for them.
     pub fn pending_bytes(&self, partition: i32) -> u64 {
