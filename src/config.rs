@@ -54,6 +54,9 @@ pub const DEFAULT_FATAL_EXIT_AFTER_MS: u64 = 10_000;
 /// them while waiting for the broker before that is fatal: librdkafka's own default delivery
 /// timeout, the outage the worker rode out before its outputs' timeout became a zombie fence.
 pub const DEFAULT_DELIVERY_RETRY_MS: u64 = 300_000;
+/// Default `kafka.transaction_interval_ms`: how long an output transaction stays open at most
+/// (Kafka Streams' `commit.interval.ms` under exactly-once is 100 ms too).
+pub const DEFAULT_TRANSACTION_INTERVAL_MS: u64 = 100;
 /// The output producer's `message.timeout.ms` as a share (numerator, denominator) of
 /// `session_timeout_ms` (zombie fencing, [`KafkaConfig::delivery_timeout_ms`]): below the
 /// bound of four fifths ([`KafkaConfig::max_delivery_timeout_ms`]) with a margin, and as long
@@ -244,6 +247,14 @@ pub struct KafkaConfig {
     /// Milliseconds a partition keeps re-reading outputs that timed out undelivered (a broker
     /// outage) before the failure is fatal.
     pub delivery_retry_ms: u64,
+    /// Produce each input partition's outputs in Kafka transactions, with a transactional id
+    /// of its own (`<group_id>.<input_topic>.<partition>`): a new owner's `init_transactions`
+    /// fences the partition's previous owner at the broker, so a worker that lost its
+    /// partitions while frozen cannot append a single output afterwards (README, "Zombies").
+    pub transactional_outputs: bool,
+    /// Milliseconds an output transaction stays open at most (it is committed sooner when
+    /// many outputs wait); offsets and snapshots cover committed outputs only.
+    pub transaction_interval_ms: u64,
     /// Replication factor for topics the worker creates.
     pub replication_factor: i32,
     /// Partitions of the input topic when `topics create` makes it.
@@ -300,6 +311,8 @@ impl Default for KafkaConfig {
             instance_id: String::new(),
             fatal_exit_after_ms: DEFAULT_FATAL_EXIT_AFTER_MS,
             delivery_retry_ms: DEFAULT_DELIVERY_RETRY_MS,
+            transactional_outputs: true,
+            transaction_interval_ms: DEFAULT_TRANSACTION_INTERVAL_MS,
             replication_factor: 1,
             partitions: 4,
             input_format: Default::default(),

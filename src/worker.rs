@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::error::WorkerError;
 use crate::kafka::admin;
 use crate::kafka::driver;
-use crate::kafka::producer::OutputProducer;
+use crate::kafka::producer::Outputs;
 use crate::kafka::task::Shared;
 use crate::partition::{NoState, ProcessorConfig, StateHooks};
 use crate::telemetry::{RunSummary, WorkerStats};
@@ -71,7 +71,8 @@ impl Worker {
         let shared = Arc::new(Shared {
             topic: k.input_topic.as_str().into(),
             processor: Arc::new(ProcessorConfig::new(&self.config, self.scoring)),
-            producer: OutputProducer::new(k)?,
+            outputs: Outputs::new(k)?,
+            transaction_interval: Duration::from_millis(k.transaction_interval_ms),
             stats: self.stats.clone(),
             hooks: self.hooks.clone(),
             bounds_reader: crate::kafka::bounds::reader(k),
@@ -89,7 +90,7 @@ impl Worker {
                 let r = driver::drive(consumer_config, driver_shared.clone());
                 // Everything delivered before the offsets were committed; flush is a formality
                 // except after a failure.
-                let _ = driver_shared.producer.flush(FLUSH_TIMEOUT);
+                let _ = driver_shared.outputs.flush(FLUSH_TIMEOUT);
                 let _ = done_tx.send(r);
             })
             .map_err(|e| WorkerError::Thread(e.to_string()))?;

@@ -172,6 +172,21 @@ pub fn output_producer(k: &KafkaConfig) -> ClientConfig {
     passthrough(c, k)
 }
 
+/// The transactional id of input partition `partition`'s outputs: the same for every worker
+/// of the group, so that each new owner's `init_transactions` fences the previous one
+/// (`kafka.transactional_outputs`).
+pub fn transactional_id(k: &KafkaConfig, partition: i32) -> String {
+    format!("{}.{}.{partition}", k.group_id, k.input_topic)
+}
+
+/// [`output_producer`] for input partition `partition`'s outputs alone, in transactions
+/// ([`transactional_id`]).
+pub fn transactional_output_producer(k: &KafkaConfig, partition: i32) -> ClientConfig {
+    let mut c = output_producer(k);
+    c.set("transactional.id", transactional_id(k, partition));
+    c
+}
+
 fn idempotent(k: &KafkaConfig) -> ClientConfig {
     let mut c = base(k);
     c.set("enable.idempotence", "true").set("partitioner", PARTITIONER);

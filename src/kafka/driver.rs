@@ -92,7 +92,7 @@ impl WorkerContext {
             .collect();
         // Restoring state and reading output tails take about a second per partition, mostly
         // waiting on the broker: do the partitions side by side, not one after another.
-        let hooks = &self.shared.hooks;
+        let (hooks, outputs) = (&self.shared.hooks, &self.shared.outputs);
         // The restore spans of the assignment threads belong to this rebalance's span.
         let rebalance = tracing::Span::current();
         let resumes: Vec<_> = std::thread::scope(|scope| {
@@ -103,14 +103,29 @@ impl WorkerContext {
                     let (topic, rebalance) = (&topic, &rebalance);
                     std::thread::Builder::new()
                         .name(format!("onad-assign-p{p}"))
-                        .spawn_scoped(scope, move || rebalance.in_scope(|| hooks.on_assign(topic, p, parked, committed(p))))
+                        .spawn_scoped(scope, move || {
+                            rebalance.in_scope(|| {
+                                // First the producer: a transactional one fences the partition's
+                                // previous owner, so the output tails read next cannot grow behind
+                                // this worker's back.
+                                let out = outputs.for_partition(p)?;
+                                Ok::<_, KafkaError>((out, hooks.on_assign(topic, p, parked, committed(p))))
+                            })
+                        })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.map_err(|e| e.to_string()).and_then(|h| h.join().map_err(|_| "panicked".to_string()))).collect()
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.map_err(|e| e.to_string())
+                        .and_then(|h| h.join().map_err(|_| "panicked".to_string()))
+                        .and_then(|r| r.map_err(|e| format!("output producer: {e}")))
+                })
+                .collect()
         });
         for (partition, resume) in new.into_iter().zip(resumes) {
             let committed = committed(partition);
-            let resume = match resume {
+            let (out, resume) = match resume {
                 Ok(r) => r,
                 Err(e) => {
                     self.shared.fail(WorkerError::Thread(format!("restoring partition {partition}: {e}")));
@@ -134,7 +149,7 @@ impl WorkerContext {
             };
             let stop = Arc::new(AtomicBool::new(false));
             let start_at = resume.start_at;
-            let task = PartitionTask::new(queue, me.clone(), self.shared.clone(), partition, resume, committed, stop.clone());
+            let task = PartitionTask::new(queue, me.clone(), self.shared.clone(), out, partition, resume, committed, stop.clone());
             match std::thread::Builder::new().name(format!("onad-p{partition}")).spawn(move || task.run()) {
                 Ok(thread) => {
                     tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");

@@ -76,6 +76,89 @@ fn owned_headers(headers: &SourceHeaders<'_>) -> OwnedHeaders {
     owned
 }
 
+/// How long `init_transactions` may take (finding the coordinator, fencing the previous
+/// owner and aborting its open transaction).
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an abort may take before the producer is given up.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where each partition's outputs go: the worker's one producer, or (`kafka.transactional_outputs`)
+/// a transactional producer of the partition's own.
+pub enum Outputs {
+    /// One idempotent producer for every partition.
+    Shared(Arc<OutputProducer>),
+    /// A producer per input partition, created on assignment.
+    PerPartition(Box<KafkaConfig>),
+}
+
+impl Outputs {
+    /// The outputs of the worker configured by `k`.
+    pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(if k.transactional_outputs {
+            Self::PerPartition(Box::new(k.clone()))
+        } else {
+            Self::Shared(Arc::new(OutputProducer::new(k)?))
+        })
+    }
+
+    /// The producer of input partition `partition`'s outputs. A transactional one is new and
+    /// initialised: the partition's previous owner is fenced and its open transaction aborted
+    /// (so call this before reading the output tails), and a transaction is open. Blocking.
+    pub fn for_partition(&self, partition: i32) -> Result<Arc<OutputProducer>, KafkaError> {
+        match self {
+            Self::Shared(p) => Ok(p.clone()),
+            Self::PerPartition(k) => OutputProducer::transactional(k, partition).map(Arc::new),
+        }
+    }
+
+    /// Whether outputs are produced in transactions.
+    pub fn transactional(&self) -> bool {
+        matches!(self, Self::PerPartition(_))
+    }
+
+    /// Wait for the shared producer's queued records (transactional producers are committed
+    /// by their partition threads).
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        match self {
+            Self::Shared(p) => p.flush(timeout),
+            Self::PerPartition(_) => Ok(()),
+        }
+    }
+}
+
+/// How a transaction call failed.
+#[derive(Debug)]
+pub enum TxnFailure {
+    /// Try the same call again (it timed out, the broker is away).
+    Retriable(KafkaError),
+    /// Another producer initialised this partition's transactional id: its new owner.
+    Fenced(KafkaError),
+    /// The transaction cannot complete (an output failed, the producer is unusable).
+    Failed(KafkaError),
+}
+
+impl TxnFailure {
+    fn of(e: KafkaError) -> Self {
+        use RDKafkaErrorCode as C;
+        let (retriable, code) = match &e {
+            KafkaError::Transaction(t) => (t.is_retriable(), Some(t.code())),
+            other => (false, other.rdkafka_error_code()),
+        };
+        match code {
+            Some(C::ProducerFenced | C::InvalidProducerEpoch | C::Fenced) => Self::Fenced(e),
+            _ if retriable => Self::Retriable(e),
+            _ => Self::Failed(e),
+        }
+    }
+
+    /// The error.
+    pub fn error(&self) -> &KafkaError {
+        match self {
+            Self::Retriable(e) | Self::Fenced(e) | Self::Failed(e) => e,
+        }
+    }
+}
+
 /// Produces the worker's outputs.
 pub struct OutputProducer {
     /// The idempotent producer (its own thread serves delivery reports); replaced by
@@ -105,6 +188,37 @@ impl OutputProducer {
             alerts: k.alerts_topic.clone(),
             dead_letters: k.dead_letter_topic.clone(),
         })
+    }
+
+    /// A transactional producer of input partition `partition`'s outputs, initialised (which
+    /// fences the partition's previous owner) with a transaction open.
+    pub fn transactional(k: &KafkaConfig, partition: i32) -> Result<Self, KafkaError> {
+        let config = super::client::transactional_output_producer(k, partition);
+        let producer: ThreadedProducer<OutputContext> = config.create_with_context(OutputContext)?;
+        producer.init_transactions(INIT_TIMEOUT)?;
+        producer.begin_transaction()?;
+        Ok(Self {
+            producer: RwLock::new(producer),
+            generation: AtomicU64::new(0),
+            config,
+            scores: k.scores_topic.clone(),
+            alerts: k.alerts_topic.clone(),
+            dead_letters: k.dead_letter_topic.clone(),
+        })
+    }
+
+    /// Commit the open transaction (waiting for its outputs to be delivered, at most
+    /// `timeout`) and open the next one.
+    pub fn commit(&self, timeout: Duration) -> Result<(), TxnFailure> {
+        let p = self.current();
+        p.commit_transaction(timeout).map_err(TxnFailure::of)?;
+        p.begin_transaction().map_err(TxnFailure::of)
+    }
+
+    /// Abort the open transaction (best effort: a fenced or failed producer is dropped
+    /// afterwards anyway).
+    pub fn abort(&self) -> Result<(), KafkaError> {
+        self.current().abort_transaction(ABORT_TIMEOUT)
     }
 
     /// The current producer (a poisoned lock still holds a usable producer).

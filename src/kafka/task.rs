@@ -15,7 +15,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message as _};
 
 use super::offsets::{Acks, Wait};
-use super::producer::OutputProducer;
+use super::producer::{OutputProducer, Outputs, TxnFailure};
 use super::wallclock::WallClock;
 use crate::error::{StateFailure, WorkerError};
 use crate::partition::resume::Replay;
@@ -44,8 +44,10 @@ pub struct Shared {
     pub topic: Arc<str>,
     /// Pipeline factory and validation limits.
     pub processor: Arc<ProcessorConfig>,
-    /// Output producer.
-    pub producer: OutputProducer,
+    /// Where the partitions' outputs go.
+    pub outputs: Outputs,
+    /// `kafka.transaction_interval_ms`: how long an output transaction stays open at most.
+    pub transaction_interval: Duration,
     /// Counters.
     pub stats: Arc<WorkerStats>,
     /// State store seam.
@@ -92,6 +94,16 @@ pub struct TaskExit {
     pub fenced: bool,
 }
 
+/// How [`PartitionTask::commit`] ended.
+enum Committed {
+    /// Committed; the next transaction is open.
+    Yes,
+    /// The transaction failed and the partition started over (a new producer, its store).
+    StartedOver,
+    /// The partition is given up.
+    End(Consumed),
+}
+
 /// How [`PartitionTask::consume`] ended.
 enum Consumed {
     /// Told to stop: drain and hand the partition over.
@@ -108,6 +120,11 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     consumer: Arc<BaseConsumer<C>>,
     /// Shared worker parts.
     shared: Arc<Shared>,
+    /// This partition's output producer (the shared one, or a transactional one of its own).
+    out: Arc<OutputProducer>,
+    /// With transactional outputs: since when the open transaction holds records (offsets
+    /// and snapshots wait for its commit).
+    txn_since: Option<Instant>,
     /// Decode, validate, score, build outputs.
     processor: Processor,
     /// In-order acknowledgement.
@@ -149,6 +166,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         queue: PartitionQueue<C>,
         consumer: Arc<BaseConsumer<C>>,
         shared: Arc<Shared>,
+        out: Arc<OutputProducer>,
         partition: i32,
         resume: Resume,
         committed: Option<i64>,
@@ -167,6 +185,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             consumer,
             acks: Acks::new(&topic, partition),
             shared,
+            out,
+            txn_since: None,
             processor,
             stop,
             replay,
@@ -236,7 +256,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         loop {
             // Before the stop check: a thread that wakes from a stall to find itself revoked
             // gives the partition up without a drain or a snapshot (see `Consumed::Fenced`).
-            if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+            if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
                 return Ok(Consumed::Fenced);
             }
             if self.stop.load(Ordering::Acquire) || self.shared.stop.load(Ordering::Acquire) {
@@ -261,7 +281,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 let polled = self.queue.poll(wait);
                 // Checked between taking a record and producing its outputs: a freeze while
                 // polling (or anywhere since the last check) is seen before anything is produced.
-                if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+                if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
                     // Lost: the record in hand is dropped unproduced; its new owner answers it.
                     return Ok(Consumed::Fenced);
                 }
@@ -276,7 +296,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                             (now, span.entered(), 0)
                         });
                         *last = m.offset();
-                        let ctx = Ctx { shared: &self.shared, latency: &self.timing.latency, now_ms: clock.ms_at(now) };
+                        let ctx = Ctx { shared: &self.shared, out: &self.out, latency: &self.timing.latency, now_ms: clock.ms_at(now) };
                         if let Err(e) = handle(&m, &mut self.processor, &ctx, &mut self.acks, &mut self.replay, &mut out) {
                             span.record("last_offset", *last).record("records", taken as i64).record("outcome", "error");
                             span.record("otel.status_code", "ERROR");
@@ -297,8 +317,26 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 self.shared.stats.processing_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 span.record("last_offset", last).record("records", taken as i64).record("outcome", "ok");
             }
+            // With transactional outputs, offsets (and so snapshots) wait for the commit: an
+            // aborted transaction's outputs are not there for read_committed consumers.
+            if self.shared.outputs.transactional() {
+                if taken > 0 {
+                    self.txn_since.get_or_insert(self.beat);
+                }
+                let due = self.txn_since.is_some_and(|t| {
+                    t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT
+                });
+                if due {
+                    match self.commit()? {
+                        Committed::Yes => {}
+                        Committed::StartedOver => continue,
+                        Committed::End(end) => return Ok(end),
+                    }
+                }
+            }
             let wait = if self.acks.in_flight() > MAX_IN_FLIGHT { Wait::Below(MAX_IN_FLIGHT / 2) } else { Wait::Never };
-            let retired = match self.acks.advance(&self.consumer, wait) {
+            let advanced = if self.txn_since.is_some() { Ok(0) } else { self.acks.advance(&self.consumer, wait) };
+            let retired = match advanced {
                 Ok(n) => n,
                 Err(e) if e.undelivered => match self.undelivered(e)? {
                     Some(end) => return Ok(end),
@@ -332,7 +370,76 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
             self.keep_budget();
         }
+        // Revoked or stopping: what was taken is committed before the offsets are stored.
+        if self.txn_since.is_some() {
+            match self.commit()? {
+                Committed::Yes => {}
+                Committed::StartedOver | Committed::End(_) => return Ok(Consumed::Fenced),
+            }
+        }
         Ok(Consumed::Done)
+    }
+
+    /// Commit the partition's output transaction (waiting for its outputs' deliveries), and
+    /// open the next. A commit that times out is tried again (the broker is away) for up to
+    /// `kafka.delivery_retry_ms`; any other failure aborts the transaction and starts the
+    /// partition over ([`PartitionTask::transaction_failed`]).
+    fn commit(&mut self) -> Result<Committed, WorkerError> {
+        let partition = self.processor.partition();
+        let since = Instant::now();
+        loop {
+            // Every output gets its delivery result within the producer's delivery timeout,
+            // which is below the session timeout.
+            let f = match self.out.commit(self.shared.session_timeout) {
+                Ok(()) => {
+                    self.txn_since = None;
+                    return Ok(Committed::Yes);
+                }
+                Err(TxnFailure::Retriable(e)) => e,
+                Err(f) => return self.transaction_failed(f),
+            };
+            tracing::warn!(partition, cause = %f, "output transaction not committed yet: retrying");
+            // Frozen in the commit, the partition may be another member's by now.
+            if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
+                return Ok(Committed::End(Consumed::Fenced));
+            }
+            if self.stop.load(Ordering::Acquire) || self.shared.stop.load(Ordering::Acquire) {
+                return self.transaction_failed(TxnFailure::Retriable(f));
+            }
+            if since.elapsed() > self.shared.delivery_retry {
+                return Err(WorkerError::Kafka(f));
+            }
+        }
+    }
+
+    /// The output transaction failed (`f`): abort it, and start the partition over as if it
+    /// had just been assigned (a new transactional producer, its state store, its output
+    /// tails), once the broker answers. When another producer fenced this one, the partition
+    /// is another member's (or about to be): nothing more is produced until the group revokes
+    /// it (`End`) or still assigns it here a session timeout later (then this worker's new
+    /// producer fences that one in turn).
+    fn transaction_failed(&mut self, f: TxnFailure) -> Result<Committed, WorkerError> {
+        use super::reread::{wait_for_broker, Waited};
+        let partition = self.processor.partition();
+        tracing::warn!(partition, cause = %f.error(), "output transaction failed: aborted, producing nothing until the partition starts over");
+        if let Err(e) = self.out.abort() {
+            tracing::debug!(partition, cause = %e, "abort of the failed output transaction");
+        }
+        self.acks.settle();
+        self.txn_since = None;
+        if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
+            return Ok(Committed::End(Consumed::Fenced));
+        }
+        if matches!(f, TxnFailure::Fenced(_)) && !hold_for_group(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+            return Ok(Committed::End(Consumed::Fenced));
+        }
+        match wait_for_broker(&self.consumer, &self.shared, &self.stop, Instant::now()) {
+            Waited::Stopped => return Ok(Committed::End(Consumed::Fenced)),
+            Waited::GaveUp => return Err(WorkerError::Kafka(f.error().clone())),
+            Waited::Reachable => {}
+        }
+        self.start_over()?;
+        Ok(Committed::StartedOver)
     }
 
     /// Outputs timed out undelivered or were purged (`e`): after a freeze that cost the
@@ -341,15 +448,15 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     /// answers (`None`), and gives up after `kafka.delivery_retry_ms` (`Err`). Nothing of the
     /// partition is produced meanwhile ([`super::reread`] says why nothing is produced again).
     fn undelivered(&mut self, e: super::offsets::DeliveryError) -> Result<Option<Consumed>, WorkerError> {
-        use super::reread::{start_over, wait_for_broker, Waited};
+        use super::reread::{wait_for_broker, Waited};
         let partition = self.processor.partition();
-        let (since, generation) = *self.undelivered_since.get_or_insert_with(|| (Instant::now(), self.shared.producer.generation()));
+        let (since, generation) = *self.undelivered_since.get_or_insert_with(|| (Instant::now(), self.out.generation()));
         tracing::warn!(partition, cause = %e, "outputs undelivered: producing nothing until the partition starts over");
         // Every output in flight gets its result within message.timeout.ms: none is left that
         // could still be written behind the re-read.
         self.acks.settle();
         // After a freeze past the session timeout: hold until the group revokes or confirms.
-        if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.consumer, partition) {
+        if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
             return Ok(Some(Consumed::Fenced));
         }
         match wait_for_broker(&self.consumer, &self.shared, &self.stop, since) {
@@ -358,11 +465,24 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             Waited::Reachable => {}
         }
         // A timeout spent the producer's id (see `OutputProducer::renew`): the first partition
-        // to start over replaces it, the others use that replacement.
-        if e.producer_spent && self.shared.producer.renew(generation)? {
+        // to start over replaces it, the others use that replacement (a transactional
+        // producer is replaced by `start_over`).
+        if e.producer_spent && !self.shared.outputs.transactional() && self.out.renew(generation)? {
             tracing::info!(partition, "output producer replaced: a delivery timeout spent its producer id");
         }
-        let (resume, committed) = start_over(&self.consumer, &self.shared, partition)?;
+        self.start_over()?;
+        Ok(None)
+    }
+
+    /// Restore the partition as an assignment would ([`super::reread::start_over`]), with a
+    /// new transactional producer first if outputs are transactional (it fences this
+    /// partition's previous one, whatever that still holds, before the tails are read).
+    fn start_over(&mut self) -> Result<(), WorkerError> {
+        let partition = self.processor.partition();
+        if self.shared.outputs.transactional() {
+            self.out = self.shared.outputs.for_partition(partition)?;
+        }
+        let (resume, committed) = super::reread::start_over(&self.consumer, &self.shared, partition)?;
         let topic = self.shared.topic.clone();
         self.replay = Replay::new(&resume, committed);
         let cold = self.shared.hooks.cold_store(&topic, partition);
@@ -373,7 +493,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         self.beat = Instant::now();
         // The broker answers and nothing is in flight: withdraw this thread's unreachable report.
         self.watch_deliveries(true);
-        Ok(None)
+        Ok(())
     }
 
     /// Report the broker unreachable while outputs wait for acknowledgements longer than
@@ -482,6 +602,7 @@ fn hold_after_stall<C: ConsumerContext>(
     beat: &mut Instant,
     stop: &AtomicBool,
     shared: &Shared,
+    out: &OutputProducer,
     consumer: &BaseConsumer<C>,
     partition: i32,
 ) -> bool {
@@ -501,8 +622,20 @@ fn hold_after_stall<C: ConsumerContext>(
     // thread woke with this one and writes it before serving the purge (README, "Zombies").
     // Their deliveries fail: if the partition is still ours after all, it starts over and
     // answers them again (`reread`); if it is lost, its next owner answers them.
-    let queued = shared.producer.purge_queued();
+    let queued = out.purge_queued();
     tracing::warn!(partition, stalled = ?gap, session_timeout = ?shared.session_timeout, queued, "partition thread stalled past the session timeout: queued outputs purged, producing nothing until the group confirms or revokes the partition");
+    hold_for_group(beat, stop, shared, consumer, partition)
+}
+
+/// Produce nothing until the group revokes `partition` (`false`) or still assigns it to this
+/// member a session timeout from now (`true`; `beat` is reset).
+fn hold_for_group<C: ConsumerContext>(
+    beat: &mut Instant,
+    stop: &AtomicBool,
+    shared: &Shared,
+    consumer: &BaseConsumer<C>,
+    partition: i32,
+) -> bool {
     let confirm_at = Instant::now() + shared.session_timeout;
     loop {
         if stop.load(Ordering::Acquire) || shared.stop.load(Ordering::Acquire) {
@@ -528,6 +661,8 @@ fn owns<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: 
 struct Ctx<'a> {
     /// Shared worker parts.
     shared: &'a Shared,
+    /// The partition's output producer.
+    out: &'a OutputProducer,
     /// The partition's reading → output latency histogram.
     latency: &'a Histogram,
     /// Wall time of this record, ms since the Unix epoch.
@@ -587,7 +722,7 @@ fn handle(
     let headers = src.headers();
     let mut outputs = 0;
     for rec in out.iter().filter(|r| replay.emits(r.dest, offset)) {
-        shared.producer.send(&src, &headers, rec, acks.board(), now)?;
+        ctx.out.send(&src, &headers, rec, acks.board(), now)?;
         outputs += 1;
     }
     acks.push(offset, outputs);
