@@ -79,8 +79,6 @@ fn owned_headers(headers: &SourceHeaders<'_>) -> OwnedHeaders {
 /// How long `init_transactions` may take (finding the coordinator, fencing the previous
 /// owner and aborting its open transaction).
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long an abort may take before the producer is given up.
-const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where each partition's outputs go: the worker's one producer, or (`kafka.transactional_outputs`)
 /// a transactional producer of the partition's own.
@@ -213,12 +211,6 @@ impl OutputProducer {
         let p = self.current();
         p.commit_transaction(timeout).map_err(TxnFailure::of)?;
         p.begin_transaction().map_err(TxnFailure::of)
-    }
-
-    /// Abort the open transaction (best effort: a fenced or failed producer is dropped
-    /// afterwards anyway).
-    pub fn abort(&self) -> Result<(), KafkaError> {
-        self.current().abort_transaction(ABORT_TIMEOUT)
     }
 
     /// The current producer (a poisoned lock still holds a usable producer).

@@ -421,10 +421,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
     fn transaction_failed(&mut self, f: TxnFailure) -> Result<Committed, WorkerError> {
         use super::reread::{wait_for_broker, Waited};
         let partition = self.processor.partition();
-        tracing::warn!(partition, cause = %f.error(), "output transaction failed: aborted, producing nothing until the partition starts over");
-        if let Err(e) = self.out.abort() {
-            tracing::debug!(partition, cause = %e, "abort of the failed output transaction");
-        }
+        // Not aborted here: the next owner's `init_transactions` (this thread's own, when it
+        // starts over) ends it, before that owner reads the output tails. An abort of our own
+        // could land after that read (the broker may be slow or away just now) and hide
+        // outputs the read counted as written (Tansu).
+        tracing::warn!(partition, cause = %f.error(), "output transaction failed: producing nothing until the partition starts over");
         self.acks.settle();
         self.txn_since = None;
         if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
