@@ -3,6 +3,7 @@
 //! - `zscore`: the default detector (with the default warm fallback, a second z-score);
 //! - `isolation_forest`: that detector with its defaults (any `model_type` names a mode);
 //! - `zscore-nofb`: the same without the fallback (`resilience.fallback = "none"`);
+//! - `zscore-notxn`: z-score without transactional outputs (`kafka.transactional_outputs = false`);
 //! - `zscore-throughput`: z-score with `kafka.profile = "throughput"`;
 //! - `zscore-batchN`: z-score with the producers' `batch.size` N bytes (e.g. `zscore-batch262144`);
 //! - `no-scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
@@ -241,6 +242,13 @@ fn main() {
                         // "Zombies"), side by side with the default.
                         let mut config = config;
                         config.raw.kafka.settings.insert("batch.size".into(), batch.trim_start_matches("zscore-batch").into());
+                        time_worker(config, n as u64, true).await
+                    }
+                    "zscore-notxn" => {
+                        // The same without transactional outputs (`kafka.transactional_outputs = false`):
+                        // what the zombie fence costs.
+                        let mut config = config;
+                        config.raw.kafka.transactional_outputs = false;
                         time_worker(config, n as u64, true).await
                     }
                     "zscore-throughput" => {
