@@ -149,8 +149,11 @@ async fn a_worker_frozen_past_its_session_writes_nothing_when_it_wakes() {
     let repeated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(k, _)| *k).collect();
     let missing = s.inputs.keys().filter(|k| !counts.contains_key(k)).count();
     let late = repeated.iter().filter(|k| created_before_freeze.contains(k)).count();
+    // How often the broker refused A's producer after B's init: the transactional fence at work
+    // (0 when A had nothing in flight on waking, or sent it before B took over).
+    let refused = log.matches("output transaction failed").count();
     eprintln!(
-        "zombie freeze: {} readings, {} repeated outputs ({late} created before the freeze, source offsets {:?}..={:?}), {missing} without an output",
+        "zombie freeze: {} readings, {} repeated outputs ({late} created before the freeze, source offsets {:?}..={:?}), {missing} without an output; A's transactions refused after the takeover: {refused}",
         s.inputs.len(),
         repeated.len(),
         repeated.first(),

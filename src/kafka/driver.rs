@@ -101,17 +101,13 @@ impl WorkerContext {
                 .zip(parked)
                 .map(|(&p, parked)| {
                     let (topic, rebalance) = (&topic, &rebalance);
-                    std::thread::Builder::new()
-                        .name(format!("onad-assign-p{p}"))
-                        .spawn_scoped(scope, move || {
-                            rebalance.in_scope(|| {
-                                // First the producer: a transactional one fences the partition's
-                                // previous owner, so the output tails read next cannot grow behind
-                                // this worker's back.
-                                let out = outputs.for_partition(p)?;
-                                Ok::<_, KafkaError>((out, hooks.on_assign(topic, p, parked, committed(p))))
-                            })
-                        })
+                    std::thread::Builder::new().name(format!("onad-assign-p{p}")).spawn_scoped(scope, move || {
+                        // First the producer: a transactional one fences the partition's
+                        // previous owner, so the output tails read next cannot grow behind
+                        // this worker's back.
+                        let out = outputs.for_partition(p)?;
+                        Ok::<_, KafkaError>((out, rebalance.in_scope(|| hooks.on_assign(topic, p, parked, committed(p)))))
+                    })
                 })
                 .collect();
             handles

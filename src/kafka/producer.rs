@@ -92,21 +92,31 @@ pub enum Outputs {
 impl Outputs {
     /// The outputs of the worker configured by `k`.
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(if k.transactional_outputs {
-            Self::PerPartition(Box::new(k.clone()))
-        } else {
-            Self::Shared(Arc::new(OutputProducer::new(k)?))
-        })
+        Ok(if k.transactional_outputs { Self::PerPartition(Box::new(k.clone())) } else { Self::Shared(Arc::new(OutputProducer::new(k)?)) })
     }
 
     /// The producer of input partition `partition`'s outputs. A transactional one is new and
     /// initialised: the partition's previous owner is fenced and its open transaction aborted
     /// (so call this before reading the output tails), and a transaction is open. Blocking.
+    ///
+    /// A transactional producer is made on a thread of its own. Measured: the OpenTelemetry
+    /// spans a thread starts after it created and initialised one never reached the exporter
+    /// (the restore spans of `tests/ops_otel.rs` went missing), and both callers (assignment,
+    /// a partition thread starting over) go on to start spans.
     pub fn for_partition(&self, partition: i32) -> Result<Arc<OutputProducer>, KafkaError> {
-        match self {
-            Self::Shared(p) => Ok(p.clone()),
-            Self::PerPartition(k) => OutputProducer::transactional(k, partition).map(Arc::new),
-        }
+        let k = match self {
+            Self::Shared(p) => return Ok(p.clone()),
+            Self::PerPartition(k) => k,
+        };
+        std::thread::scope(|s| {
+            let made = std::thread::Builder::new()
+                .name(format!("onad-txn-p{partition}"))
+                .spawn_scoped(s, || OutputProducer::transactional(k, partition).map(Arc::new));
+            match made {
+                Ok(h) => h.join().unwrap_or_else(|_| Err(KafkaError::ClientCreation("output producer thread panicked".into()))),
+                Err(e) => Err(KafkaError::ClientCreation(format!("output producer thread: {e}"))),
+            }
+        })
     }
 
     /// Whether outputs are produced in transactions.

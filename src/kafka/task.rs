@@ -323,9 +323,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 if taken > 0 {
                     self.txn_since.get_or_insert(self.beat);
                 }
-                let due = self.txn_since.is_some_and(|t| {
-                    t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT
-                });
+                let due = self
+                    .txn_since
+                    .is_some_and(|t| t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT);
                 if due {
                     match self.commit()? {
                         Committed::Yes => {}
