@@ -255,6 +255,12 @@ impl Acks {
         }
         self.pending.clear();
     }
+
+    /// Forget every record in flight without waiting for its outputs: their producer is
+    /// about to be fenced (a transactional partition starting over or given up).
+    pub fn forget(&mut self) {
+        self.pending.clear();
+    }
 }
 
 /// The longest [`Acks::settle`] waits without any delivery report: well past the output

@@ -426,7 +426,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         // could land after that read (the broker may be slow or away just now) and hide
         // outputs the read counted as written (Tansu).
         tracing::warn!(partition, cause = %f.error(), "output transaction failed: producing nothing until the partition starts over");
-        self.acks.settle();
+        // No wait for the outputs in flight (`Acks::settle`): whatever this producer still
+        // sends, the broker refuses once the next owner's producer is initialised.
+        self.acks.forget();
         self.txn_since = None;
         if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
             return Ok(Committed::End(Consumed::Fenced));
