@@ -3,7 +3,8 @@
 //! z-score pipeline (4 features), each reading `ONAD_BENCH_PASSES` (default 2) times, under
 //! `memory_limit_mb = 512`; then the same number of readings from 1,000 sensors, in the same
 //! run, for the throughput ratio. Reports per run: throughput (first output to last), the
-//! worker's peak RSS (VmHWM of its /proc status, read before it is stopped) against the
+//! worker's peak RSS (VmHWM of its /proc status, read before it is stopped; and the median and
+//! 90th percentile of its VmRSS, sampled every ~0.2 s while it scores) against the
 //! budget, and its evictions/reloads from the log. First the idle worker (0 sensors, joined),
 //! then 1,000 sensors: the same load with next to no model memory, whose peak is the fixed
 //! overhead the million-sensor run is held to (peak RSS <= 1.2 x budget + that).
@@ -158,19 +159,37 @@ impl Counter {
     }
 }
 
+/// VmRSS samples of a run, in MiB: where the peak stands against the worker's usual size
+/// (a peak far above the median is a transient, e.g. snapshots written together).
+#[derive(Default)]
+struct Samples(Vec<f64>);
+
+impl Samples {
+    /// The `q` quantile (0..=1) of the samples, NaN without any.
+    fn quantile(&mut self, q: f64) -> f64 {
+        self.0.sort_by(f64::total_cmp);
+        let i = ((self.0.len() as f64 - 1.0) * q).round() as usize;
+        self.0.get(i).copied().unwrap_or(f64::NAN)
+    }
+}
+
 /// Run the worker over `name`'s topics until `n` scores are out; returns (seconds from the
-/// first score to the last, peak RSS MiB, the log).
-fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
+/// first score to the last, peak RSS MiB, VmRSS samples from the first score on, the log).
+fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, Samples, String) {
     let dir = state_dir();
     let log = dir.path().join("worker.log");
     let child = start(name, &dir.path().join("state"), &log);
     let mut counter = Counter::new(config);
     let deadline = Instant::now() + LIMIT;
     let mut first = None;
+    let mut samples = Samples::default();
     loop {
         let done = counter.read_for(Duration::from_millis(200));
         if first.is_none() && done > 0 {
             first = Some((Instant::now(), done));
+        }
+        if first.is_some() {
+            samples.0.push(rss_mb(child.id()).1);
         }
         if done >= n {
             break;
@@ -185,7 +204,7 @@ fn run_worker(name: &str, config: &Config, n: i64) -> (f64, f64, String) {
     if let Ok(keep) = std::env::var("ONAD_BENCH_KEEP_LOG") {
         let _ = std::fs::copy(&log, std::path::Path::new(&keep).join(format!("{name}.log")));
     }
-    (secs, hwm, std::fs::read_to_string(&log).unwrap_or_default())
+    (secs, hwm, samples, std::fs::read_to_string(&log).unwrap_or_default())
 }
 
 /// The worker's peak RSS with 0 sensors: joined to its group, idle for 10 s.
@@ -254,7 +273,7 @@ fn main() {
     let mut loaded = f64::NAN;
     for (mode, s, p) in [("few", 1000, n as usize / 1000), ("many", sensors, passes)] {
         let (name, config) = rt.block_on(prepare(mode, s, p));
-        let (secs, hwm, log) = run_worker(&name, &config, n);
+        let (secs, hwm, mut samples, log) = run_worker(&name, &config, n);
         let evicting = log.matches("memory budget reached").count();
         for line in log.lines().filter(|l| l.contains("memory budget: partition stopped")) {
             println!("    worker: {}", line.split("memory budget: partition stopped").nth(1).unwrap_or(""));
@@ -267,6 +286,8 @@ fn main() {
             format!("(bound 1.2 x {BUDGET_MB} + {loaded:.0} = {b:.0}: {})", if hwm <= b { "within" } else { "OVER" })
         };
         println!("  {s:>9} sensors x {p:>4} readings: {secs:6.1} s {:>8.0} readings/s, peak RSS {hwm:.0} MiB {bound}, {evicting} partitions evicted", n as f64 / secs);
+        let (median, p90) = (samples.quantile(0.5), samples.quantile(0.9));
+        println!("            VmRSS while scoring ({} samples): median {median:.0} MiB, 90th percentile {p90:.0} MiB", samples.0.len());
     }
     store_timings(sensors);
 }

@@ -22,8 +22,10 @@
 //!
 //! With these two, the million-sensor bench fell from ~1.75 GiB to ~1.0 GiB peak RSS
 //! together with the other caps (BENCHMARKS.md, "Memory budget: RSS"); what remains free
-//! inside the heap is ~100 MB of pages shared by live and free chunks. A different allocator
-//! (mimalloc, jemalloc) is the next thing to measure against that, not adopted untried.
+//! inside the heap is ~100 MB of pages shared by live and free chunks. Other allocators were
+//! measured against that and kept worse: mimalloc for the Rust heap +160 MiB peak RSS at 1M
+//! sensors; jemalloc (Rust heap only, or the whole process) +60 to +235 MiB in every
+//! configuration tried (BENCHMARKS.md, "Memory budget: RSS").
 //!
 //! Only on glibc targets; elsewhere both are no-ops.
 
