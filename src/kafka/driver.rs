@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::offsets;
-use super::task::{PartitionTask, Shared, TaskExit};
+use super::task::{Assigned, PartitionTask, Shared, TaskExit};
 use crate::error::WorkerError;
 use crate::partition::{resume, Models};
 
@@ -145,7 +145,8 @@ impl WorkerContext {
             };
             let stop = Arc::new(AtomicBool::new(false));
             let start_at = resume.start_at;
-            let task = PartitionTask::new(queue, me.clone(), self.shared.clone(), out, partition, resume, committed, stop.clone());
+            let task =
+                PartitionTask::new(queue, me.clone(), self.shared.clone(), Assigned { partition, resume, committed, out }, stop.clone());
             match std::thread::Builder::new().name(format!("onad-p{partition}")).spawn(move || task.run()) {
                 Ok(thread) => {
                     tracing::info!(topic = %topic, partition, ?committed, ?start_at, "partition assigned");

@@ -151,6 +151,18 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     undelivered_since: Option<(Instant, u64)>,
 }
 
+/// What an assignment gives a partition thread.
+pub struct Assigned {
+    /// The input partition.
+    pub partition: i32,
+    /// Where it starts (models, offsets, outputs already emitted).
+    pub resume: Resume,
+    /// The group's committed offset at assignment.
+    pub committed: Option<i64>,
+    /// Its output producer (initialised before its output tails were read).
+    pub out: Arc<OutputProducer>,
+}
+
 /// A partition's histogram handles.
 struct Timing {
     /// Reading → output latency, from the record timestamp.
@@ -160,18 +172,15 @@ struct Timing {
 }
 
 impl<C: ConsumerContext + 'static> PartitionTask<C> {
-    /// A task for `partition`, starting as `resume` says; `committed` is the group's
-    /// committed offset at assignment.
+    /// A task for the partition of `assigned`, reading `queue`.
     pub fn new(
         queue: PartitionQueue<C>,
         consumer: Arc<BaseConsumer<C>>,
         shared: Arc<Shared>,
-        out: Arc<OutputProducer>,
-        partition: i32,
-        resume: Resume,
-        committed: Option<i64>,
+        assigned: Assigned,
         stop: Arc<AtomicBool>,
     ) -> Self {
+        let Assigned { partition, resume, committed, out } = assigned;
         let topic = shared.topic.clone();
         let replay = Replay::new(&resume, committed);
         super::freeze::start();
