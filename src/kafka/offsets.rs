@@ -140,12 +140,22 @@ pub struct Acks {
     board: Arc<DeliveryBoard>,
     /// Reports taken from the board (kept to reuse its capacity).
     taken: Vec<i64>,
+    /// Outputs pushed and not yet reported delivered.
+    outstanding: u64,
 }
 
 impl Acks {
     /// Nothing in flight for `topic`/`partition`.
     pub fn new(topic: &str, partition: i32) -> Self {
-        Self { topic: topic.to_string(), partition, pending: VecDeque::new(), stored: None, board: Arc::default(), taken: Vec::new() }
+        Self {
+            topic: topic.to_string(),
+            partition,
+            pending: VecDeque::new(),
+            stored: None,
+            board: Arc::default(),
+            taken: Vec::new(),
+            outstanding: 0,
+        }
     }
 
     /// The board the producer reports this task's deliveries to.
@@ -167,6 +177,7 @@ impl Acks {
     /// must be pushed in increasing order; 0 outputs: retired at the next advance).
     pub fn push(&mut self, offset: i64, outputs: u32) {
         self.pending.push_back(Pending { offset, remaining: outputs });
+        self.outstanding += u64::from(outputs);
     }
 
     /// Apply the reports on the board to the pending records; a failed delivery is an error.
@@ -192,7 +203,11 @@ impl Acks {
         for &offset in &self.taken {
             // Offsets are pushed in increasing order, so the pending records are sorted.
             match self.pending.binary_search_by_key(&offset, |p| p.offset) {
-                Ok(i) => self.pending[i].remaining = self.pending[i].remaining.saturating_sub(1),
+                Ok(i) if self.pending[i].remaining > 0 => {
+                    self.pending[i].remaining -= 1;
+                    self.outstanding -= 1;
+                }
+                Ok(_) => tracing::warn!(topic = %self.topic, partition = self.partition, offset, "more delivery reports than outputs"),
                 // A report for no pending record would be a bug in this module; storing an
                 // offset past an undelivered output is the one thing it must never cause, and
                 // ignoring a stray report cannot.
@@ -235,6 +250,20 @@ impl Acks {
         Ok(retired)
     }
 
+    /// Wait (at most `limit`) until every output pushed so far is reported delivered, without
+    /// retiring anything: a transaction's outputs before its commit. Returns whether they are.
+    pub fn await_delivered(&mut self, limit: Duration) -> Result<bool, DeliveryError> {
+        let deadline = std::time::Instant::now() + limit;
+        self.take_reports(false)?;
+        while self.outstanding > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            self.take_reports(true)?;
+        }
+        Ok(true)
+    }
+
     /// Wait until every output in flight has a delivery result (each gets one within
     /// `message.timeout.ms`; a report-less stretch of [`SETTLE_SILENCE`] ends the wait), then
     /// forget them all, delivered or not: the partition is about to be re-read or given up,
@@ -254,12 +283,14 @@ impl Acks {
             }
         }
         self.pending.clear();
+        self.outstanding = 0;
     }
 
     /// Forget every record in flight without waiting for its outputs: their producer is
     /// about to be fenced (a transactional partition starting over or given up).
     pub fn forget(&mut self) {
         self.pending.clear();
+        self.outstanding = 0;
     }
 }
 
@@ -381,4 +412,38 @@ pub fn reset_group<C: ConsumerContext>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn awaiting_a_transactions_outputs_waits_for_each_report_and_retires_nothing() {
+        let mut acks = Acks::new("in", 0);
+        acks.push(5, 2);
+        acks.push(6, 0);
+        acks.push(7, 1);
+        assert!(!acks.await_delivered(Duration::from_millis(20)).expect("no failure"), "nothing was reported yet");
+        let board = acks.board().clone();
+        let reporter = std::thread::spawn(move || {
+            board.delivered(5);
+            board.delivered(7);
+            std::thread::sleep(Duration::from_millis(30));
+            board.delivered(5);
+        });
+        assert!(acks.await_delivered(Duration::from_secs(10)).expect("no failure"), "all three outputs were reported");
+        reporter.join().expect("reporter");
+        // Offsets wait for the commit: nothing is retired or stored by the wait.
+        assert_eq!((acks.in_flight(), acks.stored()), (3, None));
+    }
+
+    #[test]
+    fn a_failed_output_ends_the_wait_with_its_error() {
+        let mut acks = Acks::new("in", 0);
+        acks.push(9, 1);
+        acks.board().failed(9, None, "refused".into());
+        let e = acks.await_delivered(Duration::from_secs(10)).err().expect("the failure");
+        assert_eq!((e.offset, e.reason.as_str()), (9, "refused"));
+    }
 }

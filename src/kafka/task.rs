@@ -397,8 +397,11 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let partition = self.processor.partition();
         let since = Instant::now();
         loop {
-            // Every output gets its delivery result within the producer's delivery timeout,
-            // which is below the session timeout.
+            // First the outputs' reports on this task's own board (it wakes this thread at the
+            // last one; see `OutputProducer::commit`). A failure or a timeout here shows in
+            // the commit's own result. Every output gets its delivery result within the
+            // producer's delivery timeout, which is below the session timeout.
+            let _ = self.acks.await_delivered(self.shared.session_timeout);
             let f = match self.out.commit(self.shared.session_timeout) {
                 Ok(()) => {
                     self.txn_since = None;
