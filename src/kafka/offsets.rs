@@ -443,7 +443,7 @@ mod tests {
         let mut acks = Acks::new("in", 0);
         acks.push(9, 1);
         acks.board().failed(9, None, "refused".into());
-        let e = acks.await_delivered(Duration::from_secs(10)).err().expect("the failure");
+        let e = acks.await_delivered(Duration::from_secs(10)).expect_err("the failure");
         assert_eq!((e.offset, e.reason.as_str()), (9, "refused"));
     }
 }
