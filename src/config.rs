@@ -253,7 +253,8 @@ pub struct KafkaConfig {
     /// partitions while frozen cannot append a single output afterwards (README, "Zombies").
     pub transactional_outputs: bool,
     /// Milliseconds an output transaction stays open at most (it is committed sooner when
-    /// many outputs wait); offsets and snapshots cover committed outputs only.
+    /// many outputs wait or the partition's queue runs dry); offsets and snapshots cover
+    /// committed outputs only.
     pub transaction_interval_ms: u64,
     /// Replication factor for topics the worker creates.
     pub replication_factor: i32,

@@ -332,9 +332,12 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 if taken > 0 {
                     self.txn_since.get_or_insert(self.beat);
                 }
-                let due = self
-                    .txn_since
-                    .is_some_and(|t| t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT);
+                // Due after the interval, when many records wait, or as soon as the partition's
+                // queue ran dry (nothing more to add: waiting would only delay the outputs'
+                // visibility and the offsets).
+                let due = self.txn_since.is_some_and(|t| {
+                    taken == 0 || t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT
+                });
                 if due {
                     match self.commit()? {
                         Committed::Yes => {}
