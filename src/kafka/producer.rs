@@ -191,14 +191,20 @@ impl OutputProducer {
     /// A producer for the topics of `k`.
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
         let config = super::client::output_producer(k);
-        Ok(Self {
-            producer: RwLock::new(config.create_with_context(OutputContext)?),
+        let producer = config.create_with_context(OutputContext)?;
+        Ok(Self::with(k, config, producer))
+    }
+
+    /// `producer`, made from `config`, for the topics of `k`.
+    fn with(k: &KafkaConfig, config: rdkafka::ClientConfig, producer: ThreadedProducer<OutputContext>) -> Self {
+        Self {
+            producer: RwLock::new(producer),
             generation: AtomicU64::new(0),
             config,
             scores: k.scores_topic.clone(),
             alerts: k.alerts_topic.clone(),
             dead_letters: k.dead_letter_topic.clone(),
-        })
+        }
     }
 
     /// A transactional producer of input partition `partition`'s outputs, initialised (which
@@ -208,18 +214,11 @@ impl OutputProducer {
         let producer: ThreadedProducer<OutputContext> = config.create_with_context(OutputContext)?;
         producer.init_transactions(INIT_TIMEOUT)?;
         producer.begin_transaction()?;
-        Ok(Self {
-            producer: RwLock::new(producer),
-            generation: AtomicU64::new(0),
-            config,
-            scores: k.scores_topic.clone(),
-            alerts: k.alerts_topic.clone(),
-            dead_letters: k.dead_letter_topic.clone(),
-        })
+        Ok(Self::with(k, config, producer))
     }
 
-    /// Commit the open transaction (waiting for its outputs to be delivered, at most
-    /// `timeout`) and open the next one.
+    /// Commit the open transaction (at most `timeout`) and open the next one.
+    ///
     /// Call once the transaction's outputs are reported delivered: rust-rdkafka's flush inside
     /// `commit_transaction` waits for deliveries in steps of ~100 ms (measured: every commit
     /// took 100 ms, the commit proper ~1.3 ms), so the few microseconds until librdkafka
