@@ -13,7 +13,8 @@
 //! - [`task`]: a partition's thread: poll, [`crate::partition::Processor`], produce, ack;
 //! - [`wallclock`]: a partition thread's wall clock, one monotonic reading per record;
 //! - [`freeze`]: whether the whole process was frozen (zombie fencing), not one thread slow;
-//! - [`producer`]: outputs onto the wire; [`offsets`]: in-order acks, commits, group resets;
+//! - [`held`]: a round's outputs, held until it ends; [`producer`]: outputs onto the wire;
+//!   [`offsets`]: in-order acks, commits, group resets;
 //! - [`changelog`], [`tails`]: the changelog topic's records and the output tails, moved;
 //! - [`tls`]: the diagnosis of a failed TLS connection, naming the setting to fix;
 //! - [`bounds`]: a partition's true end and the record at an offset, read from the log;
@@ -61,6 +62,7 @@ pub mod changelog;
 pub mod client;
 pub mod driver;
 pub mod freeze;
+pub mod held;
 pub mod offsets;
 pub mod probe;
 pub mod producer;

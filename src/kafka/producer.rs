@@ -1,5 +1,5 @@
-//! The output producer: copies [`OutRecord`]s onto the wire, to the input record's partition
-//! number, with the source headers. Building the records is `partition::output`'s job.
+//! The output producer: copies outputs (held a round by [`super::held`]) onto the wire, to
+//! the input record's partition number, with the source headers. Building the records is `partition::output`'s job.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::offsets::DeliveryBoard;
 use crate::config::KafkaConfig;
 use crate::partition::output::{SourceHeaders, HEADER_SOURCE_OFFSET};
-use crate::partition::{Dest, OutRecord, Source};
+use crate::partition::{Dest, Source};
 
 /// First pause before retrying when librdkafka's local queue is full (backpressure from the
 /// broker); doubled on each retry up to [`QUEUE_FULL_BACKOFF_MAX`], so a broker that is away
@@ -280,15 +280,15 @@ impl OutputProducer {
         &self,
         src: &Source<'_>,
         headers: &SourceHeaders<'_>,
-        rec: &OutRecord,
+        rec: OutputRef<'_>,
         board: &Arc<DeliveryBoard>,
         timestamp_ms: i64,
     ) -> Result<(), KafkaError> {
         let mut record = BaseRecord::with_opaque_to(self.topic(rec.dest), board.clone())
             .partition(src.partition)
             .timestamp(timestamp_ms)
-            .key(&rec.key[..])
-            .payload(&rec.payload[..])
+            .key(rec.key)
+            .payload(rec.payload)
             .headers(owned_headers(headers));
         let mut backoff = QUEUE_FULL_BACKOFF;
         loop {
@@ -321,6 +321,17 @@ impl OutputProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.current().flush(timeout)
     }
+}
+
+/// One output to send, borrowed (from a held round, `super::held`).
+#[derive(Debug, Clone, Copy)]
+pub struct OutputRef<'a> {
+    /// Its topic.
+    pub dest: Dest,
+    /// Record key.
+    pub key: &'a [u8],
+    /// Encoded payload.
+    pub payload: &'a [u8],
 }
 
 /// Producer of the `OpsAlert` records of `monitoring.ops_alerts_topic` (records built by

@@ -14,6 +14,7 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Message as _};
 
+use super::held::Held;
 use super::offsets::{Acks, Wait};
 use super::producer::{OutputProducer, Outputs, TxnFailure};
 use super::wallclock::WallClock;
@@ -129,6 +130,8 @@ pub struct PartitionTask<C: ConsumerContext + 'static> {
     processor: Processor,
     /// In-order acknowledgement.
     acks: Acks,
+    /// The outputs of the round being taken, sent when it ends ([`PartitionTask::release`]).
+    held: Held,
     /// Set by the coordinator on revoke.
     stop: Arc<AtomicBool>,
     /// Where outputs resume and which offsets may be stored.
@@ -193,6 +196,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             queue,
             consumer,
             acks: Acks::new(&topic, partition),
+            held: Held::default(),
             shared,
             out,
             txn_since: None,
@@ -288,8 +292,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             let mut batch = None;
             while taken < MAX_BATCH && self.stalled.is_none() {
                 let polled = self.queue.poll(wait);
-                // Checked between taking a record and producing its outputs: a freeze while
-                // polling (or anywhere since the last check) is seen before anything is produced.
+                // Checked between taking a record and holding its outputs: a freeze while
+                // polling (or anywhere since the last check) is seen before anything is produced
+                // (and again before the round's outputs are released).
                 if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
                     // Lost: the record in hand is dropped unproduced; its new owner answers it.
                     return Ok(Consumed::Fenced);
@@ -305,8 +310,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                             (now, span.entered(), 0)
                         });
                         *last = m.offset();
-                        let ctx = Ctx { shared: &self.shared, out: &self.out, latency: &self.timing.latency, now_ms: clock.ms_at(now) };
-                        if let Err(e) = handle(&m, &mut self.processor, &ctx, &mut self.acks, &mut self.replay, &mut out) {
+                        let ctx = Ctx { shared: &self.shared, latency: &self.timing.latency, now_ms: clock.ms_at(now) };
+                        if let Err(e) = handle(&m, &mut self.processor, &ctx, &mut self.acks, &mut self.replay, &mut out, &mut self.held) {
                             span.record("last_offset", *last).record("records", taken as i64).record("outcome", "error");
                             span.record("otel.status_code", "ERROR");
                             return Err(e);
@@ -325,6 +330,9 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 self.timing.batch.observe(took.as_secs_f64());
                 self.shared.stats.processing_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
                 span.record("last_offset", last).record("records", taken as i64).record("outcome", "ok");
+            }
+            if !self.held.is_empty() && !self.release()? {
+                return Ok(Consumed::Fenced);
             }
             // With transactional outputs, offsets (and so snapshots) wait for the commit: an
             // aborted transaction's outputs are not there for read_committed consumers.
@@ -390,6 +398,24 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
         }
         Ok(Consumed::Done)
+    }
+
+    /// Send the round's held outputs; `false`: the partition was lost in a stall, and they
+    /// are dropped unproduced (its next owner answers them). With transactional outputs,
+    /// first wait (at most [`POLL_WAIT`]) for the previous round's to be delivered: see
+    /// `super::held` for why librdkafka must not hold outputs behind a request in flight. A
+    /// failed delivery stays on the board for the acknowledgement or commit after the round.
+    fn release(&mut self) -> Result<bool, WorkerError> {
+        if self.shared.outputs.transactional() {
+            let _ = self.acks.await_at_most(self.held.len() as u64, POLL_WAIT);
+        }
+        let partition = self.processor.partition();
+        if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
+            self.held.drop_all();
+            return Ok(false);
+        }
+        self.held.release(&self.out, &self.shared.topic, partition, self.acks.board())?;
+        Ok(true)
     }
 
     /// Commit the partition's output transaction (waiting for its outputs' deliveries), and
@@ -679,15 +705,13 @@ fn owns<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: 
 struct Ctx<'a> {
     /// Shared worker parts.
     shared: &'a Shared,
-    /// The partition's output producer.
-    out: &'a OutputProducer,
     /// The partition's reading → output latency histogram.
     latency: &'a Histogram,
     /// Wall time of this record, ms since the Unix epoch.
     now_ms: i64,
 }
 
-/// Process one record and enqueue its outputs.
+/// Process one record and hold its outputs for the end of the round.
 fn handle(
     m: &BorrowedMessage<'_>,
     processor: &mut Processor,
@@ -695,6 +719,7 @@ fn handle(
     acks: &mut Acks,
     replay: &mut Replay,
     out: &mut Vec<OutRecord>,
+    held: &mut Held,
 ) -> Result<(), WorkerError> {
     let (shared, latency, now) = (ctx.shared, ctx.latency, ctx.now_ms);
     let offset = m.offset();
@@ -735,14 +760,8 @@ fn handle(
         latency.observe(now.saturating_sub(ts).max(0) as f64 / 1000.0);
     }
     let src = Source { topic: &shared.topic, partition: processor.partition(), offset, epoch: processor.models().epoch };
-    // Reports of these sends wait on the board until this thread's next `advance`, which
-    // comes after the push below: none can miss its record.
-    let headers = src.headers();
-    let mut outputs = 0;
-    for rec in out.iter().filter(|r| replay.emits(r.dest, offset)) {
-        ctx.out.send(&src, &headers, rec, acks.board(), now)?;
-        outputs += 1;
-    }
+    // Sent at the end of the round, after this push: no report can miss its record.
+    let outputs = held.hold(&src, now, out, |d| replay.emits(d, offset));
     acks.push(offset, outputs);
     Ok(())
 }

@@ -1,0 +1,154 @@
+//! A round's outputs, held by the partition thread until the round ends and then handed to
+//! the producer together.
+//!
+//! Why: librdkafka's idempotent producer caps a partition's produce requests at
+//! `5 - messages in flight` (`rd_kafka_toppar_producer_serve` compares the cap of five
+//! *requests* with a count of *messages*), so once a request of more than four outputs is in
+//! flight, nothing more is sent to that partition until it is answered. It sets its broker
+//! thread's next wake-up before it applies that cap, though: while outputs older than
+//! `linger.ms` wait behind the request in flight, the thread polls its socket with a zero
+//! timeout, over and over, until the broker answers. With one shared producer another
+//! partition's request usually waits in the connection's queue, which stops the loop; a
+//! transactional producer serves one input partition alone, and its thread spun through
+//! every round trip: 733,000 polls against 58,000 without transactions for 400,000 readings,
+//! and twice the CPU per reading (BENCHMARKS.md, "Transactional outputs: the spinning broker
+//! thread").
+//!
+//! So with transactional outputs a round's outputs reach librdkafka only once the previous
+//! round's are delivered (`PartitionTask::release`): nothing waits behind a request in
+//! flight, and each round goes out as one request after at most `linger.ms`. The bytes are
+//! copied into buffers reused from round to round, so the per-record output buffers are
+//! still recycled as each record is processed.
+
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
+
+use super::offsets::DeliveryBoard;
+use super::producer::{OutputProducer, OutputRef};
+use crate::partition::output::{Dest, OutRecord, Source};
+
+/// Outputs of the records taken in one round, not yet handed to the producer.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Keys and payloads, back to back.
+    bytes: Vec<u8>,
+    /// Each output: its topic and where its key and payload end in `bytes`.
+    outputs: Vec<(Dest, usize, usize)>,
+    /// Each input record with outputs: its offset and replay epoch, how many of `outputs`
+    /// are its own, and the CreateTime they carry.
+    sources: Vec<HeldSource>,
+}
+
+/// One input record's share of [`Held`].
+#[derive(Debug, Clone, Copy)]
+struct HeldSource {
+    offset: i64,
+    epoch: u32,
+    outputs: u32,
+    timestamp_ms: i64,
+}
+
+impl Held {
+    /// Hold the outputs of the record at `src.offset` that pass `emits`; returns how many.
+    pub fn hold(&mut self, src: &Source<'_>, timestamp_ms: i64, out: &[OutRecord], emits: impl Fn(Dest) -> bool) -> u32 {
+        let mut n = 0;
+        for rec in out.iter().filter(|r| emits(r.dest)) {
+            self.bytes.extend_from_slice(&rec.key);
+            let key_end = self.bytes.len();
+            self.bytes.extend_from_slice(&rec.payload);
+            self.outputs.push((rec.dest, key_end, self.bytes.len()));
+            n += 1;
+        }
+        if n > 0 {
+            self.sources.push(HeldSource { offset: src.offset, epoch: src.epoch, outputs: n, timestamp_ms });
+        }
+        n
+    }
+
+    /// Outputs held.
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// Hand every held output to `producer` (input topic `topic`, partition `partition`),
+    /// their deliveries reported to `board`, and hold nothing. On an error the outputs not
+    /// yet handed over are dropped with the rest: the error ends the partition's run.
+    pub fn release(
+        &mut self,
+        producer: &OutputProducer,
+        topic: &str,
+        partition: i32,
+        board: &Arc<DeliveryBoard>,
+    ) -> Result<(), KafkaError> {
+        let result = self.send_all(producer, topic, partition, board);
+        self.bytes.clear();
+        self.outputs.clear();
+        self.sources.clear();
+        result
+    }
+
+    /// Drop what is held, unproduced (the partition was lost, or starts over).
+    pub fn drop_all(&mut self) {
+        self.bytes.clear();
+        self.outputs.clear();
+        self.sources.clear();
+    }
+
+    fn send_all(&self, producer: &OutputProducer, topic: &str, partition: i32, board: &Arc<DeliveryBoard>) -> Result<(), KafkaError> {
+        let mut outputs = self.outputs.iter();
+        let mut start = 0;
+        for s in &self.sources {
+            let src = Source { topic, partition, offset: s.offset, epoch: s.epoch };
+            let headers = src.headers();
+            for &(dest, key_end, end) in outputs.by_ref().take(s.outputs as usize) {
+                let rec = OutputRef { dest, key: &self.bytes[start..key_end], payload: &self.bytes[key_end..end] };
+                producer.send(&src, &headers, rec, board, s.timestamp_ms)?;
+                start = end;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(dest: Dest, key: &str, payload: &str) -> OutRecord {
+        OutRecord { dest, key: key.as_bytes().to_vec(), payload: payload.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn holding_keeps_each_records_outputs_with_its_offset_and_skips_what_is_not_emitted() {
+        let mut held = Held::default();
+        let src = Source { topic: "in", partition: 2, offset: 7, epoch: 1 };
+        let out = [rec(Dest::Scores, "s-1", "score"), rec(Dest::Alerts, "s-1", "alert")];
+        assert_eq!(held.hold(&src, 100, &out, |_| true), 2);
+        let src = Source { offset: 8, ..src };
+        assert_eq!(held.hold(&src, 101, &out, |d| d == Dest::Alerts), 1);
+        assert_eq!(held.hold(&Source { offset: 9, ..src }, 102, &out, |_| false), 0);
+        assert_eq!(held.len(), 3);
+        let parts: Vec<(Dest, &[u8], &[u8])> = {
+            let mut start = 0;
+            held.outputs
+                .iter()
+                .map(|&(d, k, e)| {
+                    let r = (d, &held.bytes[start..k], &held.bytes[k..e]);
+                    start = e;
+                    r
+                })
+                .collect()
+        };
+        assert_eq!(parts, [(Dest::Scores, &b"s-1"[..], &b"score"[..]), (Dest::Alerts, b"s-1", b"alert"), (Dest::Alerts, b"s-1", b"alert")]);
+        let sources: Vec<(i64, u32, i64)> = held.sources.iter().map(|s| (s.offset, s.outputs, s.timestamp_ms)).collect();
+        assert_eq!(sources, [(7, 2, 100), (8, 1, 101)]);
+        held.drop_all();
+        assert!(held.is_empty());
+    }
+}
