@@ -299,6 +299,12 @@ impl Resident {
         self.bytes
     }
 
+    /// Bytes the worker's budget accounts now, over every partition (for the debug log that
+    /// compares it with the allocator's figures).
+    pub fn budget_used(&self) -> u64 {
+        self.budget.used()
+    }
+
     /// Pipelines in memory.
     pub fn resident(&self) -> usize {
         self.entries.len()
