@@ -41,9 +41,7 @@ pub struct Guard {
     /// The sensor's circuit breaker.
     pub breaker: Breaker,
     /// The fallback pipeline, built on the sensor's first reading when one is configured.
-    /// Boxed: inline it would take a pipeline's size in every sensor's slot of the models'
-    /// map (which runs half full, `partition::resident::PER_KEY_BYTES`), configured or not.
-    pub fallback: Option<Box<Pipeline>>,
+    pub fallback: Option<Pipeline>,
     /// Why the main pipeline last failed, while the breaker is open (for degraded reasons).
     pub cause: String,
 }
@@ -140,7 +138,7 @@ fn fallback(r: &Resilience, guard: &mut Guard, key: &str, x: &[f64], ts_ms: i64,
         guard.fallback = None;
         return None;
     };
-    let fb = guard.fallback.get_or_insert_with(|| Box::new(factory.build(x.len(), key)));
+    let fb = guard.fallback.get_or_insert_with(|| factory.build(x.len(), key));
     let run = || if learn { fb.try_process_at(x, Some(ts_ms)) } else { fb.try_score_at(x, Some(ts_ms)) };
     let out = match protect(run) {
         Ok(Ok(s)) => Ok(s),
