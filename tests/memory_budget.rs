@@ -3,6 +3,7 @@
 //! least-recently-used pipelines and loading them back; it is killed with SIGKILL twice
 //! mid-stream and restarted on the same state directory. Afterwards every input offset has
 //! exactly one output and every score is bit-identical to a reference that never evicts.
+//! Also: the budget's per-sensor charge covers what the models' map really takes per sensor.
 
 mod common;
 
@@ -11,6 +12,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use onad_stream::proto::ScoredReading;
 use prost::Message as _;
+
+// The binary's counting allocator, so that this thread's allocations are counted exactly.
+#[global_allocator]
+static ALLOC: onad_stream::ops::heap::CountingAlloc = onad_stream::ops::heap::CountingAlloc;
 
 const PARTITIONS: i32 = 2;
 const SENSORS: usize = 3000;
@@ -77,4 +82,39 @@ async fn a_tiny_budget_evicts_and_reloads_and_a_kill_9_resumes_with_scores_as_if
         );
     }
     assert_eq!(scores.seen.len(), SENSORS * STEPS);
+}
+
+/// A (key, pipeline) slot's worth of bytes, as the models' `BTreeMap` holds them inline.
+struct Slot(#[allow(dead_code)] [u8; std::mem::size_of::<onad_stream::partition::KeyPipeline>()]);
+
+/// The models' map as the worker fills it at scale (sensors new in id order, the least
+/// recently used evicted, coming back in order on the next pass) takes about twice its slot
+/// size per sensor, B-tree nodes being about half full: the per-sensor charge must cover that,
+/// or a million sensors hold ~90 MB the budget does not see (BENCHMARKS.md, "Memory budget: RSS").
+#[test]
+fn btree_slots_take_about_twice_their_size() {
+    use onad_stream::ops::heap;
+    use onad_stream::partition::resident::PER_KEY_BYTES;
+    const N: usize = 20_000;
+    let key = |i: usize| format!("sensor-{i:07}");
+    let h0 = heap::net();
+    let mut models = std::collections::BTreeMap::new();
+    for i in 0..N {
+        models.insert(key(i), Slot([0; std::mem::size_of::<onad_stream::partition::KeyPipeline>()]));
+    }
+    for i in 0..N * 3 / 10 {
+        models.remove(&key(i));
+    }
+    for i in N..N + N * 3 / 10 {
+        models.insert(key(i), Slot([0; std::mem::size_of::<onad_stream::partition::KeyPipeline>()]));
+    }
+    let total = heap::net() - h0;
+    assert!(heap::active(), "the counting allocator is installed");
+    // The key strings' own allocations are charged apart (3 x the key's length, besides).
+    let per_key = total as f64 / models.len() as f64 - (key(0).len() + 16) as f64;
+    let slot = (std::mem::size_of::<String>() + std::mem::size_of::<Slot>()) as f64;
+    let charged = (PER_KEY_BYTES - 256) as f64;
+    assert!(per_key > 1.6 * slot, "{per_key:.0} bytes per sensor for a {slot} byte slot: nodes fuller than measured before");
+    assert!(per_key <= charged, "the models' map takes {per_key:.0} bytes per sensor, the budget charges {charged} for it");
+    drop(models);
 }

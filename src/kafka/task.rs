@@ -588,7 +588,10 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         // (rationed process-wide; `ops::malloc`), or glibc keeps them mapped.
         if crate::ops::malloc::trim_if_due() {
             if let Some(h) = crate::ops::malloc::heap_stats() {
-                tracing::debug!(in_use_mb = h.in_use >> 20, free_mb = h.free >> 20, "heap trimmed");
+                // The budget's charge beside glibc's figures: the difference is the live memory
+                // the budget does not see (BENCHMARKS.md, "Memory budget: RSS").
+                let charged_mb = self.processor.resident().budget_used() >> 20;
+                tracing::debug!(in_use_mb = h.in_use >> 20, free_mb = h.free >> 20, charged_mb, "heap trimmed");
             }
         }
     }

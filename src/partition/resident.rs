@@ -51,9 +51,12 @@ use crate::telemetry::stats::PartitionStats;
 /// allocator (Vec capacities reserved up front make a fresh pipeline far larger in memory).
 pub const HEAP_FACTOR: f64 = 4.0;
 /// Bytes per resident sensor besides its pipeline's heap: its (key, pipeline) slot in the
-/// models' BTreeMap (inline, ~720 bytes; B-tree nodes run about 2/3 full), plus the LRU's
-/// HashMap and BTreeMap entries and the key strings' allocations (256).
-pub const PER_KEY_BYTES: u64 = ((std::mem::size_of::<String>() + std::mem::size_of::<KeyPipeline>()) * 3 / 2) as u64 + 256;
+/// models' BTreeMap (inline, ~1,540 bytes), twice over: sensors arrive in id order and come
+/// back in LRU order, so node splits leave the B-tree's nodes about half full (measured 1.84
+/// x the slot in `btree_slots_take_about_twice_their_size`; the 1.5 charged before left ~90
+/// MB uncounted at a million sensors, BENCHMARKS.md); plus the LRU's HashMap and BTreeMap
+/// entries and the key strings' allocations (256).
+pub const PER_KEY_BYTES: u64 = ((std::mem::size_of::<String>() + std::mem::size_of::<KeyPipeline>()) * 2) as u64 + 256;
 /// A sensor's size is measured again after this many of its readings.
 pub const REMEASURE_EVERY: u64 = 64;
 /// Evictions are written in batches of at most this many sensors.
@@ -297,6 +300,12 @@ impl Resident {
     /// Bytes this partition accounts in the budget now.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes the worker's budget accounts now, over every partition (for the debug log that
+    /// compares it with the allocator's figures).
+    pub fn budget_used(&self) -> u64 {
+        self.budget.used()
     }
 
     /// Pipelines in memory.
