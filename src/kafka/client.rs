@@ -33,13 +33,15 @@ pub const PARTITIONER: &str = "murmur2_random";
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
 /// `max.in.flight.requests.per.connection` of the output producer (librdkafka: 1,000,000,
 /// capped at 5 by idempotence). With more than one request in flight, librdkafka's broker
-/// thread busy-loops whenever a partition has 5 produce requests in flight and outputs older
-/// than `linger.ms` queued behind them (`rd_kafka_toppar_producer_serve` sets the next wake-up
-/// to *now*, then the idempotent in-flight cap forbids sending): the slower the broker answers,
-/// the more CPU the worker burns beside it (55-63% of the worker's samples under load,
-/// BENCHMARKS.md, "Worker throughput, second pass"). With one, the next request waits in the
-/// connection's queue, which librdkafka counts as backpressure: the thread sleeps until the
-/// answer and the outputs gather into a fuller request. Measured beside the bare loop: CPU per
+/// thread busy-loops whenever a partition's requests in flight hold 5 or more outputs and
+/// outputs older than `linger.ms` are queued behind them (`rd_kafka_toppar_producer_serve`
+/// sets the next wake-up to *now*, then the idempotent cap, `5 - messages in flight`, forbids
+/// sending): the slower the broker answers, the more CPU the worker burns beside it (55-63% of
+/// the worker's samples under load, BENCHMARKS.md, "Worker throughput, second pass"). With
+/// one, the next request waits in the connection's queue, which librdkafka counts as
+/// backpressure: the thread sleeps until the answer and the outputs gather into a fuller
+/// request. (A producer serving one partition alone, as a transactional one does, has no other
+/// request to wait there and still loops: `super::held` keeps its outputs until it is answered.) Measured beside the bare loop: CPU per
 /// reading 6.8 -> 3.6 µs and 165k -> 282k readings/s (no-scoring, medians of 3). Order and
 /// the idempotent producer's guarantees are unchanged; `[kafka.settings]` may override it.
 pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
