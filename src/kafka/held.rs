@@ -86,10 +86,15 @@ impl Held {
         partition: i32,
         board: &Arc<DeliveryBoard>,
     ) -> Result<(), KafkaError> {
-        let result = self.send_all(producer, topic, partition, board);
-        self.bytes.clear();
-        self.outputs.clear();
-        self.sources.clear();
+        let result = self.each(|s, outputs| {
+            let src = Source { topic, partition, offset: s.offset, epoch: s.epoch };
+            let headers = src.headers();
+            for rec in outputs {
+                producer.send(&src, &headers, rec, board, s.timestamp_ms)?;
+            }
+            Ok(())
+        });
+        self.drop_all();
         result
     }
 
@@ -100,17 +105,17 @@ impl Held {
         self.sources.clear();
     }
 
-    fn send_all(&self, producer: &OutputProducer, topic: &str, partition: i32, board: &Arc<DeliveryBoard>) -> Result<(), KafkaError> {
+    /// Call `f` with each held input record and its outputs, in order; stops at the first error.
+    fn each<E>(&self, mut f: impl FnMut(&HeldSource, &mut dyn Iterator<Item = OutputRef<'_>>) -> Result<(), E>) -> Result<(), E> {
         let mut outputs = self.outputs.iter();
         let mut start = 0;
         for s in &self.sources {
-            let src = Source { topic, partition, offset: s.offset, epoch: s.epoch };
-            let headers = src.headers();
-            for &(dest, key_end, end) in outputs.by_ref().take(s.outputs as usize) {
+            let mut mine = outputs.by_ref().take(s.outputs as usize).map(|&(dest, key_end, end)| {
                 let rec = OutputRef { dest, key: &self.bytes[start..key_end], payload: &self.bytes[key_end..end] };
-                producer.send(&src, &headers, rec, board, s.timestamp_ms)?;
                 start = end;
-            }
+                rec
+            });
+            f(s, &mut mine)?;
         }
         Ok(())
     }
@@ -134,20 +139,16 @@ mod tests {
         assert_eq!(held.hold(&src, 101, &out, |d| d == Dest::Alerts), 1);
         assert_eq!(held.hold(&Source { offset: 9, ..src }, 102, &out, |_| false), 0);
         assert_eq!(held.len(), 3);
-        let parts: Vec<(Dest, &[u8], &[u8])> = {
-            let mut start = 0;
-            held.outputs
-                .iter()
-                .map(|&(d, k, e)| {
-                    let r = (d, &held.bytes[start..k], &held.bytes[k..e]);
-                    start = e;
-                    r
-                })
-                .collect()
-        };
-        assert_eq!(parts, [(Dest::Scores, &b"s-1"[..], &b"score"[..]), (Dest::Alerts, b"s-1", b"alert"), (Dest::Alerts, b"s-1", b"alert")]);
-        let sources: Vec<(i64, u32, i64)> = held.sources.iter().map(|s| (s.offset, s.outputs, s.timestamp_ms)).collect();
-        assert_eq!(sources, [(7, 2, 100), (8, 1, 101)]);
+        let mut parts = Vec::new();
+        held.each(|s, outputs| {
+            for r in outputs {
+                let (key, payload) = (String::from_utf8_lossy(r.key), String::from_utf8_lossy(r.payload));
+                parts.push(format!("{} at {}: {:?} {key} {payload}", s.offset, s.timestamp_ms, r.dest));
+            }
+            Ok::<(), ()>(())
+        })
+        .expect("no error");
+        assert_eq!(parts, ["7 at 100: Scores s-1 score", "7 at 100: Alerts s-1 alert", "8 at 101: Alerts s-1 alert"]);
         held.drop_all();
         assert!(held.is_empty());
     }
