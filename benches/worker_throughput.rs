@@ -23,7 +23,9 @@
 //! same window (`getrusage`: every thread of the worker or the bare loop, librdkafka's
 //! included; not the broker's): on a machine shared with other work the wall-clock rate swings
 //! with the load, while CPU per reading moves far less, so it is the figure to compare two
-//! builds by.
+//! builds by. Where the broker is a local process (`scripts/kafka-broker`'s pid file for the
+//! bootstrap's port, or `ONAD_BENCH_BROKER_PID`), its CPU per reading over the window is
+//! printed too: it shares the machine's cores with the worker.
 //! `OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318` exports spans and metrics over OTLP while
 //! measuring (the tracing-on figure of BENCHMARKS.md).
 //! Run: `scripts/kafka-broker start; cargo bench --bench worker_throughput` (release), or
@@ -68,12 +70,9 @@ fn config(name: &str) -> Config {
     Config::load_from(None, &[], &sets).expect("bench config")
 }
 
-/// Fresh topics named for `mode`, filled with `n` readings; returns the config.
-async fn prepare(mode: &str, n: usize) -> Config {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    let config = config(&format!("bench-{mode}-{t}"));
-    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create bench topics");
-    let readings = (0..n).map(|i| {
+/// The bench's readings, each with its partition: `n` of them, 50 sensors, 4 features.
+fn readings(n: usize) -> impl Iterator<Item = (i32, SensorReading)> {
+    (0..n).map(|i| {
         let sensor = i % SENSORS;
         let step = (i / SENSORS) as f64;
         let values = (0..4).map(|f| (format!("f{f}"), (step * 0.1 + f as f64).sin() + sensor as f64)).collect();
@@ -81,10 +80,40 @@ async fn prepare(mode: &str, n: usize) -> Config {
             sensor as i32 % PARTITIONS,
             SensorReading { sensor_id: format!("sensor-{sensor:03}"), timestamp_ms: i as i64, values, ..Default::default() },
         )
-    });
+    })
+}
+
+/// Fresh topics named for `mode`, filled with `n` readings; returns the config.
+async fn prepare(mode: &str, n: usize) -> Config {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let config = config(&format!("bench-{mode}-{t}"));
+    onad_stream::kafka::admin::create_all(&config.kafka).await.expect("create bench topics");
     // librdkafka's default local queue (100,000 messages).
-    common::produce_readings(&config.kafka.input_topic, 100_000, readings).await;
+    common::produce_readings(&config.kafka.input_topic, 100_000, readings(n)).await;
     config
+}
+
+/// The pipeline alone on one core: the same `n` readings, encoded beforehand, through one
+/// `Processor` per partition (decode, validate, score, build the outputs: the worker's work
+/// per record without Kafka), on this thread. Goal 2 of issue 12 compares the worker with
+/// this rate times the cores it can use.
+fn time_standalone(config: &Config, n: usize) -> Timed {
+    use onad_stream::partition::{InputRecord, Models, Processor, ProcessorConfig};
+    use prost::Message as _;
+    let encoded: Vec<(i32, Vec<u8>, Vec<u8>)> =
+        readings(n).map(|(p, r)| (p, r.sensor_id.clone().into_bytes(), r.encode_to_vec())).collect();
+    let pc = std::sync::Arc::new(ProcessorConfig::new(config, true));
+    let mut processors: Vec<Processor> =
+        (0..PARTITIONS).map(|p| Processor::new(config.kafka.input_topic.as_str().into(), p, pc.clone(), Models::default())).collect();
+    let mut out = Vec::new();
+    let start = (Instant::now(), cpu_now(None));
+    for (offset, (p, key, value)) in encoded.iter().enumerate() {
+        out.clear();
+        let now_ms = offset as i64;
+        processors[*p as usize].process(InputRecord { key: Some(key), value: Some(value), offset: offset as i64 }, now_ms, &mut out);
+        std::hint::black_box(&out);
+    }
+    Timed::since(start, None)
 }
 
 /// CPU seconds (user + system) this process has used so far, all threads.
@@ -98,14 +127,60 @@ fn cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// One timed run: wall seconds and CPU seconds of this process, from the first record taken
-/// to the last acknowledged.
+/// The local broker's process id: `ONAD_BENCH_BROKER_PID`, else the pid file
+/// `scripts/kafka-broker` wrote for the bootstrap's port (`ONAD_BROKER_HOME`, default
+/// `~/.cache/onad-stream/broker`). `None` when the broker is not a local process we know.
+fn broker_pid() -> Option<u32> {
+    if let Some(pid) = std::env::var("ONAD_BENCH_BROKER_PID").ok().and_then(|p| p.parse().ok()) {
+        return Some(pid);
+    }
+    let port = bootstrap().rsplit(':').next()?.to_string();
+    let home =
+        std::env::var("ONAD_BROKER_HOME").ok().or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cache/onad-stream/broker")))?;
+    std::fs::read_to_string(format!("{home}/tansu-{port}.pid")).ok()?.trim().parse().ok()
+}
+
+/// CPU seconds (user + system) process `pid` has used so far (`/proc/PID/stat`), NaN if unknown.
+fn broker_cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok()) else {
+        return f64::NAN;
+    };
+    // Fields after the command (which may hold spaces) start at state, field 3; utime and
+    // stime are fields 14 and 15, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz
+}
+
+/// CPU seconds of this process and of the local broker, now.
+fn cpu_now(broker: Option<u32>) -> (f64, f64) {
+    (cpu_secs(), broker_cpu_secs(broker))
+}
+
+/// One timed run: wall seconds and CPU seconds of this process and of the local broker, from
+/// the first record taken to the last acknowledged.
 #[derive(Clone, Copy)]
 struct Timed {
     /// Wall-clock seconds.
     secs: f64,
     /// CPU seconds over the same window.
     cpu: f64,
+    /// The broker's CPU seconds over the same window (NaN when it is not a known local
+    /// process): on a machine whose cores the broker shares, its cost per reading is part of
+    /// what limits the rate.
+    broker: f64,
+}
+
+impl Timed {
+    /// The window that started at `start` (an instant and [`cpu_now`]), ending now.
+    fn since((at, (cpu, broker)): (Instant, (f64, f64)), pid: Option<u32>) -> Self {
+        let (cpu_end, broker_end) = cpu_now(pid);
+        Timed { secs: at.elapsed().as_secs_f64(), cpu: cpu_end - cpu, broker: broker_end - broker }
+    }
+
+    const NONE: Timed = Timed { secs: f64::NAN, cpu: f64::NAN, broker: f64::NAN };
 }
 
 /// Time the worker over the prepared topics (from first record to last ack).
@@ -121,10 +196,11 @@ async fn time_worker(config: Config, n: u64, scoring: bool) -> Timed {
     }));
     let deadline = Instant::now() + LIMIT;
     let mut first = None;
+    let pid = broker_pid();
     loop {
         let consumed = stats.consumed.load(Ordering::Relaxed);
         if first.is_none() && consumed > 0 {
-            first = Some((Instant::now(), cpu_secs()));
+            first = Some((Instant::now(), cpu_now(pid)));
         }
         if stats.acknowledged.load(Ordering::Relaxed) >= n {
             break;
@@ -132,11 +208,11 @@ async fn time_worker(config: Config, n: u64, scoring: bool) -> Timed {
         assert!(Instant::now() < deadline, "worker did not finish {n} readings within {LIMIT:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let timed = first.map(|(at, cpu)| Timed { secs: at.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu });
+    let timed = first.map(|start| Timed::since(start, pid));
     let _ = tx.send(());
     let summary = handle.await.expect("worker task").expect("worker run");
     assert_eq!(summary.scored, n, "every reading scored");
-    timed.unwrap_or(Timed { secs: f64::NAN, cpu: f64::NAN })
+    timed.unwrap_or(Timed::NONE)
 }
 
 /// The bare loop: assign all partitions, copy each record to the same partition of the
@@ -163,11 +239,12 @@ fn time_bare(config: &Config, n: usize) -> Timed {
         .expect("producer");
     let mut pending = VecDeque::new();
     let (mut seen, mut first) = (0, None);
+    let pid = broker_pid();
     let deadline = Instant::now() + LIMIT;
     while seen < n {
         assert!(Instant::now() < deadline, "bare loop did not finish");
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else { continue };
-        first.get_or_insert_with(|| (Instant::now(), cpu_secs()));
+        first.get_or_insert_with(|| (Instant::now(), cpu_now(pid)));
         seen += 1;
         let mut rec = FutureRecord::<[u8], [u8]>::to(&k.scores_topic).partition(m.partition());
         if let Some(key) = m.key() {
@@ -192,9 +269,23 @@ fn time_bare(config: &Config, n: usize) -> Timed {
     for f in pending {
         let _ = futures::executor::block_on(f);
     }
-    first
-        .map(|(at, cpu)| Timed { secs: at.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu })
-        .unwrap_or(Timed { secs: f64::NAN, cpu: f64::NAN })
+    first.map(|start| Timed::since(start, pid)).unwrap_or(Timed::NONE)
+}
+
+/// `config` with `model_type = detector` (its defaults).
+fn with_detector(mut config: Config, detector: &str) -> Config {
+    let spec = format!("model_type = \"{detector}\"");
+    config.pipeline = Config::load_from(None, &[], &[spec]).expect("detector config").pipeline;
+    config
+}
+
+/// The detector a worker mode scores with, if it scores (`zscore*` modes: the default).
+fn detector_of(mode: &str) -> Option<&str> {
+    match mode {
+        "bare loop" | "no-scoring" => None,
+        m if m.starts_with("zscore") => Some("zscore"),
+        m => Some(m),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -257,18 +348,14 @@ fn main() {
                         config.raw.kafka.profile = onad_stream::config::KafkaProfile::Throughput;
                         time_worker(config, n as u64, true).await
                     }
-                    detector => {
-                        let mut config = config;
-                        let spec = format!("model_type = \"{detector}\"");
-                        config.pipeline = Config::load_from(None, &[], &[spec]).expect("detector config").pipeline;
-                        time_worker(config, n as u64, true).await
-                    }
+                    detector => time_worker(with_detector(config, detector), n as u64, true).await,
                 };
                 println!(
-                    "  round {round} {mode:<18}: {:6.2} s  {:>9.0} readings/s  cpu {:5.2} us/reading",
+                    "  round {round} {mode:<18}: {:6.2} s  {:>9.0} readings/s  cpu {:5.2} us/reading  broker cpu {:5.2} us/reading",
                     timed.secs,
                     n as f64 / timed.secs,
-                    timed.cpu * 1e6 / n as f64
+                    timed.cpu * 1e6 / n as f64,
+                    timed.broker * 1e6 / n as f64
                 );
                 got.push(timed);
             }
@@ -279,7 +366,31 @@ fn main() {
             let ratio = median(got.iter().zip(&bare).map(|(g, b)| b.secs / g.secs).collect());
             let rate = median(got.iter().map(|g| n as f64 / g.secs).collect());
             let cpu = median(got.iter().map(|g| g.cpu * 1e6 / n as f64).collect());
-            println!("  {mode:<18}: {rate:>9.0} readings/s  {:>5.1}% of the bare loop  cpu {cpu:5.2} us/reading", ratio * 100.0);
+            let broker = median(got.iter().map(|g| g.broker * 1e6 / n as f64).collect());
+            println!(
+                "  {mode:<18}: {rate:>9.0} readings/s  {:>5.1}% of the bare loop  cpu {cpu:5.2} us/reading  broker cpu {broker:5.2} us/reading",
+                ratio * 100.0
+            );
+        }
+        // Goal 2 of issue 12: each scoring mode against its pipeline alone on one core times
+        // the cores of this machine (which the worker shares with the broker when it is local).
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
+        let mut detectors: Vec<&str> = modes.iter().filter_map(|m| detector_of(m)).collect();
+        detectors.dedup();
+        for detector in detectors {
+            let config = with_detector(config("standalone"), detector);
+            let alone: Vec<Timed> = (0..repeat).map(|_| time_standalone(&config, n)).collect();
+            let rate = median(alone.iter().map(|t| n as f64 / t.secs).collect());
+            let cpu = median(alone.iter().map(|t| t.cpu * 1e6 / n as f64).collect());
+            println!("  {detector} alone, 1 core : {rate:>9.0} readings/s  cpu {cpu:5.2} us/reading (median of {repeat})");
+            for (mode, got) in rates.iter().filter(|(m, _)| detector_of(m) == Some(detector)) {
+                let worker = median(got.iter().map(|g| n as f64 / g.secs).collect());
+                println!(
+                    "  {mode:<18}: {:>5.1}% of {detector} alone x {cores} cores ({:.0} readings/s)",
+                    100.0 * worker / (rate * cores),
+                    rate * cores
+                );
+            }
         }
     });
     // Outside the runtime: flushes the last spans.

@@ -45,6 +45,15 @@ pub const STATISTICS_INTERVAL_MS: &str = "5000";
 /// reading 6.8 -> 3.6 µs and 165k -> 282k readings/s (no-scoring, medians of 3). Order and
 /// the idempotent producer's guarantees are unchanged; `[kafka.settings]` may override it.
 pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
+/// `compression.type` of the output producer (librdkafka: none). An output carries its
+/// `ScoredReading` and four source headers, whose names and topic repeat from output to output
+/// in a batch, so lz4 shrinks the requests several times over for little CPU: the broker
+/// stores and serves fewer bytes (on a 2-core machine shared with a local broker, its CPU per
+/// reading fell ~1.5 -> ~0.9 µs) and librdkafka copies fewer (the worker's fell too);
+/// BENCHMARKS.md, "Compressed outputs". Every Kafka client decompresses transparently; lz4
+/// is in every librdkafka build (zstd needs a library this build does not link).
+/// `[kafka.settings]` may override it.
+pub const OUTPUT_COMPRESSION: &str = "lz4";
 /// Which side of the worker's traffic a [`profile`] setting is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -164,12 +173,12 @@ pub fn producer(k: &KafkaConfig) -> ClientConfig {
 }
 
 /// The producer of the worker's outputs (scores, alerts, dead letters): [`producer`] with one
-/// request in flight ([`OUTPUT_MAX_IN_FLIGHT`]) whose deliveries time out within a freeze that
+/// request in flight ([`OUTPUT_MAX_IN_FLIGHT`]), compressed ([`OUTPUT_COMPRESSION`]), whose deliveries time out within a freeze that
 /// may cost the partitions ([`zombie_fence`]).
 /// The changelog keeps librdkafka's default: a late snapshot is fenced by its epoch.
 pub fn output_producer(k: &KafkaConfig) -> ClientConfig {
     let mut c = idempotent(k);
-    c.set("max.in.flight.requests.per.connection", OUTPUT_MAX_IN_FLIGHT);
+    c.set("max.in.flight.requests.per.connection", OUTPUT_MAX_IN_FLIGHT).set("compression.type", OUTPUT_COMPRESSION);
     zombie_fence(&mut c, k);
     passthrough(c, k)
 }
@@ -323,5 +332,15 @@ mod tests {
         assert_eq!(producer(&k).get("max.in.flight.requests.per.connection"), None, "the changelog producer is not the hot path");
         k.settings.insert("max.in.flight.requests.per.connection".into(), "5".into());
         assert_eq!(output_producer(&k).get("max.in.flight.requests.per.connection"), Some("5"));
+    }
+
+    #[test]
+    fn outputs_are_compressed_unless_the_passthrough_says_otherwise() {
+        let mut k = KafkaConfig::default();
+        assert_eq!(output_producer(&k).get("compression.type"), Some("lz4"));
+        assert_eq!(transactional_output_producer(&k, 0).get("compression.type"), Some("lz4"));
+        assert_eq!(producer(&k).get("compression.type"), None, "the changelog producer keeps librdkafka's default");
+        k.settings.insert("compression.type".into(), "none".into());
+        assert_eq!(output_producer(&k).get("compression.type"), Some("none"));
     }
 }

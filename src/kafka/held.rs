@@ -28,6 +28,14 @@ use super::offsets::DeliveryBoard;
 use super::producer::{OutputProducer, OutputRef};
 use crate::partition::output::{Dest, OutRecord, Source};
 
+/// Most bytes held, overheads included: librdkafka's `batch.size` is 1,000,000 (uncompressed),
+/// and the margin leaves room for the last record's outputs. At [`PER_OUTPUT_OVERHEAD`] per
+/// output, this is also fewer than 6,000 outputs (`batch.num.messages` is 10,000).
+const HELD_BYTES: usize = 900 << 10;
+/// An output's bytes in a request besides its key and payload: four source headers (about
+/// 100 bytes) and the record's framing.
+const PER_OUTPUT_OVERHEAD: usize = 160;
+
 /// Outputs of the records taken in one round, not yet handed to the producer.
 #[derive(Debug, Default)]
 pub struct Held {
@@ -69,6 +77,20 @@ impl Held {
     /// Outputs held.
     pub fn len(&self) -> usize {
         self.outputs.len()
+    }
+
+    /// Whether one more record's outputs might not fit the produce request that carries
+    /// them: a round that outgrows one request queues the rest behind it, and that is what
+    /// made librdkafka's thread spin (above). librdkafka's defaults are 10,000 messages and
+    /// 1,000,000 bytes per request (`batch.num.messages`, `batch.size`); each output also
+    /// carries its four source headers (about 100 bytes) and a record's framing.
+    pub fn full(&self) -> bool {
+        self.request_bytes() >= HELD_BYTES
+    }
+
+    /// About what the held outputs take in a produce request, uncompressed.
+    fn request_bytes(&self) -> usize {
+        self.bytes.len() + self.outputs.len() * PER_OUTPUT_OVERHEAD
     }
 
     /// Whether nothing is held.
@@ -151,5 +173,24 @@ mod tests {
         assert_eq!(parts, ["7 at 100: Scores s-1 score", "7 at 100: Alerts s-1 alert", "8 at 101: Alerts s-1 alert"]);
         held.drop_all();
         assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_round_is_full_before_it_outgrows_one_produce_request() {
+        let src = Source { topic: "in", partition: 0, offset: 0, epoch: 0 };
+        for payload in [1, 150, 4_000] {
+            let mut held = Held::default();
+            let out = [rec(Dest::Scores, "sensor-1", &"x".repeat(payload))];
+            held.hold(&src, 0, &out, |_| true);
+            assert!(!held.full(), "one output is not a full round");
+            while !held.full() {
+                held.hold(&src, 0, &out, |_| true);
+            }
+            // librdkafka's defaults per request: 10,000 messages, 1,000,000 bytes; a full
+            // round leaves room for one more record's outputs besides.
+            assert!(held.len() < 10_000, "{payload}: {} outputs", held.len());
+            assert!(held.request_bytes() + 8 * (payload + 200) < 1_000_000, "{payload}: {} bytes", held.request_bytes());
+            assert!(held.request_bytes() >= 900_000, "{payload}: full early, at {} bytes", held.request_bytes());
+        }
     }
 }

@@ -27,8 +27,12 @@ use crate::telemetry::WorkerStats;
 
 /// How long a poll waits for the first record of a batch (bounds the reaction to stop).
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// Most records taken per batch before acknowledging.
+/// Most records taken per round before acknowledging (with transactional outputs, a round
+/// may take more while the previous one's outputs are in flight: [`PartitionTask::round_open`]).
 const MAX_BATCH: usize = 1024;
+/// How often (in records) a round past [`MAX_BATCH`] checks whether the previous round's
+/// outputs are delivered ([`PartitionTask::round_open`]).
+const GATE_CHECK: usize = 64;
 /// Most input records with outputs in flight before the thread waits for deliveries.
 const MAX_IN_FLIGHT: usize = 20_000;
 /// How often a thread holding its outputs after a stall checks whether its partition was revoked.
@@ -290,7 +294,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             // Timed from the first record (not the idle poll) for the ops monitor's
             // `slow_processing`; the span exists only while OpenTelemetry is on.
             let mut batch = None;
-            while taken < MAX_BATCH && self.stalled.is_none() {
+            while self.stalled.is_none() && self.round_open(taken) {
                 let polled = self.queue.poll(wait);
                 // Checked between taking a record and holding its outputs: a freeze while
                 // polling (or anywhere since the last check) is seen before anything is produced
@@ -398,6 +402,21 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             }
         }
         Ok(Consumed::Done)
+    }
+
+    /// Whether the round goes on after `taken` records. Up to [`MAX_BATCH`] records always;
+    /// with transactional outputs, while the previous round's outputs are still in flight
+    /// too (checked every [`GATE_CHECK`] records), up to what one produce request carries
+    /// ([`Held::full`]): instead of waiting for them at the release, the thread takes and
+    /// scores more, and the next request carries it all.
+    fn round_open(&mut self, taken: usize) -> bool {
+        if taken < MAX_BATCH {
+            return true;
+        }
+        if !self.shared.outputs.transactional() || self.held.full() {
+            return false;
+        }
+        taken % GATE_CHECK != 0 || matches!(self.acks.await_at_most(self.held.len() as u64, Duration::ZERO), Ok(false))
     }
 
     /// Send the round's held outputs; `false`: the partition was lost in a stall, and they
