@@ -294,6 +294,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // The allocator settings `run` starts with (before any thread), unless told not to
+    // (`ONAD_BENCH_MALLOC=default`, to measure what they cost).
+    if std::env::var("ONAD_BENCH_MALLOC").as_deref() != Ok("default") {
+        onad_stream::ops::malloc::tune();
+    }
     // `cargo test --benches` passes no args; `cargo bench` passes --bench. Either way, run.
     let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let repeat: usize = std::env::var("ONAD_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);

@@ -50,7 +50,7 @@ pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
 /// in a batch, so lz4 shrinks the requests several times over for little CPU: the broker
 /// stores and serves fewer bytes (on a 2-core machine shared with a local broker, its CPU per
 /// reading fell ~1.5 -> ~0.9 µs) and librdkafka copies fewer (the worker's fell too);
-/// BENCHMARKS.md, "Compressed outputs". Every Kafka client decompresses transparently; lz4
+/// BENCHMARKS.md, "Compressed outputs and fuller rounds". Every Kafka client decompresses transparently; lz4
 /// is in every librdkafka build (zstd needs a library this build does not link).
 /// `[kafka.settings]` may override it.
 pub const OUTPUT_COMPRESSION: &str = "lz4";
