@@ -41,18 +41,18 @@ pub const STATISTICS_INTERVAL_MS: &str = "5000";
 /// one, the next request waits in the connection's queue, which librdkafka counts as
 /// backpressure: the thread sleeps until the answer and the outputs gather into a fuller
 /// request. (A producer serving one partition alone, as a transactional one does, has no other
-/// request to wait there and still loops: `super::held` keeps its outputs until it is answered.) Measured beside the bare loop: CPU per
-/// reading 6.8 -> 3.6 µs and 165k -> 282k readings/s (no-scoring, medians of 3). Order and
+/// request to wait there and still loops: `super::held` keeps its outputs until it is
+/// answered.) Measured beside the bare loop: CPU per reading 6.8 -> 3.6 µs and 165k -> 282k readings/s (no-scoring, medians of 3). Order and
 /// the idempotent producer's guarantees are unchanged; `[kafka.settings]` may override it.
 pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
 /// `compression.type` of the output producer (librdkafka: none). An output carries its
-/// `ScoredReading` and four source headers, whose names and topic repeat from output to output
-/// in a batch, so lz4 shrinks the requests several times over for little CPU: the broker
-/// stores and serves fewer bytes (on a 2-core machine shared with a local broker, its CPU per
-/// reading fell ~1.5 -> ~0.9 µs) and librdkafka copies fewer (the worker's fell too);
-/// BENCHMARKS.md, "Compressed outputs and fuller rounds". Every Kafka client decompresses transparently; lz4
-/// is in every librdkafka build (zstd needs a library this build does not link).
-/// `[kafka.settings]` may override it.
+/// `ScoredReading` and four source headers, whose names and topic repeat from output to
+/// output in a request, so lz4 shrinks requests for little CPU: the broker stores and serves
+/// fewer bytes (beside the worker on 2 cores, the local broker's CPU per reading fell from
+/// 1.03-1.15 to 0.52-0.57 µs) and librdkafka copies fewer (BENCHMARKS.md, "Compressed
+/// outputs and fuller rounds"). Every Kafka client decompresses on its own; lz4 is in every
+/// librdkafka build (zstd needs a library this build does not link). `[kafka.settings]` may
+/// override it.
 pub const OUTPUT_COMPRESSION: &str = "lz4";
 /// Which side of the worker's traffic a [`profile`] setting is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
