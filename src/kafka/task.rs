@@ -294,6 +294,8 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             // Timed from the first record (not the idle poll) for the ops monitor's
             // `slow_processing`; the span exists only while OpenTelemetry is on.
             let mut batch = None;
+            // The round ended because the partition's queue ran dry (not at its size limit).
+            let mut dry = false;
             while self.stalled.is_none() && self.round_open(taken) {
                 let polled = self.queue.poll(wait);
                 // Checked between taking a record and holding its outputs: a freeze while
@@ -304,7 +306,10 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                     return Ok(Consumed::Fenced);
                 }
                 match polled {
-                    None => break,
+                    None => {
+                        dry = true;
+                        break;
+                    }
                     Some(Ok(m)) => {
                         // Entered once per batch (not per record): log lines of the batch carry its trace id.
                         // `beat` was set by the stall check just now: this record's one clock reading.
@@ -344,12 +349,15 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 if taken > 0 {
                     self.txn_since.get_or_insert(self.beat);
                 }
-                // Due after the interval, when many records wait, or as soon as the partition's
-                // queue ran dry (nothing more to add: waiting would only delay the outputs'
-                // visibility and the offsets).
-                let due = self.txn_since.is_some_and(|t| {
-                    taken == 0 || t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT
-                });
+                // Due after the interval, when many records wait, or as soon as a round ran the
+                // partition's queue dry (nothing more to add: waiting would only delay the
+                // outputs' visibility to `read_committed` consumers, and the offsets). Under a
+                // backlog rounds end full and the interval paces the commits; at a steady
+                // moderate rate a round ends dry every few ms, and commits follow as fast as the
+                // broker answers them (one at a time: the thread waits for each).
+                let due = self
+                    .txn_since
+                    .is_some_and(|t| dry || t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT);
                 if due {
                     match self.commit()? {
                         Committed::Yes => {}
