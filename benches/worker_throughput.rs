@@ -380,8 +380,12 @@ fn main() {
         // Goal 2 of issue 12: each scoring mode against its pipeline alone on one core times
         // the cores of this machine (which the worker shares with the broker when it is local).
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
-        let mut detectors: Vec<&str> = modes.iter().filter_map(|m| detector_of(m)).collect();
-        detectors.dedup();
+        let mut detectors: Vec<&str> = Vec::new();
+        for d in modes.iter().filter_map(|m| detector_of(m)) {
+            if !detectors.contains(&d) {
+                detectors.push(d);
+            }
+        }
         for detector in detectors {
             let config = with_detector(config("standalone"), detector);
             let alone: Vec<Timed> = (0..repeat).map(|_| time_standalone(&config, n)).collect();

@@ -42,8 +42,9 @@ pub const STATISTICS_INTERVAL_MS: &str = "5000";
 /// backpressure: the thread sleeps until the answer and the outputs gather into a fuller
 /// request. (A producer serving one partition alone, as a transactional one does, has no other
 /// request to wait there and still loops: `super::held` keeps its outputs until it is
-/// answered.) Measured beside the bare loop: CPU per reading 6.8 -> 3.6 µs and 165k -> 282k readings/s (no-scoring, medians of 3). Order and
-/// the idempotent producer's guarantees are unchanged; `[kafka.settings]` may override it.
+/// answered.) Measured beside the bare loop: CPU per reading 6.8 -> 3.6 µs and 165k -> 282k
+/// readings/s (no-scoring, medians of 3). Order and the idempotent producer's guarantees are
+/// unchanged; `[kafka.settings]` may override it.
 pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
 /// `compression.type` of the output producer (librdkafka: none). An output carries its
 /// `ScoredReading` and four source headers, whose names and topic repeat from output to
@@ -173,8 +174,8 @@ pub fn producer(k: &KafkaConfig) -> ClientConfig {
 }
 
 /// The producer of the worker's outputs (scores, alerts, dead letters): [`producer`] with one
-/// request in flight ([`OUTPUT_MAX_IN_FLIGHT`]), compressed ([`OUTPUT_COMPRESSION`]), whose deliveries time out within a freeze that
-/// may cost the partitions ([`zombie_fence`]).
+/// request in flight ([`OUTPUT_MAX_IN_FLIGHT`]), compressed ([`OUTPUT_COMPRESSION`]), whose
+/// deliveries time out within a freeze that may cost the partitions ([`zombie_fence`]).
 /// The changelog keeps librdkafka's default: a late snapshot is fenced by its epoch.
 pub fn output_producer(k: &KafkaConfig) -> ClientConfig {
     let mut c = idempotent(k);

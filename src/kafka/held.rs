@@ -80,10 +80,8 @@ impl Held {
     }
 
     /// Whether one more record's outputs might not fit the produce request that carries
-    /// them: a round that outgrows one request queues the rest behind it, and that is what
-    /// made librdkafka's thread spin (above). librdkafka's defaults are 10,000 messages and
-    /// 1,000,000 bytes per request (`batch.num.messages`, `batch.size`); each output also
-    /// carries its four source headers (about 100 bytes) and a record's framing.
+    /// them ([`HELD_BYTES`]): a round that outgrows one request queues the rest behind it,
+    /// and that is what made librdkafka's thread spin (above).
     pub fn full(&self) -> bool {
         self.request_bytes() >= HELD_BYTES
     }

@@ -349,15 +349,15 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
                 if taken > 0 {
                     self.txn_since.get_or_insert(self.beat);
                 }
-                // Due after the interval, when many records wait, or as soon as a round ran the
-                // partition's queue dry (nothing more to add: waiting would only delay the
+                // Due after the interval, when many records wait, or as soon as a round took
+                // nothing or ran the partition's queue dry (nothing more to add: waiting would only delay the
                 // outputs' visibility to `read_committed` consumers, and the offsets). Under a
                 // backlog rounds end full and the interval paces the commits; at a steady
                 // moderate rate a round ends dry every few ms, and commits follow as fast as the
                 // broker answers them (one at a time: the thread waits for each).
-                let due = self
-                    .txn_since
-                    .is_some_and(|t| dry || t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT);
+                let due = self.txn_since.is_some_and(|t| {
+                    taken == 0 || dry || t.elapsed() >= self.shared.transaction_interval || self.acks.in_flight() > MAX_IN_FLIGHT
+                });
                 if due {
                     match self.commit()? {
                         Committed::Yes => {}
