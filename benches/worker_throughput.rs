@@ -93,6 +93,33 @@ async fn prepare(mode: &str, n: usize) -> Config {
     config
 }
 
+/// The topics a bench config names (input, outputs, changelog).
+fn topics_of(config: &Config) -> Vec<String> {
+    let k = &config.kafka;
+    [&k.input_topic, &k.scores_topic, &k.alerts_topic, &k.dead_letter_topic, &k.changelog_topic].map(String::clone).to_vec()
+}
+
+/// Delete `topics` (a failure is printed, not fatal: it only costs the broker memory).
+async fn drop_topics(topics: &[String]) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    match admin.delete_topics(&names, &opts).await {
+        Ok(results) => {
+            // A mode without state never creates its changelog.
+            for (topic, code) in results.into_iter().filter_map(Result::err) {
+                if code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition {
+                    eprintln!("worker_throughput: topic {topic} not deleted: {code}");
+                }
+            }
+        }
+        Err(e) => eprintln!("worker_throughput: topics not deleted: {e}"),
+    }
+}
+
 /// The pipeline alone on one core: the same `n` readings, encoded beforehand, through one
 /// `Processor` per partition (decode, validate, score, build the outputs: the worker's work
 /// per record without Kafka), on this thread. Goal 2 of issue 12 compares the worker with
@@ -322,6 +349,7 @@ fn main() {
         for round in 1..=repeat {
             for (mode, got) in rates.iter_mut() {
                 let config = prepare(&mode.replace(['_', ' '], "-"), n).await;
+                let topics = topics_of(&config);
                 let timed = match mode.as_str() {
                     "bare loop" => tokio::task::block_in_place(|| time_bare(&config, n)),
                     "no-scoring" => time_worker(config, n as u64, false).await,
@@ -363,6 +391,9 @@ fn main() {
                     timed.broker * 1e6 / n as f64
                 );
                 got.push(timed);
+                // Tansu's memory storage slows as topics accumulate (BENCHMARKS.md): each
+                // mode's topics go once timed, so later rounds meet the broker as the first did.
+                drop_topics(&topics).await;
             }
         }
         let bare = rates[0].1.clone();

@@ -251,6 +251,15 @@ async fn a_broker_paused_for_30_s_costs_no_reading_and_keeps_the_order() {
     assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
 }
 
+/// The same with the default settings: a transactional producer sends each round as soon as
+/// its partition commits or takes the next one (`OutputProducer::send_now`), so what the
+/// pause catches is in flight, not lingering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_for_10_s_under_the_default_settings_costs_no_reading_and_keeps_the_order() {
+    let log = outage("outagedef", "", Duration::from_secs(10)).await;
+    assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
+}
+
 /// Outputs linger 1 s and time out 1.5 s after they were produced: a broker paused for 3.5 s
 /// (less than the 6 s session timeout, so the worker keeps its partitions) fails them.
 const SHORT_TIMEOUT: &str = "[kafka.settings]\n\"linger.ms\" = \"1000\"\n\"message.timeout.ms\" = \"1500\"\n";

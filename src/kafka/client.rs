@@ -55,6 +55,17 @@ pub const OUTPUT_MAX_IN_FLIGHT: &str = "1";
 /// librdkafka build (zstd needs a library this build does not link). `[kafka.settings]` may
 /// override it.
 pub const OUTPUT_COMPRESSION: &str = "lz4";
+/// `linger.ms` of a transactional output producer, whatever `kafka.profile`: its outputs
+/// reach it a round at a time (`super::held`), and the partition thread sends a round when it
+/// commits or when the next round is ready (`OutputProducer::send_now`, librdkafka's flush),
+/// so this only bounds how long a round waits otherwise. With the latency profile's 1 ms, a
+/// round that took longer than that to hand over (several thousand outputs, on a busy
+/// machine 5-14 ms) went out in two requests, and librdkafka's broker thread spun on the
+/// second until the first was answered ([`OUTPUT_MAX_IN_FLIGHT`]): 280,000 zero-timeout
+/// polls for 600,000 readings (no-scoring), ~40,000 with this (BENCHMARKS.md, "The spinning
+/// broker thread, again"). A `linger.ms` set in `[kafka.settings]` is honoured instead
+/// ([`lingers_as_set`]): the producer then waits it out, and is not told.
+pub const HELD_LINGER_MS: &str = "20";
 /// Which side of the worker's traffic a [`profile`] setting is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -178,10 +189,22 @@ pub fn producer(k: &KafkaConfig) -> ClientConfig {
 /// deliveries time out within a freeze that may cost the partitions ([`zombie_fence`]).
 /// The changelog keeps librdkafka's default: a late snapshot is fenced by its epoch.
 pub fn output_producer(k: &KafkaConfig) -> ClientConfig {
+    passthrough(output_settings(k), k)
+}
+
+/// [`output_producer`]'s own settings, before the passthrough.
+fn output_settings(k: &KafkaConfig) -> ClientConfig {
     let mut c = idempotent(k);
     c.set("max.in.flight.requests.per.connection", OUTPUT_MAX_IN_FLIGHT).set("compression.type", OUTPUT_COMPRESSION);
     zombie_fence(&mut c, k);
-    passthrough(c, k)
+    c
+}
+
+/// Whether `[kafka.settings]` sets the producers' linger (`linger.ms` or its alias
+/// `queue.buffering.max.ms`): a transactional output producer then waits it out as librdkafka
+/// does, instead of [`HELD_LINGER_MS`] and being told when a round is complete.
+pub fn lingers_as_set(k: &KafkaConfig) -> bool {
+    ["linger.ms", "queue.buffering.max.ms"].iter().any(|key| k.settings.contains_key(*key))
 }
 
 /// The transactional id of input partition `partition`'s outputs: the same for every worker
@@ -194,7 +217,9 @@ pub fn transactional_id(k: &KafkaConfig, partition: i32) -> String {
 /// [`output_producer`] for input partition `partition`'s outputs alone, in transactions
 /// ([`transactional_id`]).
 pub fn transactional_output_producer(k: &KafkaConfig, partition: i32) -> ClientConfig {
-    let mut c = output_producer(k);
+    let mut c = output_settings(k);
+    c.set("linger.ms", HELD_LINGER_MS);
+    let mut c = passthrough(c, k);
     c.set("transactional.id", transactional_id(k, partition));
     c
 }
@@ -343,5 +368,19 @@ mod tests {
         assert_eq!(producer(&k).get("compression.type"), None, "the changelog producer keeps librdkafka's default");
         k.settings.insert("compression.type".into(), "none".into());
         assert_eq!(output_producer(&k).get("compression.type"), Some("none"));
+    }
+
+    #[test]
+    fn a_transactional_output_producer_lingers_long_in_every_profile_unless_the_passthrough_says_otherwise() {
+        let mut k = KafkaConfig::default();
+        for profile in [KafkaProfile::Latency, KafkaProfile::Throughput] {
+            k.profile = profile;
+            assert_eq!(transactional_output_producer(&k, 3).get("linger.ms"), Some(HELD_LINGER_MS));
+            assert_eq!(transactional_output_producer(&k, 3).get("transactional.id"), Some(transactional_id(&k, 3).as_str()));
+        }
+        k.profile = KafkaProfile::Latency;
+        assert_eq!(output_producer(&k).get("linger.ms"), Some("1"), "the shared output producer keeps the profile's");
+        k.settings.insert("linger.ms".into(), "7".into());
+        assert_eq!(transactional_output_producer(&k, 3).get("linger.ms"), Some("7"));
     }
 }

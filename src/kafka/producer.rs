@@ -83,6 +83,22 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest [`OutputProducer::commit`] waits for librdkafka to count delivered outputs done.
 const REPORTS_DONE_WAIT: Duration = Duration::from_millis(20);
 
+/// Send every output `p` holds now, whatever its `linger.ms`, and wait (at most `timeout`)
+/// until each one's delivery report is served; returns whether that is so.
+///
+/// librdkafka's own flush: while it runs, the broker thread takes `linger.ms` as elapsed. Its
+/// wait ends when librdkafka counts no message of the producer left, i.e. after the delivery
+/// callbacks have run (in the producer's polling thread). rust-rdkafka's `flush` would poll
+/// the producer's queue from this thread as well, beside that thread, in waits of up to
+/// 100 ms each.
+fn send_queued(p: &ThreadedProducer<OutputContext>, timeout: Duration) -> bool {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `p` keeps the client handle alive for the call; `rd_kafka_flush` may be called
+    // from any thread, with the producer's polling thread running.
+    let err = unsafe { rdkafka_sys::rd_kafka_flush(p.client().native_ptr(), ms) };
+    err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+}
+
 /// Where each partition's outputs go: the worker's one producer, or (`kafka.transactional_outputs`)
 /// a transactional producer of the partition's own.
 pub enum Outputs {
@@ -185,6 +201,10 @@ pub struct OutputProducer {
     alerts: String,
     /// See `scores`.
     dead_letters: String,
+    /// The partition thread says when a round is complete ([`OutputProducer::send_now`]):
+    /// a transactional producer with its own `linger.ms` ([`super::client::HELD_LINGER_MS`]).
+    /// A `linger.ms` set in `[kafka.settings]` is honoured instead, as librdkafka honours it.
+    told: bool,
 }
 
 impl OutputProducer {
@@ -192,12 +212,13 @@ impl OutputProducer {
     pub fn new(k: &KafkaConfig) -> Result<Self, KafkaError> {
         let config = super::client::output_producer(k);
         let producer = config.create_with_context(OutputContext)?;
-        Ok(Self::with(k, config, producer))
+        Ok(Self::with(k, config, producer, false))
     }
 
     /// `producer`, made from `config`, for the topics of `k`.
-    fn with(k: &KafkaConfig, config: rdkafka::ClientConfig, producer: ThreadedProducer<OutputContext>) -> Self {
+    fn with(k: &KafkaConfig, config: rdkafka::ClientConfig, producer: ThreadedProducer<OutputContext>, told: bool) -> Self {
         Self {
+            told,
             producer: RwLock::new(producer),
             generation: AtomicU64::new(0),
             config,
@@ -211,18 +232,24 @@ impl OutputProducer {
     /// fences the partition's previous owner) with a transaction open.
     pub fn transactional(k: &KafkaConfig, partition: i32) -> Result<Self, KafkaError> {
         let config = super::client::transactional_output_producer(k, partition);
+        let told = !super::client::lingers_as_set(k);
+        Self::transactional_with(k, config, told)
+    }
+
+    /// [`OutputProducer::transactional`] with `config` (`told`: see the field).
+    fn transactional_with(k: &KafkaConfig, config: rdkafka::ClientConfig, told: bool) -> Result<Self, KafkaError> {
         let producer: ThreadedProducer<OutputContext> = config.create_with_context(OutputContext)?;
         producer.init_transactions(INIT_TIMEOUT)?;
         producer.begin_transaction()?;
-        Ok(Self::with(k, config, producer))
+        Ok(Self::with(k, config, producer, told))
     }
 
     /// Commit the open transaction (at most `timeout`) and open the next one.
     ///
-    /// Call once the transaction's outputs are reported delivered: rust-rdkafka's flush inside
-    /// `commit_transaction` waits for deliveries in steps of ~100 ms (measured: every commit
-    /// took 100 ms, the commit proper ~1.3 ms), so the few microseconds until librdkafka
-    /// counts the last report done are waited here instead.
+    /// Call once the transaction's outputs are reported delivered ([`OutputProducer::send_now`]
+    /// first): rust-rdkafka's flush inside `commit_transaction` waits for deliveries in steps
+    /// of ~100 ms (measured: every commit took 100 ms, the commit proper ~1.3 ms), so the few
+    /// microseconds until librdkafka counts the last report done are waited here instead.
     pub fn commit(&self, timeout: Duration) -> Result<(), TxnFailure> {
         let p = self.current();
         let settled = std::time::Instant::now() + REPORTS_DONE_WAIT;
@@ -231,6 +258,13 @@ impl OutputProducer {
         }
         p.commit_transaction(timeout).map_err(TxnFailure::of)?;
         p.begin_transaction().map_err(TxnFailure::of)
+    }
+
+    /// A round is complete: send what this producer holds now, whatever its `linger.ms`, and
+    /// wait (at most `timeout`) until each output's delivery report is served. Returns whether
+    /// that is so; does nothing (`false`) unless the producer is told (its `told` field).
+    pub fn send_now(&self, timeout: Duration) -> bool {
+        self.told && send_queued(&self.current(), timeout)
     }
 
     /// The current producer (a poisoned lock still holds a usable producer).
@@ -363,6 +397,43 @@ impl OpsAlertProducer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::offsets::Acks;
+
+    #[test]
+    fn a_transactional_producer_sends_what_it_holds_when_told_however_long_it_lingers() {
+        let mock = crate::kafka::admin::MockCluster::start(&["in", "scores", "alerts", "dead"], 1).expect("mock cluster");
+        let mut k = KafkaConfig {
+            bootstrap: mock.bootstrap_servers().to_string(),
+            input_topic: "in".into(),
+            scores_topic: "scores".into(),
+            alerts_topic: "alerts".into(),
+            dead_letter_topic: "dead".into(),
+            ..KafkaConfig::default()
+        };
+        let mut config = crate::kafka::client::transactional_output_producer(&k, 0);
+        // Left to librdkafka, the outputs would wait 5 s: longer than the waits below.
+        config.set("linger.ms", "5000");
+        let out = OutputProducer::transactional_with(&k, config, true).expect("transactional producer");
+        let mut acks = Acks::new("in", 0);
+        let src = Source { topic: "in", partition: 0, offset: 41, epoch: 0 };
+        for payload in [b"a", b"b"] {
+            let rec = OutputRef { dest: Dest::Scores, key: b"sensor-1", payload };
+            out.send(&src, &src.headers(), rec, acks.board(), 1_700_000_000_000).expect("queued");
+        }
+        acks.push(41, 2);
+        assert!(out.send_now(Duration::from_secs(3)), "both outputs delivered");
+        assert_eq!(acks.await_delivered(Duration::ZERO).map_err(|e| e.to_string()), Ok(true), "and reported to the board");
+        assert!(out.commit(Duration::from_secs(3)).is_ok());
+        // With `linger.ms` in `[kafka.settings]`, the producer is not told: the user's linger holds.
+        k.settings.insert("linger.ms".into(), "5000".into());
+        let lingering = OutputProducer::transactional(&k, 1).expect("transactional producer");
+        let src = Source { partition: 1, ..src };
+        lingering
+            .send(&src, &src.headers(), OutputRef { dest: Dest::Scores, key: b"sensor-2", payload: b"c" }, acks.board(), 0)
+            .expect("queued");
+        assert!(!lingering.send_now(Duration::from_millis(500)));
+        assert_eq!(lingering.current().in_flight_count(), 1, "still lingering");
+    }
 
     #[test]
     fn a_delivery_report_finds_the_input_offset_in_the_headers() {

@@ -429,12 +429,17 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
 
     /// Send the round's held outputs; `false`: the partition was lost in a stall, and they
     /// are dropped unproduced (its next owner answers them). With transactional outputs,
-    /// first wait (at most [`POLL_WAIT`]) for the previous round's to be delivered: see
-    /// `super::held` for why librdkafka must not hold outputs behind a request in flight. A
-    /// failed delivery stays on the board for the acknowledgement or commit after the round.
+    /// first the previous round's are sent, if they still linger in the producer (a commit
+    /// sends them at once, a full round does not), and waited for (at most [`POLL_WAIT`]):
+    /// see `super::held` for why librdkafka must not hold outputs behind a request in flight.
+    /// A failed delivery stays on the board for the acknowledgement or commit after the round.
     fn release(&mut self) -> Result<bool, WorkerError> {
         if self.shared.outputs.transactional() {
-            let _ = self.acks.await_at_most(self.held.len() as u64, POLL_WAIT);
+            let held = self.held.len() as u64;
+            if !matches!(self.acks.await_at_most(held, Duration::ZERO), Ok(true)) {
+                self.out.send_now(POLL_WAIT);
+            }
+            let _ = self.acks.await_at_most(held, POLL_WAIT);
         }
         let partition = self.processor.partition();
         if !hold_after_stall(&mut self.beat, &self.stop, &self.shared, &self.out, &self.consumer, partition) {
@@ -453,10 +458,12 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         let partition = self.processor.partition();
         let since = Instant::now();
         loop {
-            // First the outputs' reports on this task's own board (it wakes this thread at the
-            // last one; see `OutputProducer::commit`). A failure or a timeout here shows in
-            // the commit's own result. Every output gets its delivery result within the
-            // producer's delivery timeout, which is below the session timeout.
+            // First what the producer still holds goes out (nothing more joins this
+            // transaction), and the outputs' reports reach this task's own board (it wakes this
+            // thread at the last one; see `OutputProducer::commit`). A failure or a timeout
+            // here shows in the commit's own result. Every output gets its delivery result
+            // within the producer's delivery timeout, which is below the session timeout.
+            self.out.send_now(self.shared.session_timeout);
             let _ = self.acks.await_delivered(self.shared.session_timeout);
             let f = match self.out.commit(self.shared.session_timeout) {
                 Ok(()) => {
