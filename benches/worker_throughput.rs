@@ -14,7 +14,10 @@
 //! sensors, 4 features), so only consuming, processing and producing are timed; the group
 //! join (seconds on Tansu) is excluded by starting the clock at the first record.
 //!
-//! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092), `ONAD_BENCH_READINGS` (default 200000),
+//! `ONAD_TEST_BOOTSTRAP` (default 127.0.0.1:9092), `ONAD_BENCH_READINGS` (default 600000:
+//! at 200,000 a worker mode's window was 0.4-0.5 s, of which its first fetches and last
+//! transaction commit, 20-50 ms on Tansu, took a tenth; every mode's topics are deleted once
+//! it is timed, so the broker does not slow as they pile up),
 //! `ONAD_BENCH_MODES` (default `no-scoring,zscore,isolation_forest`; the bare loop always
 //! runs), `ONAD_BENCH_SET` (extra `--set` overrides of the worker's config, `;`-separated) and
 //! `ONAD_BENCH_REPEAT` (default 3): every round runs each mode once, and the
@@ -327,7 +330,7 @@ fn main() {
         onad_stream::ops::malloc::tune();
     }
     // `cargo test --benches` passes no args; `cargo bench` passes --bench. Either way, run.
-    let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::var("ONAD_BENCH_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(600_000);
     let repeat: usize = std::env::var("ONAD_BENCH_REPEAT").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let modes = std::env::var("ONAD_BENCH_MODES").unwrap_or_else(|_| "no-scoring,zscore,isolation_forest".into());
     let modes: Vec<&str> = modes.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
