@@ -62,7 +62,7 @@ pub const OUTPUT_COMPRESSION: &str = "lz4";
 /// round that took longer than that to hand over (several thousand outputs, on a busy
 /// machine 5-14 ms) went out in two requests, and librdkafka's broker thread spun on the
 /// second until the first was answered ([`OUTPUT_MAX_IN_FLIGHT`]): 280,000 zero-timeout
-/// polls for 600,000 readings (no-scoring), ~40,000 with this (BENCHMARKS.md, "The spinning
+/// polls for 600,000 readings (no-scoring), ~10,000 with this (BENCHMARKS.md, "The spinning
 /// broker thread, again"). A `linger.ms` set in `[kafka.settings]` is honoured instead
 /// ([`lingers_as_set`]): the producer then waits it out, and is not told.
 pub const HELD_LINGER_MS: &str = "20";

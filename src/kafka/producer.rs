@@ -83,22 +83,6 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest [`OutputProducer::commit`] waits for librdkafka to count delivered outputs done.
 const REPORTS_DONE_WAIT: Duration = Duration::from_millis(20);
 
-/// Send every output `p` holds now, whatever its `linger.ms`, and wait (at most `timeout`)
-/// until each one's delivery report is served; returns whether that is so.
-///
-/// librdkafka's own flush: while it runs, the broker thread takes `linger.ms` as elapsed. Its
-/// wait ends when librdkafka counts no message of the producer left, i.e. after the delivery
-/// callbacks have run (in the producer's polling thread). rust-rdkafka's `flush` would poll
-/// the producer's queue from this thread as well, beside that thread, in waits of up to
-/// 100 ms each.
-fn send_queued(p: &ThreadedProducer<OutputContext>, timeout: Duration) -> bool {
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `p` keeps the client handle alive for the call; `rd_kafka_flush` may be called
-    // from any thread, with the producer's polling thread running.
-    let err = unsafe { rdkafka_sys::rd_kafka_flush(p.client().native_ptr(), ms) };
-    err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-}
-
 /// Where each partition's outputs go: the worker's one producer, or (`kafka.transactional_outputs`)
 /// a transactional producer of the partition's own.
 pub enum Outputs {
@@ -263,8 +247,22 @@ impl OutputProducer {
     /// A round is complete: send what this producer holds now, whatever its `linger.ms`, and
     /// wait (at most `timeout`) until each output's delivery report is served. Returns whether
     /// that is so; does nothing (`false`) unless the producer is told (its `told` field).
+    ///
+    /// librdkafka's own flush: while it runs, the broker thread takes `linger.ms` as elapsed.
+    /// Its wait ends when librdkafka counts no message of the producer left, i.e. after the
+    /// delivery callbacks have run (in the producer's polling thread). rust-rdkafka's `flush`
+    /// would poll the producer's queue from this thread as well, beside that thread, in waits
+    /// of up to 100 ms each.
     pub fn send_now(&self, timeout: Duration) -> bool {
-        self.told && send_queued(&self.current(), timeout)
+        if !self.told {
+            return false;
+        }
+        let p = self.current();
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: the guard keeps the client handle alive for the call; `rd_kafka_flush` may be
+        // called from any thread, with the producer's polling thread running.
+        let err = unsafe { rdkafka_sys::rd_kafka_flush(p.client().native_ptr(), ms) };
+        err == rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
     }
 
     /// The current producer (a poisoned lock still holds a usable producer).
