@@ -9,6 +9,10 @@
 //! - `no-scoring`: the same worker with the detector bypassed (`Worker::without_scoring`);
 //! - `bare loop`: consume -> produce the same bytes to the same partition, no decode (the
 //!   ceiling design.md measures; run here in the same process and moment as a peer).
+//! - `<detector> alone`: for each scoring mode's detector, its pipeline with no Kafka on this
+//!   thread (decode, validate, score, build the outputs), timed in every round right after
+//!   the mode; the summary gives the median of the rounds' ratios of the mode to this rate
+//!   times the machine's cores (goal 2 of issue 12).
 //!
 //! Each mode gets fresh topics (4 partitions) filled beforehand with the same readings (50
 //! sensors, 4 features), so only consuming, processing and producing are timed; the group
@@ -45,6 +49,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// The binary's counting allocator (`src/main.rs`), so that this measures what `run` does:
+/// without it the memory budget estimates each sensor's size by encoding its pipeline every
+/// few readings, a cost the binary does not have (3.6% of the partition threads' samples with
+/// `isolation_forest`, BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: onad_stream::ops::heap::CountingAlloc = onad_stream::ops::heap::CountingAlloc;
 
 const PARTITIONS: i32 = 4;
 const SENSORS: usize = 50;
@@ -349,6 +360,16 @@ fn main() {
         // modes, so each round gives side-by-side ratios under the same machine load.
         let mut rates: Vec<(String, Vec<Timed>)> =
             std::iter::once("bare loop").chain(modes.iter().copied()).map(|m| (m.to_string(), Vec::new())).collect();
+        // Goal 2 of issue 12: per scoring detector, its pipeline alone on one core, timed in
+        // every round right after the first of its modes, so that each round's ratio compares
+        // two rates of the same moment (the machine swings between a fast and a slow state
+        // for seconds at a time, BENCHMARKS.md).
+        let mut alone: Vec<(&str, Vec<Timed>)> = Vec::new();
+        for d in modes.iter().filter_map(|m| detector_of(m)) {
+            if !alone.iter().any(|(a, _)| *a == d) {
+                alone.push((d, Vec::new()));
+            }
+        }
         for round in 1..=repeat {
             for (mode, got) in rates.iter_mut() {
                 let config = prepare(&mode.replace(['_', ' '], "-"), n).await;
@@ -397,6 +418,18 @@ fn main() {
                 // Tansu's memory storage slows as topics accumulate (BENCHMARKS.md): each
                 // mode's topics go once timed, so later rounds meet the broker as the first did.
                 drop_topics(&topics).await;
+                if let Some((detector, times)) = alone.iter_mut().find(|(d, t)| detector_of(mode) == Some(*d) && t.len() < round) {
+                    let config = with_detector(crate::config("standalone"), detector);
+                    let t = tokio::task::block_in_place(|| time_standalone(&config, n));
+                    println!(
+                        "  round {round} {:<18}: {:6.2} s  {:>9.0} readings/s  cpu {:5.2} us/reading",
+                        format!("{detector} alone"),
+                        t.secs,
+                        n as f64 / t.secs,
+                        t.cpu * 1e6 / n as f64
+                    );
+                    times.push(t);
+                }
             }
         }
         let bare = rates[0].1.clone();
@@ -414,24 +447,15 @@ fn main() {
         // Goal 2 of issue 12: each scoring mode against its pipeline alone on one core times
         // the cores of this machine (which the worker shares with the broker when it is local).
         let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1) as f64;
-        let mut detectors: Vec<&str> = Vec::new();
-        for d in modes.iter().filter_map(|m| detector_of(m)) {
-            if !detectors.contains(&d) {
-                detectors.push(d);
-            }
-        }
-        for detector in detectors {
-            let config = with_detector(config("standalone"), detector);
-            let alone: Vec<Timed> = (0..repeat).map(|_| time_standalone(&config, n)).collect();
+        for (detector, alone) in &alone {
             let rate = median(alone.iter().map(|t| n as f64 / t.secs).collect());
             let cpu = median(alone.iter().map(|t| t.cpu * 1e6 / n as f64).collect());
             println!("  {detector} alone, 1 core : {rate:>9.0} readings/s  cpu {cpu:5.2} us/reading (median of {repeat})");
             for (mode, got) in rates.iter().filter(|(m, _)| detector_of(m) == Some(detector)) {
-                let worker = median(got.iter().map(|g| n as f64 / g.secs).collect());
+                let ratio = median(got.iter().zip(alone).map(|(g, a)| a.secs / (g.secs * cores)).collect());
                 println!(
-                    "  {mode:<18}: {:>5.1}% of {detector} alone x {cores} cores ({:.0} readings/s)",
-                    100.0 * worker / (rate * cores),
-                    rate * cores
+                    "  {mode:<18}: {:>5.1}% of {detector} alone x {cores} cores (median of the rounds' ratios)",
+                    100.0 * ratio,
                 );
             }
         }

@@ -111,8 +111,6 @@ pub struct Resident {
     pending: u64,
     /// Keys with a cold row that are not resident.
     cold_only: u64,
-    /// Reused encoding buffer.
-    buf: Vec<u8>,
     /// Over budget without a cold store was reported.
     warned: bool,
 }
@@ -143,7 +141,6 @@ impl Resident {
             bytes: 0,
             pending: 0,
             cold_only: 0,
-            buf: Vec::new(),
             warned: false,
         }
     }
@@ -153,18 +150,11 @@ impl Resident {
         PER_KEY_BYTES + 3 * key.len() as u64
     }
 
-    /// Estimated bytes of `kp` from its encoded size (see the module docs).
-    fn measure(&mut self, key: &str, kp: &KeyPipeline) -> u64 {
-        let buf = std::mem::take(&mut self.buf);
-        let buf = postcard::to_extend(kp, {
-            let mut b = buf;
-            b.clear();
-            b
-        })
-        .unwrap_or_default();
-        let bytes = (buf.len() as f64 * HEAP_FACTOR) as u64 + Self::overhead(key);
-        self.buf = buf;
-        bytes
+    /// Estimated bytes of `kp` from its encoded size (see the module docs), counted without
+    /// writing the encoding out.
+    fn measure(key: &str, kp: &KeyPipeline) -> u64 {
+        let encoded = postcard::serialize_with_flavor(kp, postcard::ser_flavors::Size::default()).unwrap_or_default();
+        (encoded as f64 * HEAP_FACTOR) as u64 + Self::overhead(key)
     }
 
     /// Track a pipeline now in memory (new, restored or reloaded); `heap`: the net bytes
@@ -172,7 +162,7 @@ impl Resident {
     pub fn insert(&mut self, key: &str, kp: &KeyPipeline, heap: Option<i64>) {
         let bytes = match heap.filter(|_| crate::ops::heap::active()) {
             Some(h) => h.max(0) as u64 + Self::overhead(key),
-            None => self.measure(key, kp),
+            None => Self::measure(key, kp),
         };
         self.tick += 1;
         if let Some(old) = self.entries.insert(key.to_string(), Entry { tick: self.tick, bytes }) {
@@ -188,7 +178,7 @@ impl Resident {
     pub fn touch(&mut self, key: &str, kp: &KeyPipeline, heap: i64) {
         let measured = crate::ops::heap::active();
         let remeasure = !measured && (kp.processed == 1 || kp.processed % REMEASURE_EVERY == 0);
-        let mut bytes = if remeasure { Some(self.measure(key, kp)) } else { None };
+        let mut bytes = if remeasure { Some(Self::measure(key, kp)) } else { None };
         if measured && heap != 0 {
             bytes = self.entries.get(key).map(|e| e.bytes.saturating_add_signed(heap).max(Self::overhead(key)));
         }
