@@ -399,7 +399,9 @@ mod tests {
 
     #[test]
     fn a_transactional_producer_sends_what_it_holds_when_told_however_long_it_lingers() {
-        let mock = crate::kafka::admin::MockCluster::start(&["in", "scores", "alerts", "dead"], 1).expect("mock cluster");
+        // Two partitions: the second producer below writes to partition 1 (on a one-partition
+        // topic its send failed with `UnknownPartition` whenever the metadata came first).
+        let mock = crate::kafka::admin::MockCluster::start(&["in", "scores", "alerts", "dead"], 2).expect("mock cluster");
         let mut k = KafkaConfig {
             bootstrap: mock.bootstrap_servers().to_string(),
             input_topic: "in".into(),
