@@ -285,7 +285,12 @@ async fn outputs_timed_out_in_a_short_outage_are_answered_again_by_a_partition_t
     });
     assert_exactly_once(&by_source(&scores.seen), &inputs);
     assert_in_order(&scores.seen);
+    // The operator sees it: the outputs that timed out failed their transaction.
+    let failed = metric(&metrics, "onad_output_transactions_failed_total");
+    let committed = metric(&metrics, "onad_output_transactions_committed_total");
     let log = strip_ansi(&tokio::task::block_in_place(|| w.stop()));
+    assert!(failed.is_some_and(|f| f >= 1), "no failed output transaction on /metrics ({failed:?}):\n{log}");
+    assert!(committed.is_some_and(|c| c >= 1), "no committed output transaction on /metrics ({committed:?})");
     assert!(!log.contains("worker stopping on a fatal error"), "an outage shorter than kafka.delivery_retry_ms was fatal:\n{log}");
     assert!(
         log.contains("partition started over after undelivered outputs"),

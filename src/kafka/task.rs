@@ -468,6 +468,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
             let f = match self.out.commit(self.shared.session_timeout) {
                 Ok(()) => {
                     self.txn_since = None;
+                    self.shared.stats.transactions_committed.fetch_add(1, Ordering::Relaxed);
                     return Ok(Committed::Yes);
                 }
                 Err(TxnFailure::Retriable(e)) => e,
@@ -501,6 +502,7 @@ impl<C: ConsumerContext + 'static> PartitionTask<C> {
         // could land after that read (the broker may be slow or away just now) and hide
         // outputs the read counted as written (Tansu).
         tracing::warn!(partition, cause = %f.error(), "output transaction failed: producing nothing until the partition starts over");
+        self.shared.stats.transactions_failed.fetch_add(1, Ordering::Relaxed);
         // No wait for the outputs in flight (`Acks::settle`): whatever this producer still
         // sends, the broker refuses once the next owner's producer is initialised.
         self.acks.forget();

@@ -227,6 +227,18 @@ const EXPOSED: &[Exposed] = &[
         read: |s| get(&s.delivery_rereads),
     },
     Exposed {
+        name: "onad_output_transactions_committed",
+        kind: MetricType::Counter,
+        help: "Output transactions committed (kafka.transactional_outputs): their outputs are visible to read_committed consumers.",
+        read: |s| get(&s.transactions_committed),
+    },
+    Exposed {
+        name: "onad_output_transactions_failed",
+        kind: MetricType::Counter,
+        help: "Output transactions that failed (outputs timed out or refused, or the producer was fenced): the partition starts over, or is given up when fenced by another member.",
+        read: |s| get(&s.transactions_failed),
+    },
+    Exposed {
         name: "onad_assigned_partitions",
         kind: MetricType::Gauge,
         help: "Input partitions this worker owns now.",

@@ -82,6 +82,12 @@ pub struct WorkerStats {
     /// Times a partition started over (state store, output tails, committed offset) because
     /// outputs timed out undelivered or were purged (`kafka::reread`).
     pub delivery_rereads: AtomicU64,
+    /// Output transactions committed (`kafka.transactional_outputs`).
+    pub transactions_committed: AtomicU64,
+    /// Output transactions that failed (their outputs timed out or were refused, or another
+    /// producer fenced this one): the partition starts over, or is given up when another
+    /// member fenced it.
+    pub transactions_failed: AtomicU64,
     /// Labelled counters and histograms, observed where they happen (`telemetry::metrics`).
     pub instruments: super::metrics::Instruments,
     /// Time spent processing batches (first record taken to last record handled), µs; with
