@@ -52,8 +52,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The binary's counting allocator (`src/main.rs`), so that this measures what `run` does:
 /// without it the memory budget estimates each sensor's size by encoding its pipeline every
-/// few readings, a cost the binary does not have (3.6% of the partition threads' samples with
-/// `isolation_forest`, BENCHMARKS.md).
+/// few readings, a cost the binary does not have (3.9 points of the partition threads'
+/// profile with `isolation_forest`, BENCHMARKS.md).
 #[global_allocator]
 static ALLOC: onad_stream::ops::heap::CountingAlloc = onad_stream::ops::heap::CountingAlloc;
 
