@@ -91,6 +91,11 @@ impl Worker {
                 // Everything delivered before the offsets were committed; flush is a formality
                 // except after a failure.
                 let _ = driver_shared.outputs.flush(FLUSH_TIMEOUT);
+                // Let go of the shared state before saying done: otherwise this (detached)
+                // thread could hold its last reference and close the producers and the state
+                // store while `run` returns and the process exits around it (a worker once
+                // died of SIGSEGV after its summary line). The caller then drops it itself.
+                drop(driver_shared);
                 let _ = done_tx.send(r);
             })
             .map_err(|e| WorkerError::Thread(e.to_string()))?;

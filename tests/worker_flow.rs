@@ -184,6 +184,9 @@ async fn state_hooks_choose_the_start_offset_and_suppress_replayed_outputs() {
     assert_eq!(*hooks.last_seen.lock().unwrap(), Some(19), "after_batch sees the state through the last record");
     let _ = tx.send(());
     let summary = handle.await.expect("worker task").expect("worker run");
+    // Once `run` returns the worker holds nothing of its state (or producers): a process that
+    // exits right then does not close them from a thread of the worker's while it exits.
+    assert_eq!(std::sync::Arc::strong_count(&hooks), 1, "the worker still held its state hooks after run returned");
     assert_eq!(
         (summary.consumed, stats.replayed.load(std::sync::atomic::Ordering::Relaxed)),
         (15, 7),
